@@ -1,0 +1,40 @@
+# Two entry points (README quick start): `make study` and `make test`. Each sets itself up.
+# On CPU-only machines the install takes the CPU build of torch 2.13.0 through constraints/cpu.txt;
+# elsewhere, `make setup CONSTRAINTS=` (or plain `pip install -e .`) keeps pip's usual torch choice.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+CONSTRAINTS ?= constraints/cpu.txt
+EXTRAS ?= dev
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export DO_NOT_TRACK ?= 1
+
+.PHONY: setup study study-ci test params bench clean-runs
+
+setup: $(VENV)/.installed-$(EXTRAS)
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[$(EXTRAS)]'
+	touch $@
+
+## The whole study on the default profile (params.yaml as committed).
+study: setup
+	dvc repro
+
+## The whole study on the tiny ci profile (a few minutes); writes params.yaml for that profile.
+study-ci: setup
+	dvc exp run -S profile=ci
+
+## The unit tests and the end-to-end ci-profile pipeline test.
+test: setup
+	$(BIN)/python -m pytest -q
+
+## Recompose params.yaml from conf/ (default profile).
+params: setup
+	$(BIN)/python -m pipeline.compose
+
+bench: setup
+	$(BIN)/python benchmarks/speed.py

@@ -1,0 +1,44 @@
+"""`python -m pipeline.compose [OVERRIDE ...]`: compose conf/ into params.yaml, validated.
+
+It writes the same text DVC's Hydra integration writes for `dvc exp run -S OVERRIDE`, so
+`python -m pipeline.compose profile=ci && dvc repro` and `dvc exp run -S profile=ci` agree.
+`--check` exits non-zero when params.yaml differs from what conf/ composes (kept in sync by a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.config import PARAMS_FILE, compose, to_params_yaml
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_write_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.compose", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=ci models.cmr.k=4")
+    parser.add_argument("-o", "--output", default=PARAMS_FILE, help="where to write (default: params.yaml)")
+    parser.add_argument("--check", action="store_true", help="only compare with the existing file")
+    args = parser.parse_args(argv)
+    try:
+        text = to_params_yaml(compose(args.overrides))
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    if args.check:
+        current = out.read_text() if out.is_file() else ""
+        if current != text:
+            print(f"{out} is out of date with conf/ {args.overrides}: run python -m pipeline.compose", file=sys.stderr)
+            return 1
+        print(f"{out} matches conf/ {args.overrides}")
+        return 0
+    atomic_write_text(out, text)
+    print(f"wrote {out} ({' '.join(args.overrides) or 'defaults'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
