@@ -1,0 +1,154 @@
+"""Statistics for the report: bootstrap CIs over documents, exact McNemar on paired outcomes, Holm.
+
+Kept free of torch so the report starts fast. Every function is deterministic given its seed.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from pipeline.errors import DataError
+
+PAIR_KEYS: tuple[str, ...] = ("split", "doc_id", "query_idx", "seed")
+
+
+@dataclass(frozen=True)
+class CI:
+    """A mean with its confidence interval; `degenerate` says the interval could not be bootstrapped."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    level: float
+    method: str
+    degenerate: bool = False
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    *,
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    method: str = "percentile",
+    seed: int = 0,
+) -> CI:
+    """CI of the mean of `values` (one value per document) by resampling documents.
+
+    n=0 gives NaNs, n=1 or constant data a zero-width interval at the mean, flagged degenerate
+    (a bootstrap of one value, or of identical values, carries no information about spread).
+    If BCa cannot be computed (non-finite result) it falls back to the percentile interval and says so.
+    """
+    if method not in ("percentile", "bca", "basic"):
+        raise ValueError(f"bootstrap method must be one of percentile, bca, basic; got {method!r}")
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    if n == 0:
+        return CI(math.nan, math.nan, math.nan, 0, level, method, True, "no data")
+    mean = float(x.mean())
+    if n == 1:
+        return CI(mean, mean, mean, 1, level, method, True, "n=1: degenerate interval (no spread to resample)")
+    if np.all(x == x[0]):
+        return CI(mean, mean, mean, n, level, method, True, "constant data: degenerate interval")
+    rng = np.random.default_rng(seed)
+    used = method
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DegenerateDataWarning is handled below via finiteness
+        res = sps.bootstrap((x,), np.mean, confidence_level=level, n_resamples=n_resamples,
+                            method=method, random_state=rng, vectorized=True)
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    note = ""
+    if not (math.isfinite(low) and math.isfinite(high)) and method != "percentile":
+        used = "percentile"
+        res = sps.bootstrap((x,), np.mean, confidence_level=level, n_resamples=n_resamples,
+                            method="percentile", random_state=np.random.default_rng(seed), vectorized=True)
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        note = f"{method} not computable; percentile interval used"
+    return CI(mean, low, high, n, level, used, False, note)
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Exact McNemar test: b = A right and B wrong, c = A wrong and B right."""
+
+    b: int
+    c: int
+    n_pairs: int
+    p_value: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def mcnemar_exact(b: int, c: int, n_pairs: int | None = None) -> McNemar:
+    """Two-sided exact binomial test of b vs c discordant pairs at p=1/2; p=1 when there are none."""
+    b, c = int(b), int(c)
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    p = 1.0 if b + c == 0 else float(sps.binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+    return McNemar(b, c, int(n_pairs if n_pairs is not None else b + c), min(1.0, p))
+
+
+def mcnemar_from_outcomes(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNemar:
+    """McNemar on two aligned boolean vectors (same queries, same order)."""
+    a = np.asarray(correct_a, dtype=bool)
+    bb = np.asarray(correct_b, dtype=bool)
+    if a.shape != bb.shape:
+        raise ValueError(f"paired outcomes differ in length: {a.shape} vs {bb.shape}")
+    return mcnemar_exact(int(np.sum(a & ~bb)), int(np.sum(~a & bb)), int(a.size))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaNs stay NaN, outside the family."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, idx in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        out[idx] = running
+    return out
+
+
+def align_pairs(a: pd.DataFrame, b: pd.DataFrame, keys: Sequence[str] = PAIR_KEYS) -> pd.DataFrame:
+    """Inner-join two variants' predictions on the query identity, giving correct_a / correct_b.
+
+    Queries present in only one side are dropped (the caller can compare lengths); a duplicated key
+    means the predictions are corrupt, so it raises DataError.
+    """
+    keys = list(keys)
+    for name, df in (("a", a), ("b", b)):
+        missing = [k for k in keys + ["correct"] if k not in df.columns]
+        if missing:
+            raise DataError(f"predictions ({name}) lack columns {missing} needed for pairing")
+        dup = df.duplicated(keys)
+        if dup.any():
+            raise DataError(f"predictions ({name}) have {int(dup.sum())} duplicated query keys {keys}, "
+                            f"e.g. {df.loc[dup, keys].iloc[0].to_dict()}")
+    left = a[keys + ["correct"]].rename(columns={"correct": "correct_a"})
+    right = b[keys + ["correct"]].rename(columns={"correct": "correct_b"})
+    out = left.merge(right, on=keys, how="inner", validate="one_to_one")
+    out["correct_a"] = out["correct_a"].astype(bool)
+    out["correct_b"] = out["correct_b"].astype(bool)
+    return out
+
+
+def per_document_accuracy(df: pd.DataFrame, doc_keys: Sequence[str] = ("split", "doc_id")) -> pd.Series:
+    """Mean correctness per (seed, document): the unit the bootstrap resamples."""
+    return df.groupby(["seed", *doc_keys], sort=True)["correct"].mean()

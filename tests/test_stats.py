@@ -1,0 +1,100 @@
+"""Statistics used by the report: bootstrap CI, exact McNemar, Holm, pairing."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.errors import DataError
+from pipeline.stats import align_pairs, bootstrap_ci, holm, mcnemar_exact, mcnemar_from_outcomes
+
+
+def test_bootstrap_ci_covers_true_mean_with_sensible_width():
+    rng = np.random.default_rng(123)
+    p_true = 0.7
+    x = rng.binomial(20, p_true, size=200) / 20  # per-document accuracies, 20 queries each
+    ci = bootstrap_ci(x, n_resamples=2000, seed=0)
+    assert ci.low < p_true < ci.high
+    assert ci.low <= ci.mean <= ci.high
+    se = math.sqrt(p_true * (1 - p_true) / 20 / 200)
+    assert 0.6 * (2 * 1.96 * se) < ci.high - ci.low < 1.5 * (2 * 1.96 * se)
+    assert not ci.degenerate
+
+
+def test_bootstrap_ci_coverage_over_repeats():
+    rng = np.random.default_rng(7)
+    covered = 0
+    for i in range(60):
+        x = rng.normal(0.5, 0.1, 40)
+        ci = bootstrap_ci(x, n_resamples=500, seed=i)
+        covered += ci.low < 0.5 < ci.high
+    assert 50 <= covered <= 60  # nominal 95% of 60 = 57
+
+
+def test_bootstrap_ci_is_seeded_and_bca_works():
+    x = np.random.default_rng(0).uniform(size=30)
+    assert bootstrap_ci(x, seed=3) == bootstrap_ci(x, seed=3)
+    ci = bootstrap_ci(x, method="bca", seed=3)
+    assert ci.method == "bca" and ci.low < x.mean() < ci.high
+
+
+@pytest.mark.parametrize("x", [[0.4], [1.0, 1.0, 1.0]])
+def test_bootstrap_ci_degenerate_cases(x):
+    ci = bootstrap_ci(x)
+    assert ci.degenerate and ci.low == ci.high == ci.mean == pytest.approx(x[0])
+    assert ci.note
+
+
+def test_bootstrap_ci_empty():
+    ci = bootstrap_ci([])
+    assert ci.n == 0 and math.isnan(ci.mean) and ci.degenerate
+
+
+def test_mcnemar_matches_hand_computed_binomial():
+    # b=8, c=2: two-sided p = 2 * sum_{i<=2} C(10, i) / 2^10 = 2 * 56 / 1024
+    r = mcnemar_exact(8, 2)
+    assert r.p_value == pytest.approx(0.109375, abs=1e-12)
+    assert mcnemar_exact(2, 8).p_value == pytest.approx(0.109375, abs=1e-12)
+    assert mcnemar_exact(0, 0).p_value == 1.0
+    assert mcnemar_exact(5, 5).p_value == 1.0
+    assert mcnemar_exact(10, 0).p_value == pytest.approx(2 / 1024)
+
+
+def test_mcnemar_from_outcomes_counts_discordant_pairs():
+    a = [1, 1, 1, 0, 0, 1]
+    b = [0, 0, 1, 1, 0, 1]
+    r = mcnemar_from_outcomes(a, b)
+    assert (r.b, r.c, r.n_pairs) == (2, 1, 6)
+
+
+def test_holm_known_values():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted 0.005,0.01,0.03,0.04 -> 4*0.005=0.02, 3*0.01=0.03, 2*0.03=0.06, max(0.06, 0.04)=0.06
+    np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm([0.5, 0.9]), [1.0, 1.0])
+    out = holm([0.01, float("nan"), 0.02])
+    assert math.isnan(out[1])
+    np.testing.assert_allclose(out[[0, 2]], [0.02, 0.02])
+
+
+def _preds(correct, seed=0):
+    n = len(correct)
+    return pd.DataFrame({"split": "recall_500", "doc_id": [f"d{i // 2}" for i in range(n)],
+                         "query_idx": [i % 2 for i in range(n)], "seed": seed, "correct": correct})
+
+
+def test_align_pairs_joins_on_query_identity():
+    a = _preds([True, False, True, True])
+    b = _preds([False, False, True, False]).iloc[::-1]  # other order, same queries
+    b = pd.concat([b, _preds([True, True], seed=1)])  # unmatched seed is dropped
+    pairs = align_pairs(a, b)
+    assert len(pairs) == 4
+    r = mcnemar_from_outcomes(pairs["correct_a"], pairs["correct_b"])
+    assert (r.b, r.c) == (2, 0)
+
+
+def test_align_pairs_rejects_duplicate_keys():
+    a = _preds([True, True])
+    with pytest.raises(DataError, match="duplicated"):
+        align_pairs(pd.concat([a, a]), a)
