@@ -6,8 +6,6 @@ entry points and tests compose `conf/` (`compose`). Both go through `validate`.
 No torch import here: `report` and `--help` must start fast.
 """
 
-from __future__ import annotations
-
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +40,7 @@ def _components() -> dict[str, Any]:
     """Each component owns its config dataclass; imported here lazily (none imports torch)."""
     from pipeline.data import config as data_config
     from pipeline.evaluate import config as eval_config
-    from pipeline import logging_config, train_config
+    from pipeline import logging_config, report_config, train_config
     from pipeline.models import config as model_config
 
     return {
@@ -52,6 +50,7 @@ def _components() -> dict[str, Any]:
         "train": train_config,
         "eval": eval_config,
         "logger": logging_config,
+        "report": report_config,
     }
 
 
@@ -61,6 +60,7 @@ def _schema() -> DictConfig:
     from pipeline.evaluate.config import EvalConfig
     from pipeline.logging_config import LoggerConfig
     from pipeline.models.config import BackboneConfig
+    from pipeline.report_config import ReportConfig
     from pipeline.train_config import TrainConfig
 
     @dataclass
@@ -74,6 +74,7 @@ def _schema() -> DictConfig:
         train: TrainConfig = field(default_factory=TrainConfig)
         eval: EvalConfig = field(default_factory=EvalConfig)
         logger: LoggerConfig = field(default_factory=LoggerConfig)
+        report: ReportConfig = field(default_factory=ReportConfig)
 
     return OmegaConf.structured(RootConfig)
 
@@ -114,14 +115,34 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
             raise ConfigError(f"study.variants lists '{name}' but models.{name} is not configured")
     if len(set(merged.study.seeds)) != len(merged.study.seeds) or not merged.study.seeds:
         raise ConfigError(f"study.seeds must be a non-empty list of distinct integers, got {list(merged.study.seeds)}")
-    try:
-        merged.models = model_config.structure_models(merged.models)
-    except OmegaConfBaseException as err:
-        raise ConfigError(_explain(err, merged)) from None
+    typed = {}
+    for key, node in merged.models.items():
+        name = node.get("name") if isinstance(node, DictConfig) else None
+        if name not in model_config.MEMORY_CONFIGS:
+            raise ConfigError(f"models.{key}.name: unknown memory {name!r}; allowed: {', '.join(allowed)}")
+        schema_m = OmegaConf.structured(model_config.MEMORY_CONFIGS[name])
+        try:
+            typed[key] = OmegaConf.merge(schema_m, node)
+        except OmegaConfBaseException as err:
+            keys = ", ".join(schema_m.keys())
+            raise ConfigError(f"models.{key}: {str(err).splitlines()[0]}; allowed keys: {keys}") from None
+    merged.models = typed
 
-    for module in {id(m): m for m in comps.values()}.values():
-        module.validate(merged)
+    for part, module in comps.items():
+        if part == "models":
+            continue  # one module owns backbone and models; checked once, with the whole config
+        _call_validate(module, merged[part], merged)
     return merged
+
+
+def _call_validate(module: Any, part: Any, full: DictConfig) -> None:
+    """Components validate either (their part, the whole config) or just the whole config."""
+    import inspect
+
+    if len(inspect.signature(module.validate).parameters) >= 2:
+        module.validate(part, full)
+    else:
+        module.validate(full)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:

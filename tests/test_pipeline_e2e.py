@@ -1,0 +1,99 @@
+"""End to end: the documented ci-profile command runs the whole DVC pipeline in a temporary copy
+of the repo, every table and plot exists with every row, and a second `dvc repro` is a no-op."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _repo_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout
+    return [f for f in out.split("\0") if f and (REPO / f).is_file()]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def ci_study(tmp_path_factory) -> tuple[Path, dict, str]:
+    repo = tmp_path_factory.mktemp("study") / "repo"
+    for rel in _repo_files():
+        dst = repo / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dst)
+    # results/ in the copy must come from this run, not from the committed default study
+    shutil.rmtree(repo / "results", ignore_errors=True)
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        WANDB_MODE="offline", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", DO_NOT_TRACK="1",
+        GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.invalid",
+        GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@example.invalid",
+    )
+    env.pop("PYTHONPATH", None)
+    _run(["git", "init", "-q", "-b", "main"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-q", "-m", "snapshot"], repo, env)
+    log = _run([str(BIN / "dvc"), "exp", "run", "-S", "profile=ci"], repo, env)
+    return repo, env, log
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1500)
+def test_ci_profile_produces_every_table(ci_study):
+    repo, _, log = ci_study
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["profile_name"] == "ci", "dvc exp run -S profile=ci did not recompose params.yaml"
+    variants = set(params["study"]["variants"])
+    lengths = set(params["data"]["eval_lengths"])
+    results = repo / params["paths"]["results_dir"]
+
+    for table in ("recall", "numeric", "rare", "overhead"):
+        for ext in ("csv", "md", "tex", "png"):
+            path = results / "tables" / f"{table}.{ext}"
+            assert path.is_file() and path.stat().st_size > 0, f"missing {path.name}\n{log[-3000:]}"
+
+    for table in ("recall", "numeric"):
+        df = pd.read_csv(results / "tables" / f"{table}.csv")
+        got = {(v, int(n)) for v, n in zip(df["variant"], df["N"])}
+        assert got >= {(v, n) for v in variants for n in lengths}, f"{table}: rows missing"
+        assert df["accuracy"].between(0, 1).all()
+    overhead = pd.read_csv(results / "tables" / "overhead.csv")
+    assert {(v, int(n)) for v, n in zip(overhead["variant"], overhead["N"])} >= {
+        (v, n) for v in variants for n in lengths}
+    assert (overhead["ms_per_token"] > 0).all()
+    rare = pd.read_csv(results / "tables" / "rare.csv")
+    assert set(rare["variant"]) == variants and rare["accuracy"].between(0, 1).all()
+
+    summary = json.loads((results / "summary.json").read_text())
+    assert "validity" in summary and "recall" in summary
+    assert (results / "REPORT.md").is_file()
+    assert (results / "stage_times.csv").is_file()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_second_repro_is_a_noop(ci_study):
+    repo, env, _ = ci_study
+    out = _run([str(BIN / "dvc"), "repro"], repo, env)
+    assert "Running stage" not in out, out[-3000:]
+    assert "up to date" in out
