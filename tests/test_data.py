@@ -1,0 +1,275 @@
+"""Data component: determinism, exact rare counts, query/answer alignment, layouts, disjointness,
+clear errors for missing/corrupt splits and bad configs, and the hf/local filler sources."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.data import DataConfig, build_all, load_split, load_tokenizer, load_train_counts, prepare
+from pipeline.data.build import check_disjoint
+from pipeline.data.config import validate
+from pipeline.errors import ConfigError, DataError
+
+TINY = DataConfig(
+    n_train_docs=300, n_val_docs=20, eval_lengths=[64, 128], n_eval_docs=4, rare_eval_length=64,
+    n_rare_docs=10, dialogue_turns=[2, 3], dialogue_turn_len=24, rare_counts=[2, 4, 10],
+    rare_tokens_per_class=2, n_eval_facts=4, n_eval_num_vars=4, filler_vocab_size=64, verify_docs=8,
+)
+EVAL_SPLITS = ["recall_64", "recall_128", "numeric_64", "numeric_128", "rare", "dialogue_2", "dialogue_3"]
+
+
+def tiny(**kw) -> DataConfig:
+    return dataclasses.replace(TINY, **kw)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prep") / "data"
+    prepare(tiny(), out, quiet=True)
+    return out
+
+
+def test_same_seed_same_splits_different_seed_differs():
+    _, _, a = build_all(tiny())
+    _, _, b = build_all(tiny())
+    assert {k: v["hash"] for k, v in a.items()} == {k: v["hash"] for k, v in b.items()}
+    _, _, c = build_all(tiny(train_seed=5))
+    assert c["train"]["hash"] != a["train"]["hash"]
+    assert c["recall_64"]["hash"] == a["recall_64"]["hash"]  # eval docs depend on eval_seed only
+    _, _, d = build_all(tiny(eval_seed=7))
+    assert d["recall_64"]["hash"] != a["recall_64"]["hash"]
+
+
+def test_written_files_and_manifest(data_dir):
+    for f in ["tokenizer.json", "manifest.json", "train_counts.json"]:
+        assert (data_dir / f).is_file()
+    m = json.loads((data_dir / "manifest.json").read_text())
+    assert set(m["splits"]) == {"train", "val", *EVAL_SPLITS}
+    assert m["disjointness"]["ok"] is True
+    assert m["generator"]["train_seed"] == 0 and m["filler_source"].startswith("synthetic")
+    for name, s in m["splits"].items():
+        assert s["docs"] == len(load_split(data_dir, name))
+
+
+def test_rare_classes_have_exactly_configured_counts(data_dir):
+    counts = load_train_counts(data_dir)
+    m = json.loads((data_dir / "manifest.json").read_text())
+    assert [c["count"] for c in m["rare_classes"]] == TINY.rare_counts
+    for want, ids in ((c["count"], c["ids"]) for c in m["rare_classes"]):
+        assert len(ids) == TINY.rare_tokens_per_class
+        assert [counts.get(i, 0) for i in ids] == [int(want)] * len(ids)
+    # and recount from the saved split, independently of train_counts.json
+    flat = np.concatenate([np.asarray(x) for x in load_split(data_dir, "train")["input_ids"]])
+    for c in m["rare_classes"]:
+        assert [int((flat == i).sum()) for i in c["ids"]] == [c["count"]] * len(c["ids"])
+
+
+def test_answers_single_tokens_and_aligned(data_dir):
+    tok = load_tokenizer(data_dir)
+    vocab = tok.get_vocab()
+    inv = {i: w for w, i in vocab.items()}
+    for name in ["train", "val", *EVAL_SPLITS]:
+        ds = load_split(data_dir, name)
+        for row in ds:
+            ids = row["input_ids"]
+            assert len(row["query_pos"]) == len(row["answers"]) == len(row["fact_pos"]) == len(row["distance"]) > 0
+            for q, a in zip(row["query_pos"], row["answers"]):
+                assert ids[q + 1] == a
+                assert tok.encode(inv[a]).ids == [a]
+        # the whole doc round-trips through the tokenizer
+        row = ds[0]
+        assert tok.encode(" ".join(inv[i] for i in row["input_ids"])).ids == row["input_ids"]
+
+
+def test_fact_positions_and_distances(data_dir):
+    numbers = {load_tokenizer(data_dir).token_to_id(str(k)) for k in range(TINY.max_number + 1)}
+    for name in ["train", *EVAL_SPLITS]:
+        for row in load_split(data_dir, name):
+            ids = row["input_ids"]
+            for q, a, f, d, t in zip(row["query_pos"], row["answers"], row["fact_pos"], row["distance"], row["query_type"]):
+                assert d == q - f and d > 0
+                if t == "numeric":
+                    assert ids[f] in numbers  # the earlier of the two summands
+                else:
+                    assert ids[f] == a  # the stated value is the answer
+                if t in ("far", "local"):
+                    W = TINY.segment_len
+                    assert (t == "far") == (f // W < q // W)
+
+
+def test_train_docs_exact_lengths_and_segment_layout(data_dir):
+    W = TINY.segment_len
+    qlen = len(TINY.query_template.split())
+    for name in ["train", "val"]:
+        ds = load_split(data_dir, name)
+        assert set(ds["task"]) == {"train"}
+        segs = set()
+        for row in ds:
+            S = row["n_segments"]
+            segs.add(S)
+            assert TINY.train_min_segments <= S <= TINY.train_max_segments
+            assert len(row["input_ids"]) == S * W
+            local_segs = set()
+            for q, t, f in zip(row["query_pos"], row["query_type"], row["fact_pos"]):
+                start = q - (qlen - 1) if t != "numeric" else q - (len(TINY.num_query_template.split()) - 1)
+                assert start // W == (q + 1) // W  # never straddles a segment boundary
+                if t == "local" or (t == "numeric" and f // W == q // W):  # numeric docs: local sum triples
+                    local_segs.add(q // W)
+                if t == "far":
+                    assert q // W == S - 1  # far queries sit in the last segment
+            assert local_segs == set(range(S))  # a local pair in every segment
+        assert segs == set(range(TINY.train_min_segments, TINY.train_max_segments + 1))
+
+
+def test_eval_splits_layout(data_dir):
+    for n in TINY.eval_lengths:
+        for kind in ("recall", "numeric"):
+            ds = load_split(data_dir, f"{kind}_{n}")
+            assert all(len(x) == n for x in ds["input_ids"]) and set(ds["task"]) == {kind}
+            for row in ds:  # queries are at the very end
+                assert max(row["query_pos"]) + 1 == n - 1  # the last answer is the last token
+    rare = load_split(data_dir, "rare")
+    m = json.loads((data_dir / "manifest.json").read_text())
+    cls = {i: c["count"] for c in m["rare_classes"] for i in c["ids"]}
+    got = [cls[a] for ans in rare["answers"] for a in ans]
+    assert len(got) == TINY.n_rare_docs * TINY.n_eval_facts
+    per = {c: got.count(c) for c in TINY.rare_counts}
+    assert max(per.values()) - min(per.values()) <= 1  # balanced across classes
+    L = TINY.dialogue_turn_len
+    for T in TINY.dialogue_turns:
+        for row in load_split(data_dir, f"dialogue_{T}"):
+            assert row["n_turns"] == T and len(row["input_ids"]) == T * L
+            assert all(q // L == T - 1 for q in row["query_pos"])  # asked in the last turn
+            assert all(f // L < T - 1 for f in row["fact_pos"])  # stated in earlier turns
+            assert set(row["query_type"]) == {"dialogue"}
+
+
+def test_disjointness_and_planted_duplicate(data_dir):
+    train = set(load_split(data_dir, "train")["doc_id"])
+    for name in ["val", *EVAL_SPLITS]:
+        assert not train & set(load_split(data_dir, name)["doc_id"])
+    check_disjoint(["a", "b"], {"recall_64": ["c"]})
+    with pytest.raises(DataError, match="recall_64.*also in train"):
+        check_disjoint(["a", "b"], {"val": ["x"], "recall_64": ["c", "b"]})
+
+
+def test_missing_and_corrupt_splits(data_dir, tmp_path):
+    with pytest.raises(DataError, match="split 'nope' missing"):
+        load_split(data_dir, "nope")
+    with pytest.raises(DataError, match="missing"):
+        load_split(tmp_path / "nowhere", "train")
+    bad = tmp_path / "bad"
+    shutil.copytree(data_dir, bad)
+    arrow = next((bad / "splits" / "recall_64").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"recall_64.*corrupt"):
+        load_split(bad, "recall_64")
+    (bad / "splits" / "train" / "state.json").unlink()
+    with pytest.raises(DataError, match=r"train.*corrupt"):
+        load_split(bad, "train")
+    # a tampered manifest hash is caught
+    m = json.loads((bad / "manifest.json").read_text())
+    m["splits"]["val"]["hash"] = "0" * 40
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="content hash"):
+        load_split(bad, "val")
+    with pytest.raises(DataError, match="train counts missing"):
+        load_train_counts(tmp_path)
+
+
+LOCAL_TEXT = ("the river runs past the old mill and the miller sings a song of grain\n"
+              "a quiet village wakes when the baker opens the door to the morning light\n") * 20
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "parquet"])
+def test_local_filler(tmp_path, fmt):
+    import pandas as pd
+
+    lines = [ln for ln in LOCAL_TEXT.splitlines() if ln]
+    if fmt == "text":
+        path = tmp_path / "c.txt"
+        path.write_text(LOCAL_TEXT)
+    elif fmt == "json":
+        path = tmp_path / "c.jsonl"
+        path.write_text("".join(json.dumps({"body": ln}) + "\n" for ln in lines))
+    else:
+        path = tmp_path / "c.parquet"
+        pd.DataFrame({"body": lines}).to_parquet(path)
+    cfg = tiny(filler="local", local_files=[str(path)], text_column="text" if fmt == "text" else "body",
+               n_train_docs=200, rare_counts=[2, 4], dialogue_turns=[2], eval_lengths=[64])
+    m = prepare(cfg, tmp_path / "data", quiet=True)
+    assert m["filler_source"].startswith(f"local:{fmt}")
+    tok = load_tokenizer(tmp_path / "data")
+    words = set(tok.get_vocab())
+    assert {"river", "miller", "village", "the"} <= words
+    row = load_split(tmp_path / "data", "recall_64")[0]
+    text = tok.decode(row["input_ids"])
+    assert sum(w in LOCAL_TEXT.split() for w in text.split()) > 20  # filler comes from the corpus
+    with pytest.raises(ConfigError, match="data.text_column"):
+        prepare(dataclasses.replace(cfg, text_column="nope"), tmp_path / "d2", quiet=True)
+
+
+def test_hf_filler_offline_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(DataError, match="no-such-org/made-up-dataset-xyz"):
+        prepare(tiny(filler="hf", hf_name="no-such-org/made-up-dataset-xyz"), tmp_path / "d", quiet=True)
+    assert time.perf_counter() - t < 20
+    assert not (tmp_path / "d").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("kw, key", [
+    ({"filler": "bogus"}, r"data.filler.*synthetic, hf, local"),
+    ({"eval_seed": 0}, r"data.train_seed and data.eval_seed"),
+    ({"n_train_docs": 5}, r"data.rare_counts.*n_train_docs"),
+    ({"rare_counts": [3, 10]}, r"data.rare_counts.*even"),
+    ({"train_mix": {"recall": 1.0, "poetry": 1.0}}, r"data.train_mix.poetry.*recall, numeric, dialogue"),
+    ({"fact_template": "{E} is ."}, r"data.fact_template"),
+    ({"n_far_facts": 6}, r"n_far_facts"),
+    ({"filler": "local"}, r"data.local_files"),
+    ({"local_format": "xml"}, r"data.local_format.*text, json, parquet"),
+])
+def test_bad_config(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(tiny(**kw))
+
+
+def test_validate_against_backbone_window_and_whole_config():
+    full = {"data": dataclasses.asdict(tiny()), "backbone": {"window": 32}}
+    with pytest.raises(ConfigError, match="segment_len=16 must equal backbone.window=32"):
+        validate(full["data"], full)
+    with pytest.raises(ConfigError, match="backbone.window"):
+        validate(full)  # the lead's one-argument form
+    full["backbone"]["window"] = 16
+    validate(full)
+    with pytest.raises(ConfigError, match="data.colour: unknown key"):
+        validate({**dataclasses.asdict(tiny()), "colour": 1})
+
+
+def test_prepare_cli_with_params_file(tmp_path):
+    from omegaconf import OmegaConf
+
+    params = tmp_path / "params.yaml"
+    OmegaConf.save(OmegaConf.create({"data": dataclasses.asdict(tiny(n_train_docs=200, rare_counts=[2]))}), params)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    code = ("import sys, pipeline.data.prepare as p; p.load_config = lambda path: __import__('omegaconf')"
+            ".OmegaConf.load(path); sys.exit(p.main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "--params", str(params), "--out", str(tmp_path / "data")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "prepared" in r.stdout and (tmp_path / "data" / "manifest.json").is_file()
+    bad = tmp_path / "bad.yaml"
+    OmegaConf.save(OmegaConf.create({"data": dataclasses.asdict(tiny(filler="bogus"))}), bad)
+    r = subprocess.run([sys.executable, "-c", code, "--params", str(bad)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 2 and "data.filler" in r.stderr
