@@ -1,0 +1,11 @@
+"""`full`: one causal attention over all N tokens (no segments): quality and cost ceiling.
+
+With rotary positions, inputs longer than the training documents are extrapolation (the report
+marks those cells); with learned positions N is capped by backbone.max_positions.
+"""
+
+from pipeline.models.base import Memory
+
+
+class FullMemory(Memory):
+    whole_sequence = True  # MemoryLM reads the document as a single segment of N tokens
