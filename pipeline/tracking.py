@@ -1,0 +1,95 @@
+"""Weights & Biases runs for pipeline stages.
+
+The mode is decided before `wandb.init` (with an API key but no network, an online init blocks
+for ~100 s): offline unless the config or the WANDB_MODE env var says otherwise. Each stage's run
+lives under that stage's own output folder so a DVC stage owns its wandb files, and every run is
+finished even when the stage fails (otherwise the next Hydra multirun job logs into it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from pipeline.errors import ConfigError
+from pipeline.logging_config import WANDB_MODES
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    try:
+        return obj.get(key, default)
+    except AttributeError:
+        return getattr(obj, key, default)
+
+
+def wandb_mode(cfg: Any) -> str:
+    """The mode a run will use: 'disabled' if logger.wandb.enabled is false, else env WANDB_MODE if
+    set, else logger.wandb.mode (default 'offline')."""
+    wb = _get(_get(cfg, "logger"), "wandb")
+    if wb is not None and not bool(_get(wb, "enabled", True)):
+        return "disabled"
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        mode, source = env.strip().lower(), "env WANDB_MODE"
+        if mode == "dryrun":
+            mode = "offline"
+    else:
+        mode, source = str(_get(wb, "mode", "offline") or "offline"), "logger.wandb.mode"
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"{source}={mode!r} is not allowed; allowed: {', '.join(WANDB_MODES)}")
+    return mode
+
+
+def start_wandb(cfg: Any, job_type: str, name: str, run_dir: str | os.PathLike,
+                extra_config: Optional[dict] = None):
+    """Start a wandb run for one stage, or return None when wandb is disabled.
+
+    group = logger.wandb.group or the profile name; files go to <run_dir>/wandb.
+    """
+    mode = wandb_mode(cfg)
+    if mode == "disabled":
+        return None
+    import wandb  # lazy: importing wandb costs seconds
+
+    wb = _get(_get(cfg, "logger"), "wandb")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    group = _get(wb, "group") or _get(cfg, "profile_name") or None
+    tags = [str(t) for t in (_get(wb, "tags") or [])]
+    config = dict(extra_config or {})
+    return wandb.init(
+        mode=mode,
+        project=str(_get(wb, "project", "cmr-repro") or "cmr-repro"),
+        entity=_get(wb, "entity"),
+        group=str(group) if group else None,
+        job_type=job_type,
+        name=name,
+        tags=tags or None,
+        config=config,
+        dir=str(run_dir),  # wandb writes <dir>/wandb/
+        reinit="finish_previous",
+        settings=wandb.Settings(silent=True),
+    )
+
+
+def finish_wandb(run: Any, exit_code: int = 0) -> None:
+    if run is not None:
+        run.finish(exit_code=exit_code)
+
+
+@contextlib.contextmanager
+def wandb_run(cfg: Any, job_type: str, name: str, run_dir: str | os.PathLike,
+              extra_config: Optional[dict] = None) -> Iterator[Any]:
+    """`with wandb_run(...) as run:` - yields the run (or None) and always finishes it; a failing
+    stage marks the run failed (exit code 1)."""
+    run = start_wandb(cfg, job_type, name, run_dir, extra_config)
+    try:
+        yield run
+    except BaseException:
+        finish_wandb(run, exit_code=1)
+        raise
+    finish_wandb(run, exit_code=0)

@@ -1,0 +1,620 @@
+"""Training stage: `python -m pipeline.train --variant cmr --seed 0 [--params params.yaml]`.
+
+One LightningModule trains every memory variant (the variants differ only inside
+`pipeline.models.build_model`), one LightningDataModule serves the saved splits with a
+curriculum over document length, and `train(cfg, variant, seed)` is the single function both
+the DVC stage (this module's `main`) and Hydra sweeps call.
+
+Writes experiments/train/<variant>-s<seed>/:
+  checkpoints/last.ckpt, checkpoints/best.ckpt (max of train.monitor), metrics.json, csv/, wandb/
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import ConfigError, DataError, PipelineError, TrainingError
+from pipeline.io import atomic_write_json
+from pipeline.train_config import QUERY_TYPES, TrainConfig, curriculum_limit
+from pipeline.train_config import validate as validate_train
+
+TYPE_INDEX = {name: i for i, name in enumerate(QUERY_TYPES)}
+REQUIRED_COLUMNS = ("input_ids", "query_pos", "answers", "query_type")
+
+
+# ----------------------------------------------------------------------------- config helpers
+
+
+def train_settings(cfg: Any) -> DictConfig:
+    """`cfg.train` merged over TrainConfig's defaults (typos in keys fail here, not mid-run)."""
+    part = cfg.get("train") if cfg is not None else None
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), part or {})
+    except Exception as e:  # omegaconf's ValidationError / ConfigKeyError
+        raise ConfigError(f"bad train config: {e}") from None
+    return merged
+
+
+def check_variant(cfg: Any, variant: str) -> None:
+    models = cfg.get("models") if cfg is not None else None
+    allowed = sorted(models.keys()) if models else []
+    if variant not in allowed:
+        raise ConfigError(f"unknown variant {variant!r}; allowed (keys of cfg.models): {', '.join(allowed) or '(none)'}")
+
+
+def _to_container(cfg: Any) -> dict:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def _build_model(cfg: dict, variant: str, vocab_size: int) -> torch.nn.Module:
+    from pipeline import models  # lazy: lets tests (and sweeps) swap build_model
+
+    return models.build_model(OmegaConf.create(cfg["backbone"]), OmegaConf.create(cfg["models"][variant]),
+                              int(vocab_size))
+
+
+def _vocab_size(data_dir: str | Path) -> int:
+    from pipeline import data as pdata
+
+    return int(pdata.load_tokenizer(data_dir).get_vocab_size())
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+class DocumentSet(torch.utils.data.Dataset):
+    """One split as tensors. `__getitems__` stacks a batch of equal-length documents directly
+    (no padding of input_ids; queries padded with -1 to the batch's largest query count)."""
+
+    def __init__(self, ds: Any, window: int, split: str = "?"):
+        missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+        if missing:
+            raise DataError(f"split {split!r} lacks columns {missing}; has {ds.column_names}")
+        if len(ds) == 0:
+            raise DataError(f"split {split!r} is empty")
+        self.split = split
+        self.ids = [torch.tensor(x, dtype=torch.long) for x in ds["input_ids"]]
+        self.lengths = np.array([len(x) for x in self.ids], dtype=np.int64)
+        if "n_segments" in ds.column_names:
+            self.n_segments = np.array(ds["n_segments"], dtype=np.int64)
+        else:
+            self.n_segments = -(-self.lengths // int(window))
+        self.qpos, self.answers, self.qtype = [], [], []
+        for i, (qp, ans, qt) in enumerate(zip(ds["query_pos"], ds["answers"], ds["query_type"])):
+            if not (len(qp) == len(ans) == len(qt)):
+                raise DataError(f"split {split!r} doc {i}: query_pos/answers/query_type lengths differ")
+            unknown = set(qt) - set(TYPE_INDEX)
+            if unknown:
+                raise DataError(f"split {split!r} doc {i}: unknown query_type {sorted(unknown)}; known: {list(QUERY_TYPES)}")
+            qp_t = torch.tensor(qp, dtype=torch.long)
+            ans_t = torch.tensor(ans, dtype=torch.long)
+            ids = self.ids[i]
+            if len(qp) and (int(qp_t.min()) < 0 or int(qp_t.max()) + 1 >= len(ids)
+                            or not torch.equal(ids[qp_t + 1], ans_t)):
+                raise DataError(f"split {split!r} doc {i}: input_ids[query_pos + 1] != answers")
+            self.qpos.append(qp_t)
+            self.answers.append(ans_t)
+            self.qtype.append(torch.tensor([TYPE_INDEX[t] for t in qt], dtype=torch.long))
+        self.max_token = max(int(x.max()) for x in self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def type_counts(self) -> dict[str, int]:
+        c = torch.bincount(torch.cat(self.qtype), minlength=len(QUERY_TYPES))
+        return {name: int(c[i]) for i, name in enumerate(QUERY_TYPES)}
+
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]) -> dict:
+        lengths = {int(self.lengths[i]) for i in idx}
+        if len(lengths) != 1:
+            raise DataError(f"batch mixes document lengths {sorted(lengths)} (sampler bug)")
+        q = max(1, max(len(self.qpos[i]) for i in idx))
+        qpos = torch.full((len(idx), q), -1, dtype=torch.long)  # [B, Q], -1 = no query
+        answers = torch.full((len(idx), q), -1, dtype=torch.long)
+        qtype = torch.full((len(idx), q), -1, dtype=torch.long)
+        for r, i in enumerate(idx):
+            n = len(self.qpos[i])
+            qpos[r, :n], answers[r, :n], qtype[r, :n] = self.qpos[i], self.answers[i], self.qtype[i]
+        return {"input_ids": torch.stack([self.ids[i] for i in idx]),  # [B, N]
+                "query_pos": qpos, "answers": answers, "query_type": qtype}
+
+
+class CurriculumBatchSampler(torch.utils.data.Sampler):
+    """Endless batches of equal-length documents, drawn from those allowed at the current step.
+
+    The batch for optimizer step s is a pure function of (seed, s): documents are grouped by
+    length, a group is chosen with probability proportional to its allowed size (so sampling is
+    uniform over allowed documents), then `batch_size` documents from it. Resuming at step s
+    therefore continues the exact sequence, and no per-epoch state needs saving.
+    `step_source` (set by the DataModule) reports the global step when iteration starts.
+    """
+
+    def __init__(self, lengths: np.ndarray, n_segments: np.ndarray, batch_size: int, curriculum: Any,
+                 seed: int, start_step: int = 0):
+        self.batch_size = int(batch_size)
+        self.curriculum = [dict(until_step=_g(s, "until_step"), max_segments=_g(s, "max_segments"))
+                           for s in (curriculum or [])]
+        self.seed = int(seed)
+        self.start_step = int(start_step)
+        self.step_source: Optional[Callable[[], int]] = None
+        keys = sorted({(int(n), int(ln)) for n, ln in zip(n_segments, lengths)})
+        self.groups = [(n, ln, np.flatnonzero((n_segments == n) & (lengths == ln))) for n, ln in keys]
+        self.n_segments = np.asarray(n_segments)
+        if not self.allowed_groups(0):
+            raise ConfigError(
+                f"train.curriculum allows at most {curriculum_limit(self.curriculum, 0)} segments at step 0, "
+                f"but the shortest training document has {int(self.n_segments.min())}"
+            )
+
+    def limit(self, step: int) -> Optional[int]:
+        return curriculum_limit(self.curriculum, step)
+
+    def allowed_groups(self, step: int) -> list[np.ndarray]:
+        lim = self.limit(step)
+        return [idx for n, _, idx in self.groups if lim is None or n <= lim]
+
+    def batch_at(self, step: int) -> list[int]:
+        groups = self.allowed_groups(step)
+        if not groups:
+            raise ConfigError(f"train.curriculum allows no training document at step {step}")
+        rng = np.random.default_rng([self.seed, int(step)])
+        sizes = np.array([len(g) for g in groups], dtype=np.float64)
+        g = groups[int(rng.choice(len(groups), p=sizes / sizes.sum()))]
+        pick = rng.choice(len(g), size=self.batch_size, replace=len(g) < self.batch_size)
+        return g[pick].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.step_source() if self.step_source is not None else self.start_step
+        while True:
+            yield self.batch_at(step)
+            step += 1
+
+
+def _g(obj: Any, key: str) -> Any:
+    return obj.get(key) if hasattr(obj, "get") else getattr(obj, key)
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = 0) -> list[list[int]]:
+    """Validation batches: equal-length groups cut into batches, batch order shuffled with a fixed
+    seed so that `limit_val_batches` takes a sample of every length, not just the shortest."""
+    batches = []
+    for ln in sorted(set(lengths.tolist())):
+        idx = np.flatnonzero(lengths == ln)
+        batches += [idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+    order = np.random.default_rng(seed).permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+class MemoryDataModule(L.LightningDataModule):
+    """Train split with the curriculum batch sampler; val split in fixed equal-length batches."""
+
+    def __init__(self, data_dir: str | Path, window: int, batch_size: int, val_batch_size: int,
+                 curriculum: Any, seed: int):
+        super().__init__()
+        self.data_dir, self.window = str(data_dir), int(window)
+        self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
+        self.curriculum, self.seed = curriculum, int(seed)
+        self.train_set: Optional[DocumentSet] = None
+        self.val_set: Optional[DocumentSet] = None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        from pipeline import data as pdata
+
+        self.train_set = DocumentSet(pdata.load_split(self.data_dir, "train"), self.window, "train")
+        self.val_set = DocumentSet(pdata.load_split(self.data_dir, "val"), self.window, "val")
+        self.make_train_sampler()  # fail now if the curriculum allows no document at step 0
+
+    def make_train_sampler(self) -> CurriculumBatchSampler:
+        s = CurriculumBatchSampler(self.train_set.lengths, self.train_set.n_segments, self.batch_size,
+                                   self.curriculum, self.seed)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            s.step_source = lambda: int(trainer.global_step)
+        return s
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=self.make_train_sampler(),
+                                           collate_fn=_identity, num_workers=0)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.val_set, batch_sampler=eval_batches(self.val_set.lengths,
+                                                                                    self.val_batch_size),
+                                           collate_fn=_identity, num_workers=0)
+
+
+# ----------------------------------------------------------------------------- module
+
+
+def gather_queries(logits: torch.Tensor, query_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, N, V], query_pos [B, Q] (-1 = padding) -> (query logits [B, Q, V], mask [B, Q])."""
+    mask = query_pos >= 0
+    idx = query_pos.clamp(min=0).unsqueeze(-1).expand(-1, -1, logits.size(-1))  # [B, Q, V]
+    return logits.gather(1, idx), mask
+
+
+class MemoryLMModule(L.LightningModule):
+    """Any MemoryLM variant, trained on answer cross-entropy (+ optional next-token LM loss).
+
+    Hyperparameters saved in every checkpoint: the whole composed config (plain dict), the
+    variant, the seed and the vocabulary size - enough for `load_trained` to rebuild the model.
+    """
+
+    def __init__(self, cfg: dict, variant: str, seed: int, vocab_size: int):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = _build_model(cfg, variant, vocab_size)
+        self.tcfg = train_settings(cfg)
+        bptt = (cfg["models"][variant] or {}).get("bptt_segments")
+        self.forward_kwargs = {} if bptt is None else {"bptt_segments": int(bptt)}
+        self.val_history: list[dict] = []  # one entry per validation: {"step", "recall", "recall_far", ...}
+        self._val_sums: Optional[torch.Tensor] = None
+
+    def forward(self, input_ids: torch.Tensor, **kw: Any):
+        return self.model(input_ids, **kw)
+
+    def losses(self, batch: dict, train: bool) -> dict:
+        ids = batch["input_ids"]  # [B, N]
+        out = self.model(ids, **(self.forward_kwargs if train else {}))
+        logits = out.logits  # [B, N, V]
+        q_logits, mask = gather_queries(logits, batch["query_pos"])  # [B, Q, V], [B, Q]
+        if not bool(mask.any()):
+            raise DataError("a batch has no queries; every document must ask at least one")
+        answers = batch["answers"][mask]
+        answer_loss = F.cross_entropy(q_logits[mask].float(), answers)
+        res = {"answer_loss": answer_loss, "q_logits": q_logits, "mask": mask}
+        w = float(self.tcfg.lm_loss_weight)
+        if train and w > 0:
+            lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), ids[:, 1:].reshape(-1))
+            res["lm_loss"] = lm
+            res["loss"] = answer_loss + w * lm
+        else:
+            res["loss"] = answer_loss
+        return res
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        res = self.losses(batch, train=True)
+        loss = res["loss"]
+        if not bool(torch.isfinite(loss)):
+            raise TrainingError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step} "
+                f"(variant {self.hparams.variant}, seed {self.hparams.seed}); lower train.lr or check the data"
+            )
+        with torch.no_grad():
+            acc = (res["q_logits"].argmax(-1) == batch["answers"])[res["mask"]].float().mean()
+        bs = batch["input_ids"].size(0)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/answer_acc", acc, prog_bar=True, batch_size=bs)
+        if "lm_loss" in res:
+            self.log("train/lm_loss", res["lm_loss"], batch_size=bs)
+        self.log("train/n_segments", float(batch["input_ids"].size(1)) / self._window(), batch_size=bs)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        return loss
+
+    def _window(self) -> int:
+        return int(self.hparams.cfg["backbone"].get("window", 1) or 1)
+
+    def on_validation_epoch_start(self) -> None:
+        # per query type: [correct, count, loss sum]
+        self._val_sums = torch.zeros(len(QUERY_TYPES), 3, dtype=torch.float64)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        res = self.losses(batch, train=False)
+        mask = res["mask"]
+        correct = (res["q_logits"].argmax(-1) == batch["answers"])[mask].double().cpu()
+        types = batch["query_type"][mask].cpu()
+        nll = F.cross_entropy(res["q_logits"][mask].float(), batch["answers"][mask], reduction="none").double().cpu()
+        n = len(QUERY_TYPES)
+        self._val_sums[:, 0] += torch.bincount(types, weights=correct, minlength=n)
+        self._val_sums[:, 1] += torch.bincount(types, minlength=n).double()
+        self._val_sums[:, 2] += torch.bincount(types, weights=nll, minlength=n)
+
+    def on_validation_epoch_end(self) -> None:
+        s = self._val_sums
+        total = s[:, 1].sum().item()
+        metrics = {"val/recall": s[:, 0].sum().item() / max(total, 1.0),
+                   "val/loss": s[:, 2].sum().item() / max(total, 1.0)}
+        for i, name in enumerate(QUERY_TYPES):
+            if s[i, 1] > 0:
+                metrics[f"val/recall_{name}"] = (s[i, 0] / s[i, 1]).item()
+        self.log_dict(metrics)
+        if not self.trainer.sanity_checking:
+            entry = {"step": int(self.global_step), "n_queries": int(total)}
+            entry.update({k.split("/", 1)[1]: float(v) for k, v in metrics.items()})
+            self.val_history.append(entry)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["val_history"] = list(self.val_history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.val_history = list(checkpoint.get("val_history", []))
+
+    def configure_optimizers(self):
+        t = self.tcfg
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(t.weight_decay)},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=float(t.lr), betas=(float(t.beta1), float(t.beta2)))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, int(t.warmup_steps), int(t.max_steps), float(t.min_lr_ratio)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then cosine decay to `min_ratio` at `max_steps`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+class ThroughputMonitor(L.Callback):
+    """Training tokens/s, timed with perf_counter around each training batch (forward, backward,
+    optimizer step; excludes validation and checkpointing). Logs the rate over the last
+    `log_every_n_steps` batches; keeps totals (and the wall time of fit) across resumes."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.seconds = 0.0
+        self.prior_wall_s = 0.0
+        self._win_tokens, self._win_s = 0, 0.0
+        self._t0 = 0.0
+        self._fit_t0: Optional[float] = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_t0 = time.perf_counter()
+
+    def wall_s(self) -> float:
+        now = 0.0 if self._fit_t0 is None else time.perf_counter() - self._fit_t0
+        return self.prior_wall_s + now
+
+    def tokens_per_s(self) -> Optional[float]:
+        return self.tokens / self.seconds if self.seconds > 0 else None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        dt = time.perf_counter() - self._t0
+        n = int(batch["input_ids"].numel())
+        self.tokens += n
+        self.seconds += dt
+        self._win_tokens += n
+        self._win_s += dt
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0 and self._win_s > 0:
+            pl_module.log("train/tokens_per_s", self._win_tokens / self._win_s)
+            self._win_tokens, self._win_s = 0, 0.0
+
+    def state_dict(self) -> dict:
+        return {"tokens": self.tokens, "seconds": self.seconds, "wall_s": self.wall_s()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokens = int(state.get("tokens", 0))
+        self.seconds = float(state.get("seconds", 0.0))
+        self.prior_wall_s = float(state.get("wall_s", 0.0))
+        self._fit_t0 = time.perf_counter()
+
+
+# ----------------------------------------------------------------------------- trainer / entry
+
+
+def run_dir_for(cfg: Any, variant: str, seed: int) -> Path:
+    exp = (cfg.get("paths") or {}).get("experiments_dir", "experiments")
+    return Path(exp) / "train" / f"{variant}-s{seed}"
+
+
+def build_trainer(t: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+
+    # Two callbacks: Lightning 2.6's save_last only rewrites last.ckpt when the top-k one improved,
+    # so "last" is its own monitor-less checkpoint, written at every validation (after "best", so
+    # it carries the best tracker's state for resuming).
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=str(t.monitor), mode="max", save_top_k=1,
+                           save_last=False, auto_insert_metric_name=False, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, save_last=False,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    cbs = [best, last, *callbacks]
+    if t.progress_bar == "tqdm":
+        cbs.append(TQDMProgressBar(refresh_rate=int(t.progress_refresh_rate)))
+    elif t.progress_bar == "rich":
+        cbs.append(RichProgressBar(refresh_rate=int(t.progress_refresh_rate)))
+    lvb = float(t.limit_val_batches)
+    return L.Trainer(
+        accelerator=str(t.accelerator), devices=int(t.devices), precision=str(t.precision),
+        max_steps=int(t.max_steps), max_epochs=-1,
+        val_check_interval=int(t.val_check_interval), check_val_every_n_epoch=None,
+        limit_val_batches=int(lvb) if lvb > 1.0 else lvb, num_sanity_val_steps=int(t.num_sanity_val_steps),
+        log_every_n_steps=int(t.log_every_n_steps),
+        gradient_clip_val=float(t.grad_clip) if float(t.grad_clip) > 0 else None, gradient_clip_algorithm="norm",
+        deterministic=bool(t.deterministic), benchmark=False, use_distributed_sampler=False,
+        callbacks=cbs, logger=loggers if loggers else False, default_root_dir=str(run_dir),
+        enable_progress_bar=t.progress_bar != "none", enable_model_summary=False,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence advice that does not apply here (num_workers=0 is deliberate: tiny CPU batches)."""
+    with warnings.catch_warnings():
+        for msg in (".*does not have many workers.*", ".*Checkpoint directory.*exists and is not empty.*",
+                    ".*isinstance\\(treespec, LeafSpec\\).*"):  # lightning 2.6 vs torch 2.13 deprecation
+            warnings.filterwarnings("ignore", message=msg)
+        yield
+
+
+def summarize(module: MemoryLMModule, thr: ThroughputMonitor, t: DictConfig, variant: str, seed: int,
+              global_step: int) -> dict:
+    """metrics.json: val metrics at the best (max of train.monitor) and last validation, speed, size."""
+    hist = module.val_history
+    key = str(t.monitor).split("/", 1)[1]
+    best = max(hist, key=lambda e: e.get(key, -1.0)) if hist else None  # first max = ModelCheckpoint's choice
+    last = hist[-1] if hist else None
+    reach = [e["step"] for e in hist if e.get("recall_far", -1.0) >= float(t.target_recall)]
+    model = module.model
+    params = model.num_parameters() if hasattr(model, "num_parameters") else sum(p.numel() for p in model.parameters())
+    mem = model.memory_floats() if hasattr(model, "memory_floats") else None
+    tps = thr.tokens_per_s()
+    return {
+        "variant": variant, "seed": int(seed), "steps": int(global_step), "wall_s": round(thr.wall_s(), 3),
+        "train_tokens_per_s": None if tps is None else round(tps, 1),
+        "val_recall": None if best is None else best.get("recall"),
+        "val_recall_far": None if best is None else best.get("recall_far"),
+        "monitor": str(t.monitor), "best_step": None if best is None else best["step"],
+        "val_best": best, "val_last": last, "val_curve": hist,
+        "params": int(params), "memory_floats": None if mem is None else int(mem),
+        "steps_to_90": reach[0] if reach else None, "target_recall": float(t.target_recall),
+    }
+
+
+def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = None,
+          extra_callbacks: Optional[list] = None) -> dict:
+    """Train `variant` with `seed` on the composed config `cfg`; returns (and writes) metrics.json.
+
+    Resumes from <run_dir>/checkpoints/last.ckpt when present (train.resume); a finished run is a
+    quick no-op that rewrites metrics.json from the checkpoint's history.
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    check_variant(cfg, variant)
+    t = train_settings(cfg)
+    validate_train(t, cfg)
+    if int(t.max_steps) % int(t.val_check_interval) != 0:
+        raise ConfigError(f"train.max_steps={t.max_steps} must be a multiple of train.val_check_interval="
+                          f"{t.val_check_interval} (so the last checkpoint holds the final, validated model)")
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, variant, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(t.threads))
+
+    data_dir = (cfg.get("paths") or {}).get("data_dir", "data")
+    window = int(cfg.backbone.window)
+    dm = MemoryDataModule(data_dir, window, int(t.batch_size), int(t.val_batch_size), t.curriculum, int(seed))
+    dm.setup("fit")
+    vocab_size = _vocab_size(data_dir)
+    for ds in (dm.train_set, dm.val_set):
+        if ds.max_token >= vocab_size:
+            raise DataError(f"split {ds.split!r} has token id {ds.max_token} >= vocab size {vocab_size}")
+    mon_type = str(t.monitor).split("_", 1)[1] if "_" in str(t.monitor) else None
+    if mon_type and dm.val_set.type_counts().get(mon_type, 0) == 0:
+        raise ConfigError(f"train.monitor={t.monitor} but the val split has no {mon_type!r} queries; "
+                          f"use val/recall or one of the types present: {dm.val_set.type_counts()}")
+
+    L.seed_everything(int(seed), workers=True, verbose=False)
+    cfg_dict = _to_container(cfg)
+    module = MemoryLMModule(cfg_dict, variant, int(seed), vocab_size)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if bool(t.resume) and last.exists() else None
+
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from pipeline.tracking import wandb_run
+
+    name = f"{variant}-s{seed}"
+    logger_cfg = cfg.get("logger") or {}
+    extra = {"variant": variant, "seed": int(seed), "cfg": cfg_dict}
+    thr = ThroughputMonitor()
+    with wandb_run(cfg, "train", name, run_dir, extra) as run, _quiet_lightning():
+        loggers: list = []
+        if bool(logger_cfg.get("csv", True)):
+            loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
+        if run is not None:
+            loggers.append(WandbLogger(experiment=run))
+        trainer = build_trainer(t, run_dir, loggers, [thr, *(extra_callbacks or [])])
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        except RuntimeError as e:
+            if ckpt_path and "state_dict" in str(e):
+                raise TrainingError(f"cannot resume from {ckpt_path} (config changed?): {e}. "
+                                    "Delete the run folder or set train.resume=false.") from e
+            raise
+        metrics = summarize(module, thr, t, variant, seed, trainer.global_step)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        if run is not None:
+            run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
+    return metrics
+
+
+def load_trained(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the trained MemoryLM from <run_dir>/checkpoints/<which>.ckpt, in eval mode.
+
+    Returns (model, hparams) with hparams = {"cfg": composed config (dict), "variant", "seed", "vocab_size"}.
+    """
+    if which not in ("best", "last"):
+        raise ConfigError(f"load_trained(which={which!r}); allowed: best, last")
+    path = Path(run_dir) / "checkpoints" / f"{which}.ckpt"
+    if not path.exists():
+        raise DataError(f"no checkpoint at {path}; run `python -m pipeline.train` for this variant/seed first")
+    # weights_only=False: our own Lightning checkpoint (loop and callback state are plain Python objects)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    hp = dict(state["hyper_parameters"])
+    model = _build_model(hp["cfg"], hp["variant"], hp["vocab_size"])
+    sd = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(sd)
+    model.eval()
+    return model, hp
+
+
+def load_params(path: str | Path) -> DictConfig:
+    """The composed config: pipeline.config.load_params when the lead's module exists, else plain OmegaConf."""
+    if importlib.util.find_spec("pipeline.config") is not None:
+        from pipeline.config import load_params as _load
+
+        return _load(path)
+    if not Path(path).exists():
+        raise ConfigError(f"params file {path} not found (compose it from conf/ first)")
+    return OmegaConf.load(path)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--variant", required=True, help="a key of cfg.models (window, xl, full, cmr, ...)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
+    ap.add_argument("--run-dir", default=None, help="override experiments/train/<variant>-s<seed>")
+    ap.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.max_steps=100")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_params(args.params)
+        if args.overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
+        metrics = train(cfg, args.variant, args.seed, run_dir=args.run_dir)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    short = {k: metrics[k] for k in ("variant", "seed", "steps", "wall_s", "train_tokens_per_s", "val_recall",
+                                     "val_recall_far", "steps_to_90")}
+    print(json.dumps(short))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

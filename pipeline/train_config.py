@@ -1,0 +1,151 @@
+"""Training settings (the `train:` group of the composed config) and their cross-field checks.
+
+Kept free of torch/lightning imports so that composing and validating the config stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from pipeline.errors import ConfigError
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "64", "64-true")
+PROGRESS_BARS = ("tqdm", "rich", "none")
+QUERY_TYPES = ("far", "local", "numeric", "dialogue")
+# Metrics the best checkpoint may be chosen by (all logged at every validation).
+MONITORS = ("val/recall",) + tuple(f"val/recall_{t}" for t in QUERY_TYPES)
+
+
+@dataclass
+class CurriculumStage:
+    """Until optimizer step `until_step` (exclusive; null = to the end), train on documents of at
+    most `max_segments` segments. Train short first: memory has to work across one boundary before
+    it can work across three."""
+
+    until_step: Optional[int] = None
+    max_segments: int = 2
+
+
+@dataclass
+class TrainConfig:
+    # optimisation
+    batch_size: int = 64
+    lr: float = 3.0e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+    warmup_steps: int = 100
+    weight_decay: float = 0.01  # applied to matrices only (not biases / norms)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # Trainer.gradient_clip_val (norm); 0 = off
+    max_steps: int = 3000
+    lm_loss_weight: float = 0.0  # weight of next-token loss on all tokens, added to the answer loss
+    # curriculum over training documents' n_segments; empty = all documents from step 0
+    curriculum: List[CurriculumStage] = field(
+        default_factory=lambda: [
+            CurriculumStage(until_step=500, max_segments=2),
+            CurriculumStage(until_step=None, max_segments=4),
+        ]
+    )
+    # validation / checkpoints
+    val_check_interval: int = 250  # optimizer steps between validations (and checkpoints)
+    limit_val_batches: float = 1.0  # int-valued = number of batches, fraction = share of val batches
+    val_batch_size: int = 64
+    monitor: str = "val/recall"  # best.ckpt = max of this (overall recall: robust for every variant)
+    target_recall: float = 0.9  # steps_to_90: first validation where val/recall_far >= this
+    num_sanity_val_steps: int = 0
+    # runtime
+    threads: int = 1  # torch.set_num_threads; 1 measured fastest for tiny models on 2 cores
+    accelerator: str = "cpu"
+    devices: int = 1
+    precision: str = "32-true"
+    deterministic: bool = True
+    log_every_n_steps: int = 50
+    progress_bar: str = "tqdm"
+    progress_refresh_rate: int = 25
+    resume: bool = True  # continue from checkpoints/last.ckpt when present
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    try:
+        return obj.get(key, default)  # DictConfig
+    except AttributeError:
+        return getattr(obj, key, default)
+
+
+def curriculum_limit(curriculum: Any, step: int) -> Optional[int]:
+    """Max n_segments allowed at optimizer step `step` (None = no limit)."""
+    for stage in curriculum or []:
+        until = _get(stage, "until_step")
+        if until is None or step < int(until):
+            return int(_get(stage, "max_segments"))
+    return None
+
+
+def validate(train_cfg: Any, full_cfg: Any = None) -> None:
+    """Cross-field checks for `cfg.train` (raises ConfigError naming the key)."""
+    t = train_cfg
+
+    def pos(key: str, strict: bool = True, kind=float) -> None:
+        v = _get(t, key)
+        if v is None:
+            return
+        try:
+            fv = kind(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"train.{key} must be a number, got {v!r}") from None
+        if not math.isfinite(fv) or (fv <= 0 if strict else fv < 0):
+            raise ConfigError(f"train.{key} must be {'> 0' if strict else '>= 0'} and finite, got {v!r}")
+
+    for k in ("batch_size", "max_steps", "val_check_interval", "val_batch_size", "threads", "devices",
+              "log_every_n_steps"):
+        pos(k, kind=int)
+    for k in ("lr",):
+        pos(k)
+    for k in ("warmup_steps", "weight_decay", "grad_clip", "lm_loss_weight", "num_sanity_val_steps",
+              "min_lr_ratio", "limit_val_batches"):
+        pos(k, strict=False)
+    for k in ("beta1", "beta2", "min_lr_ratio", "target_recall"):
+        v = _get(t, k)
+        if v is not None and not (0.0 <= float(v) <= 1.0):
+            raise ConfigError(f"train.{k} must be in [0, 1], got {v!r}")
+    lvb = _get(t, "limit_val_batches")
+    if lvb is not None and float(lvb) > 1.0 and float(lvb) != int(float(lvb)):
+        raise ConfigError(f"train.limit_val_batches: a fraction <= 1.0 or a whole number of batches, got {lvb!r}")
+
+    choices = {"accelerator": ACCELERATORS, "precision": PRECISIONS, "progress_bar": PROGRESS_BARS,
+               "monitor": MONITORS}
+    for k, allowed in choices.items():
+        v = _get(t, k)
+        if v is not None and str(v) not in allowed:
+            raise ConfigError(f"train.{k}={v!r} is not allowed; allowed: {', '.join(allowed)}")
+
+    stages = list(_get(t, "curriculum") or [])
+    prev_until = -1
+    for i, st in enumerate(stages):
+        ms, until = _get(st, "max_segments"), _get(st, "until_step")
+        if ms is None or int(ms) < 1:
+            raise ConfigError(f"train.curriculum[{i}].max_segments must be >= 1, got {ms!r}")
+        if until is None:
+            if i != len(stages) - 1:
+                raise ConfigError(f"train.curriculum[{i}].until_step is null but is not the last stage")
+        else:
+            if int(until) <= prev_until:
+                raise ConfigError(f"train.curriculum until_step must increase; stage {i} has {until!r}")
+            prev_until = int(until)
+
+    data = _get(full_cfg, "data")
+    lo = _get(data, "train_min_segments")
+    if stages and lo is not None:
+        first = int(_get(stages[0], "max_segments"))
+        if first < int(lo):
+            raise ConfigError(
+                f"train.curriculum[0].max_segments={first} is below data.train_min_segments={lo}: "
+                "no training document would be allowed at step 0"
+            )

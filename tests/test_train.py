@@ -1,0 +1,282 @@
+"""Training stage: checkpoints and metrics, learning, determinism, resume, divergence, curriculum,
+load_trained. Real pieces at tiny sizes (pipeline.data.prepare: 300 docs; build_model: d=32,
+2 layers, W=16); wandb disabled."""
+
+from __future__ import annotations
+
+import json
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+datasets = pytest.importorskip("datasets")
+L = pytest.importorskip("lightning")
+
+from pipeline import train as T  # noqa: E402
+from pipeline.errors import ConfigError, TrainingError  # noqa: E402
+from pipeline.train_config import TrainConfig, curriculum_limit  # noqa: E402
+
+W = 16  # the real generator needs room for a local pair plus a far fact in one segment
+
+
+def tiny_config(root) -> "OmegaConf":
+    """A whole composed config, validated by pipeline.config, sized for a few seconds of CPU."""
+    from pipeline.config import validate
+
+    return validate({
+        "profile_name": "test",
+        "study": {"variants": ["window", "cmr"], "seeds": [0]},
+        "paths": {"data_dir": str(root / "data"), "experiments_dir": str(root / "exp"),
+                  "results_dir": str(root / "res")},
+        "backbone": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "window": W, "max_positions": 256},
+        "models": {"window": {"name": "window"},
+                   "cmr": {"name": "cmr", "k": 4, "capacity": 8, "bptt_segments": 1}},
+        "data": {"segment_len": W, "n_train_docs": 300, "n_val_docs": 32, "train_min_segments": 2,
+                 "train_max_segments": 3, "n_entities": 16, "n_common_values": 16, "n_variables": 8,
+                 "max_number": 29, "rare_counts": [4, 8], "rare_tokens_per_class": 1, "filler_vocab_size": 64,
+                 "eval_lengths": [64], "n_eval_docs": 2, "n_eval_facts": 2, "n_eval_num_vars": 2,
+                 "rare_eval_length": 64, "n_rare_docs": 2, "dialogue_turns": [2], "dialogue_turn_len": 16},
+        "eval": {"overhead": {"lengths": [64]}},
+        "train": {"batch_size": 8, "val_batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "max_steps": 10,
+                  "val_check_interval": 5, "log_every_n_steps": 5, "progress_bar": "none",
+                  "curriculum": [{"until_step": 5, "max_segments": 2}, {"until_step": None, "max_segments": 3}]},
+        "logger": {"wandb": {"enabled": False, "mode": "disabled"}, "csv": True},
+    })
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """Tiny real data (pipeline.data.prepare), built once for the module."""
+    from pipeline import data
+
+    root = tmp_path_factory.mktemp("train")
+    data.prepare(tiny_config(root), quiet=True)
+    return root
+
+
+@pytest.fixture
+def env(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = tiny_config(data_root)
+    cfg.paths.experiments_dir = str(tmp_path / "exp")
+    return cfg
+
+
+def _with(cfg, **train):
+    """cfg with train.<key> overrides (as a plain, schema-less config, so bad keys reach train())."""
+    return OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg)), {"train": train})
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("variant", ["window", "cmr"])
+def test_short_run_writes_checkpoints_and_metrics(env, tmp_path, variant):
+    class Segs(L.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.seen.append((trainer.global_step, batch["input_ids"].shape[1] // W))
+
+    segs = Segs()
+    m = T.train(env, variant, 0, extra_callbacks=[segs])
+    run = tmp_path / "exp" / "train" / f"{variant}-s0"
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "checkpoints" / "best.ckpt").exists()
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(m))
+    assert m["variant"] == variant and m["seed"] == 0 and m["steps"] == 10
+    assert m["train_tokens_per_s"] > 0 and m["wall_s"] > 0 and m["params"] > 0
+    assert [e["step"] for e in m["val_curve"]] == [5, 10]
+    assert {"recall", "recall_far", "recall_local", "loss"} <= set(m["val_last"])
+    assert list((run / "csv").rglob("metrics.csv"))
+    # the curriculum in a real run: 2-segment docs until step 5, then up to 3
+    assert [n for _, n in segs.seen[:5]] == [2] * 5 and all(n <= 3 for _, n in segs.seen)
+
+
+def test_loss_decreases_on_local_pairs(env, tmp_path):
+    class Rec(L.Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
+    rec = Rec()
+    cfg = _with(env, max_steps=100, val_check_interval=100, lr=1e-2, batch_size=16, warmup_steps=5)
+    m = T.train(cfg, "window", 0, run_dir=tmp_path / "learn", extra_callbacks=[rec])
+    assert len(rec.losses) == 100
+    assert np.mean(rec.losses[-10:]) < 0.7 * np.mean(rec.losses[:10]), rec.losses
+    # a local pair sits inside one window, so even `window` learns to copy its value
+    # (chance: 1 / data.n_common_values = 1/16; measured ~0.57 after 100 steps)
+    assert m["val_last"]["recall_local"] >= 0.35, m["val_last"]
+
+
+def _weights(run_dir):
+    model, _ = T.load_trained(run_dir, which="last")
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_same_seed_is_bit_identical(env, tmp_path):
+    a = T.train(env, "window", 0, run_dir=tmp_path / "a")
+    b = T.train(env, "window", 0, run_dir=tmp_path / "b")
+    c = T.train(env, "window", 1, run_dir=tmp_path / "c")
+    assert a["val_curve"] == b["val_curve"]
+    wa, wb, wc = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_rerun_resumes_from_last_checkpoint(env, tmp_path):
+    straight = T.train(_with(env, max_steps=10), "window", 0, run_dir=tmp_path / "straight")
+    first = T.train(_with(env, max_steps=5), "window", 0, run_dir=tmp_path / "resumed")
+    assert first["steps"] == 5
+    # the same run asked for 10 steps continues at step 5 (the cosine schedule depends on max_steps,
+    # so compare with a straight run only on the step counter and history, then weights exactly
+    # against a straight run that had the same schedule from the start)
+    second = T.train(_with(env, max_steps=10), "window", 0, run_dir=tmp_path / "resumed")
+    assert second["steps"] == 10
+    assert [e["step"] for e in second["val_curve"]] == [5, 10]
+    assert second["val_curve"][0] == first["val_curve"][0]
+    # a finished run is a no-op resume: same metrics, no new training
+    again = T.train(_with(env, max_steps=10), "window", 0, run_dir=tmp_path / "resumed")
+    assert again["val_curve"] == second["val_curve"] and again["steps"] == 10
+    assert straight["steps"] == 10
+
+
+def test_resume_matches_uninterrupted_run(env, tmp_path):
+    """Kill-and-rerun equivalence: stopping after the first checkpoint and rerunning gives the same
+    weights as training straight through (sampler is a function of the step; optimizer state saved)."""
+    T.train(env, "window", 0, run_dir=tmp_path / "straight")
+
+    class Crash(Exception):
+        pass
+
+    class Stop(L.Callback):
+        def on_train_batch_end(self, trainer, *a):
+            if trainer.global_step == 7:  # after the step-5 checkpoint
+                raise Crash
+
+    with pytest.raises(Crash):
+        T.train(env, "window", 0, run_dir=tmp_path / "killed", extra_callbacks=[Stop()])
+    m = T.train(env, "window", 0, run_dir=tmp_path / "killed")
+    assert m["steps"] == 10
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_raises_training_error(env, tmp_path):
+    class Poison(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 3:
+                with torch.no_grad():
+                    next(module.model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match="step 3"):
+        T.train(env, "window", 0, run_dir=tmp_path / "nan", extra_callbacks=[Poison()])
+
+
+def test_unknown_variant_and_bad_config(env):
+    with pytest.raises(ConfigError, match="cmr, window"):
+        T.train(env, "lstm", 0)
+    with pytest.raises(ConfigError, match="val_check_interval"):
+        T.train(_with(env, max_steps=7), "window", 0)
+    with pytest.raises(ConfigError, match="lr"):
+        T.train(_with(env, lr=float("nan")), "window", 0)
+    with pytest.raises(ConfigError, match="no_such_key"):
+        T.train(_with(env, no_such_key=1), "window", 0)
+    with pytest.raises(ConfigError, match="curriculum"):
+        T.train(_with(env, curriculum=[{"until_step": None, "max_segments": 0}]), "window", 0)
+
+
+def test_main_reports_config_errors(env, tmp_path, capsys):
+    p = tmp_path / "params.yaml"
+    p.write_text(OmegaConf.to_yaml(env))
+    assert T.main(["--variant", "nope", "--params", str(p)]) == 2
+    assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+def test_curriculum_sampler_respects_limit_and_equal_lengths():
+    n_seg = np.array([1, 2, 3, 1, 2, 3, 3, 2, 1, 4])
+    lengths = n_seg * W
+    sched = [{"until_step": 10, "max_segments": 1}, {"until_step": 20, "max_segments": 3},
+             {"until_step": None, "max_segments": 4}]
+    s = T.CurriculumBatchSampler(lengths, n_seg, batch_size=4, curriculum=sched, seed=0)
+    seen = {}
+    for step in range(40):
+        b = s.batch_at(step)
+        assert len(b) == 4 and len({int(lengths[i]) for i in b}) == 1
+        lim = curriculum_limit(sched, step)
+        assert all(n_seg[i] <= lim for i in b), (step, b)
+        seen.setdefault(lim, set()).update(int(n_seg[i]) for i in b)
+    assert seen[1] == {1} and seen[3] == {1, 2, 3} and 4 in seen[4]
+    # iterating from a step reproduces batch_at (what makes resume exact)
+    s.start_step = 17
+    it = iter(s)
+    assert [next(it) for _ in range(3)] == [s.batch_at(17), s.batch_at(18), s.batch_at(19)]
+    with pytest.raises(ConfigError, match="step 0"):
+        T.CurriculumBatchSampler(lengths[n_seg > 1], n_seg[n_seg > 1], 4, sched, 0)
+
+
+def test_load_trained_round_trips(env, tmp_path):
+    from pipeline import data
+
+    T.train(env, "window", 0, run_dir=tmp_path / "r")
+    ckpt = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    module = T.MemoryLMModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    model, hp = T.load_trained(tmp_path / "r", which="last")
+    assert not model.training and hp["variant"] == "window" and hp["vocab_size"] == data.load_tokenizer(env.paths.data_dir).get_vocab_size()
+    assert hp["cfg"]["backbone"]["window"] == W
+    val = data.load_split(env.paths.data_dir, "val")
+    n = val["n_segments"]
+    ids = torch.tensor([x for x, k in zip(val["input_ids"], n) if k == 2][:2])  # [2, 2W]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, module.model(ids).logits)
+    best, _ = T.load_trained(tmp_path / "r")  # default: best
+    assert not best.training
+
+
+def test_train_config_defaults_match_yaml():
+    from pathlib import Path
+
+    yaml = Path(__file__).resolve().parents[1] / "conf" / "train" / "default.yaml"
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(yaml))
+    assert OmegaConf.to_container(merged) == OmegaConf.to_container(OmegaConf.structured(TrainConfig))
+
+
+def test_wandb_mode_decided_before_init(monkeypatch, tmp_path):
+    from pipeline import tracking
+
+    cfg = OmegaConf.create({"profile_name": "p", "logger": {"wandb": {"enabled": True, "mode": "offline"}}})
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert tracking.wandb_mode(cfg) == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.wandb_mode(cfg) == "disabled"
+    assert tracking.start_wandb(cfg, "train", "x", tmp_path) is None
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    with pytest.raises(ConfigError, match="WANDB_MODE"):
+        tracking.wandb_mode(cfg)
+    off = OmegaConf.create({"logger": {"wandb": {"enabled": False, "mode": "online"}}})
+    assert tracking.wandb_mode(off) == "disabled"
+
+
+def test_wandb_offline_run_lives_in_run_dir_and_finishes_on_error(monkeypatch, tmp_path):
+    pytest.importorskip("wandb")
+    import wandb
+
+    from pipeline import tracking
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = OmegaConf.create({"profile_name": "prof", "logger": {"wandb": {"enabled": True, "mode": "offline",
+                                                                          "project": "cmr-repro", "tags": ["t"]}}})
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracking.wandb_run(cfg, "train", "window-s0", tmp_path / "run", {"a": 1}) as run:
+            assert run is not None and run.group == "prof" and run.job_type == "train"
+            raise RuntimeError("boom")
+    assert wandb.run is None  # finished, so the next job cannot log into it
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
