@@ -1,0 +1,74 @@
+"""Config composition and validation: params.yaml stays in sync with conf/, every profile
+composes, and each bad config fails at once with a message naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline.compose import main as compose_main
+from pipeline.config import REPO_ROOT, compose, load_params, to_params_yaml, validate
+from pipeline.errors import ConfigError
+
+
+def test_committed_params_match_conf():
+    committed = (REPO_ROOT / "params.yaml").read_text()
+    assert committed == to_params_yaml(compose()), "params.yaml is stale: run `python -m pipeline.compose`"
+
+
+@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+def test_every_profile_composes(profile):
+    cfg = compose([f"profile={profile}"])
+    assert cfg.profile_name == profile
+    assert set(cfg.study.variants) <= {"window", "xl", "full", "cmr"}
+
+
+def test_compose_cli_check_detects_a_stale_file(tmp_path, capsys):
+    out = tmp_path / "params.yaml"
+    assert compose_main(["-o", str(out)]) == 0
+    assert compose_main(["--check", "-o", str(out)]) == 0
+    out.write_text(out.read_text().replace("profile_name: default", "profile_name: edited"))
+    assert compose_main(["--check", "-o", str(out)]) == 1
+
+
+def test_load_params_roundtrip(tmp_path):
+    out = tmp_path / "params.yaml"
+    out.write_text(to_params_yaml(compose(["profile=ci"])))
+    assert load_params(out).profile_name == "ci"
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["+data.bogus=1"], ["data.bogus"]),
+        (["model@models.cmr=transformer9000"], ["model/transformer9000", "cmr", "window"]),
+        (["study.variants=[window,lstm]"], ["study.variants", "lstm", "allowed"]),
+        (["models.cmr.k=32", "backbone.window=16"], ["k", "window"]),
+        (["models.cmr.capacity=4", "models.cmr.k=8"], ["capacity"]),
+        (["backbone.max_positions=1000"], ["max_positions"]),
+        (["models.cmr.eviction=random"], ["eviction", "salience", "oldest"]),
+        (["backbone.d_model=abc"], ["backbone.d_model"]),
+        (["profile=huge"], ["profile/huge", "ci", "default", "paper"]),
+    ],
+)
+def test_bad_config_fails_naming_the_key(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        compose(overrides)
+    msg = str(err.value)
+    for word in words:
+        assert word in msg, f"{overrides}: '{word}' not in: {msg}"
+
+
+def test_unknown_key_in_params_file_names_key_and_allowed(tmp_path):
+    cfg = OmegaConf.to_container(compose(["profile=ci"]))
+    cfg["train"]["learning_rate"] = 0.1
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert "train.learning_rate" in str(err.value) and "lr" in str(err.value)
+
+
+def test_missing_params_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_params(tmp_path / "nope.yaml")
