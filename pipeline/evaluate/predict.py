@@ -198,3 +198,32 @@ def accuracy_table(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def split_key(name: str, prefix: str) -> int:
     """'recall_1000' -> 1000."""
     return int(name[len(prefix) + 1:])
+
+
+class ByLengthTask:
+    """A task scored by document length N from splits named `<task>_<N>` (recall, numeric):
+    the splits it reads, its rows of the predictions, and its accuracy tables."""
+
+    def __init__(self, task: str):
+        self.task = task
+
+    def splits(self, cfg: Any) -> list[tuple[str, int]]:
+        return [(f"{self.task}_{int(n)}", int(n)) for n in cfg.data.eval_lengths]
+
+    def select(self, pred: pd.DataFrame) -> pd.DataFrame:
+        """This table's rows (task column = evaluation id, so the rare split's recall docs are 'rare')."""
+        return pred[pred["task"] == self.task]
+
+    def score(self, pred: pd.DataFrame) -> pd.DataFrame:
+        """Rows: variant, seed, length, n, correct, accuracy."""
+        return accuracy_table(self.select(pred), ["length"])
+
+    def score_by_type(self, pred: pd.DataFrame) -> pd.DataFrame:
+        """Rows: variant, seed, length, query_type, n, correct, accuracy."""
+        return accuracy_table(self.select(pred), ["length", "query_type"])
+
+    def predict(self, model: Any, cfg: Any, *, variant: str, seed: int, train_counts: Any,
+                device: str = "cpu", loader: Any = None) -> pd.DataFrame:
+        return predict_splits(model, cfg.paths.data_dir, self.splits(cfg), task=self.task, variant=variant,
+                              seed=seed, batch_size=cfg.eval.batch_size, max_docs=cfg.eval.max_docs_per_split,
+                              train_counts=train_counts, device=device, loader=loader)

@@ -11,37 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from pipeline.evaluate.predict import accuracy_table, predict_splits
+from pipeline.evaluate.predict import ByLengthTask
 
 TASK = "recall"
-
-
-def splits(cfg: Any) -> list[tuple[str, int]]:
-    return [(f"recall_{int(n)}", int(n)) for n in cfg.data.eval_lengths]
-
-
-def select(pred: pd.DataFrame) -> pd.DataFrame:
-    """This table's rows (task column = evaluation id; the rare split's recall documents are task 'rare')."""
-    return pred[pred["task"] == TASK]
-
-
-def score(pred: pd.DataFrame) -> pd.DataFrame:
-    """Rows: variant, seed, length, n, correct, accuracy."""
-    return accuracy_table(select(pred), ["length"])
-
-
-def score_by_type(pred: pd.DataFrame) -> pd.DataFrame:
-    """Rows: variant, seed, length, query_type (far/local), n, correct, accuracy."""
-    return accuracy_table(select(pred), ["length", "query_type"])
-
-
-def predict(model: Any, cfg: Any, *, variant: str, seed: int, train_counts: Any, device: str = "cpu",
-            loader: Any = None) -> pd.DataFrame:
-    return predict_splits(model, cfg.paths.data_dir, splits(cfg), task=TASK, variant=variant, seed=seed,
-                          batch_size=cfg.eval.batch_size, max_docs=cfg.eval.max_docs_per_split,
-                          train_counts=train_counts, device=device, loader=loader)
+_TASK = ByLengthTask(TASK)
+splits, select, score, score_by_type, predict = (
+    _TASK.splits, _TASK.select, _TASK.score, _TASK.score_by_type, _TASK.predict)
 
 
 # Keys under which a manifest may record how many distinct values a recall query can have.
