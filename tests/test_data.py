@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import DataConfig, build_all, load_split, load_tokenizer, load_train_counts, prepare
+from pipeline.data import DataConfig, load_split, load_tokenizer, load_train_counts
+from pipeline.data.prepare import build_all, prepare
 from pipeline.data.build import check_disjoint
 from pipeline.data.config import validate
 from pipeline.errors import ConfigError, DataError

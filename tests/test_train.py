@@ -48,10 +48,10 @@ def tiny_config(root) -> "OmegaConf":
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """Tiny real data (pipeline.data.prepare), built once for the module."""
-    from pipeline import data
+    from pipeline.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("train")
-    data.prepare(tiny_config(root), quiet=True)
+    prepare(tiny_config(root), quiet=True)
     return root
 
 

@@ -36,21 +36,4 @@ def load_manifest(data_dir) -> dict:
     return read_manifest(data_dir)
 
 
-def prepare(cfg, out_dir=None, quiet: bool = False) -> dict:
-    """Build and write the whole data folder; returns the manifest."""
-    from pipeline.data.prepare import prepare as _prepare
-
-    return _prepare(cfg, out_dir, quiet=quiet)
-
-
-def build_all(cfg):
-    """All splits as in-memory columns (no disk I/O): (splits, source, stats)."""
-    from pipeline.data.prepare import build_all as _build
-
-    from pipeline.data.config import as_data_config
-
-    return _build(as_data_config(cfg))
-
-
-__all__ = ["DataConfig", "validate", "load_split", "load_tokenizer", "load_train_counts", "load_manifest",
-           "prepare", "build_all"]
+__all__ = ["DataConfig", "validate", "load_split", "load_tokenizer", "load_train_counts", "load_manifest"]

@@ -46,8 +46,8 @@ class DataConfig:
     rare_tokens_per_class: int = 2
     max_rare_fraction: float = 0.5  # at most this share of training fact slots hold rare values
     # --- templates (placeholders {E} entity, {V} value, {X}/{Y} variable, {N} number) ---
-    fact_template: str = "{E} is {V} ."
-    query_template: str = "? {E} is"
+    fact_template: str = "is {E} {V} ."  # value right after its entity (one-hop recall)
+    query_template: str = "? is {E}"
     num_fact_template: str = "{X} equals {N} ."
     num_query_template: str = "{X} plus {Y} equals"
     speakers: list[str] = field(default_factory=lambda: ["A:", "B:"])

@@ -79,7 +79,7 @@ class CMRConfig(MemoryConfig):
     mode: str = "hierarchical"  # hierarchical | flat
     gate: bool = True  # false: plain residual add (ablation)
     gate_bias: float = -4.0
-    bptt_segments: int = 2  # segments gradients flow back through the banks (0: detached)
+    bptt_segments: int = 4  # segments gradients flow back through the banks (0: detached)
 
 
 MEMORY_CONFIGS: dict[str, type] = {

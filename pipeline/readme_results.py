@@ -1,0 +1,114 @@
+"""`python -m pipeline.readme_results [--check]`: copy the committed study's results into README.md.
+
+The README's results section is rendered from results/ (written by the report stage), never
+typed by hand; a test runs `--check` so the README cannot drift from the committed results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import REPO_ROOT
+from pipeline.io import atomic_write_text
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def accuracy_table(csv: Path, key: str, paper_scale: float = 100.0) -> str:
+    """Variant rows x key columns: mean accuracy (%) [95% CI], with the paper's rows beside ours."""
+    df = pd.read_csv(csv)
+    cols = sorted(df[key].unique(), key=lambda v: (str(type(v)), v))
+    lines = ["| variant | " + " | ".join(str(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for variant, g in df.groupby("variant", sort=False):
+        g = g.set_index(key)
+        cells = [f"{_pct(g.loc[c, 'accuracy'])} [{_pct(g.loc[c, 'ci_low'])}, {_pct(g.loc[c, 'ci_high'])}]"
+                 if c in g.index else "" for c in cols]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    for label, col in (("paper baseline", "paper_baseline"), ("paper CMR", "paper_cmr")):
+        if col in df and df[col].notna().any():
+            first = df.drop_duplicates(key).set_index(key)[col]
+            lines.append(f"| *{label}* | " + " | ".join(
+                _pct(first[c]) if c in first.index and pd.notna(first[c]) else "" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def overhead_table(csv: Path) -> str:
+    df = pd.read_csv(csv)
+    ns = sorted(df["N"].unique())
+    lines = ["| variant | " + " | ".join(f"ms/token @ {n}" for n in ns) + " | ratio vs window (mean) | params |",
+             "|---" * (len(ns) + 3) + "|"]
+    for variant, g in df.groupby("variant", sort=False):
+        g = g.set_index("N")
+        lines.append(f"| {variant} | " + " | ".join(f"{g.loc[n, 'ms_per_token']:.4f}" if n in g.index else ""
+                                                   for n in ns)
+                     + f" | {g['ratio_vs_window'].mean():.2f} | {int(g['params'].iloc[0]):,} |")
+    return "\n".join(lines)
+
+
+def stage_times(csv: Path) -> str:
+    df = pd.read_csv(csv)
+    agg = df.groupby("stage", sort=False)["wall_s"].agg(["count", "sum"])
+    lines = ["| stage | runs | wall time (min) |", "|---|---|---|"]
+    for stage, row in agg.iterrows():
+        lines.append(f"| {stage} | {int(row['count'])} | {row['sum'] / 60:.1f} |")
+    lines.append(f"| **all stages** | {int(agg['count'].sum())} | {agg['sum'].sum() / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def render(results: Path) -> str:
+    tables = results / "tables"
+    parts = [
+        START,
+        "_Rendered by `python -m pipeline.readme_results` from the committed `results/` "
+        "(the `default` profile); full tables, tests and plots in [results/REPORT.md](results/REPORT.md)._",
+        "",
+        "**Recall accuracy (%) by sequence length N (Table II)**, mean over seeds [95% bootstrap CI]:",
+        "",
+        accuracy_table(tables / "recall.csv", "N"),
+        "",
+        "**Inference cost (Table III)**, batch 1, one thread:",
+        "",
+        overhead_table(tables / "overhead.csv"),
+        "",
+        "**Wall time per stage** (measured by the pipeline, `results/stage_times.csv`):",
+        "",
+        stage_times(results / "stage_times.csv"),
+        END,
+    ]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.readme_results", description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"))
+    parser.add_argument("--results", default=str(REPO_ROOT / "results"))
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
+    args = parser.parse_args(argv)
+    readme = Path(args.readme)
+    text = readme.read_text()
+    if START not in text or END not in text:
+        print(f"{readme}: no {START} ... {END} markers", file=sys.stderr)
+        return 2
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    new = head + render(Path(args.results)) + tail
+    if args.check:
+        if new != text:
+            print("README.md results are stale: run python -m pipeline.readme_results", file=sys.stderr)
+            return 1
+        return 0
+    atomic_write_text(readme, new)
+    print(f"updated {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
