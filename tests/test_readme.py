@@ -1,0 +1,18 @@
+"""The README's results section is rendered from the committed results/, never typed by hand."""
+
+from __future__ import annotations
+
+from pipeline.config import REPO_ROOT
+from pipeline.readme_results import main, render
+
+
+def test_readme_results_match_committed_results():
+    assert (REPO_ROOT / "results" / "tables" / "recall.csv").is_file(), "the default study's results are not committed"
+    assert main(["--check"]) == 0, "README.md is stale: run python -m pipeline.readme_results"
+
+
+def test_render_shows_every_variant(tmp_path):
+    block = render(REPO_ROOT / "results")
+    for variant in ("window", "cmr"):
+        assert f"| {variant} |" in block
+    assert "wall time" in block.lower()
