@@ -237,3 +237,17 @@ def test_xl_comparison_joins_the_holm_family(tmp_path):
     assert rec.loc[rec["variant"] == "cmr", "p_vs_xl_holm"].notna().all()
     assert rec.loc[rec["variant"] != "cmr", "p_vs_xl_holm"].isna().all()
     assert set(s["tests"]["recall"]) == {"cmr_vs_window", "cmr_vs_xl"}
+
+
+def test_learnable_uses_full_within_its_training_length():
+    """`full` at the shortest eval N is extrapolating; its validation recall (training length) counts."""
+    from pipeline.report import ReportConfig, validity_checks
+
+    rows = [{"variant": v, "seed": 0, "split": "recall_500", "task": "recall", "length": 500, "doc_id": f"d{i}", "query_idx": 0,
+             "query_type": "far", "answer": i % 7, "correct": False} for v in ("full", "cmr", "window")
+            for i in range(6)]
+    preds = pd.DataFrame(rows)
+    low = validity_checks(preds, ReportConfig(), 0.02, {"full-s0": {"val_recall": 0.5}})
+    assert low["learnable"]["status"] == "FAILED" and low["learnable"]["full_val"] == 0.5
+    high = validity_checks(preds, ReportConfig(), 0.02, {"full-s0": {"val_recall": 0.95}, "cmr-s0": {"val_recall": 0.1}})
+    assert high["learnable"]["status"] == "PASSED" and high["learnable"]["full_all"] == 0.0
