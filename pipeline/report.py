@@ -121,6 +121,9 @@ ACCURACY_TABLES = (
     AccuracySpec("dialogue", "dialogue", "turns", "length",
                  "Table V: dialogue consistency (accuracy of facts asked back; paper: coherence score / 10) "
                  "by number of turns"),
+    AccuracySpec("recall_by_distance", "recall", "distance_segments", "distance_segments",
+                 "Recall accuracy by fact-to-query distance in segments of W tokens (bins by lower edge: "
+                 "[0,1), [1,2), [2,4), ...); distances beyond the longest training document are extrapolation"),
 )
 
 
@@ -312,6 +315,22 @@ def _doc_mean_over_seeds(sub: pd.DataFrame) -> float:
     if sub.empty:
         return math.nan
     return float(sub.groupby(["seed", "split", "doc_id"])["correct"].mean().groupby(level="seed").mean().mean())
+
+
+def datasets_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
+    """Table I, ours: per split, documents, mean length in tokens and words, facts and queries per document."""
+    rows = [{"split": name, "documents": sp.get("docs"), "mean_tokens": sp.get("mean_tokens"),
+             "mean_words": sp.get("mean_words"), "facts_per_doc": sp.get("facts_per_doc"),
+             "queries_per_doc": sp.get("queries_per_doc"), "mean_distance_tokens": sp.get("mean_distance"),
+             "filler": manifest.get("filler_source")}
+            for name, sp in (manifest.get("splits") or {}).items()]
+    return pd.DataFrame(rows)
+
+
+def distance_bin(segments: pd.Series) -> pd.Series:
+    """Lower edge of the power-of-two bin of a distance in segments: 0, 1, 2, 4, 8, ..."""
+    seg = segments.clip(lower=0).astype("int64")
+    return seg.where(seg < 1, 2 ** np.floor(np.log2(seg.clip(lower=1))).astype("int64"))
 
 
 def validity_checks(preds: pd.DataFrame, rc: ReportConfig, chance_from_data: float | None = None,
@@ -542,6 +561,9 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
         frames.append(df)
         runs.append({"dir": str(d), "variant": v, "seed": s, "overhead": oh, "metrics": met})
     preds = pd.concat(frames, ignore_index=True)
+    window = int((cfg.get("backbone") or {}).get("window") or 0)
+    if window > 0:
+        preds["distance_segments"] = distance_bin(preds["distance"] // window)
 
     train: dict[str, dict] = {}
     train_src: dict[str, str] = {}
@@ -559,6 +581,9 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     tables: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
     for spec in ACCURACY_TABLES:
         pt = paper["tables"].get(spec.name)
+        if spec.source not in preds:
+            notes.append(f"{spec.title.split(':')[0]}: predictions have no `{spec.source}` (backbone.window unset)")
+            continue
         table, tests = accuracy_table(preds, spec, pt, rc)
         if table.empty:
             notes.append(f"no `{spec.task}` predictions: {spec.title.split(':')[0]} not reproduced")
@@ -621,8 +646,15 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     # stage times
     times = []
     manifest = Path((cfg.get("paths") or {}).get("data_dir", "data")) / "manifest.json"
-    times.append({"stage": "prepare", "run": "data", "wall_s": _wall(_read_json(manifest)) if manifest.is_file()
-                  else None, "source": str(manifest)})
+    manifest_data = _read_json(manifest) if manifest.is_file() else None
+    ds_table = datasets_table(manifest_data) if manifest_data is not None else None
+    if ds_table is not None:
+        _write_table(ds_table, tables_dir / "datasets",
+                     "Table I (ours): the generated splits, computed from data/manifest.json")
+        summary["datasets"] = {r["split"]: {"documents": r["documents"], "mean_tokens": r["mean_tokens"]}
+                               for r in ds_table.to_dict("records")}
+    times.append({"stage": "prepare", "run": "data", "wall_s": _wall(manifest_data) if manifest_data else None,
+                  "source": str(manifest)})
     for name, m in sorted(train.items()):
         times.append({"stage": "train", "run": name, "wall_s": _wall(m), "source": train_src[name]})
     for r in runs:
@@ -640,7 +672,8 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     summary = _jsonable(summary)
     atomic_write_json(results_dir / "summary.json", summary)
     atomic_write_text(results_dir / "REPORT.md",
-                      render_markdown(cfg, rc, paper, runs, train, tables, oh, validity, times_df, notes))
+                      render_markdown(cfg, rc, paper, runs, train, tables, oh, validity, times_df, notes,
+                                      datasets=ds_table))
     for n in notes:
         print(f"note: {n}")
     return summary
@@ -667,7 +700,8 @@ def _compact(table: pd.DataFrame, tests: pd.DataFrame, key: str) -> pd.DataFrame
     return pd.DataFrame(rows).fillna("--")
 
 
-def render_markdown(cfg, rc, paper, runs, train, tables, oh, validity, times_df, notes) -> str:
+def render_markdown(cfg, rc, paper, runs, train, tables, oh, validity, times_df, notes,
+                    datasets: pd.DataFrame | None = None) -> str:
     out = io.StringIO()
     w = lambda s="": out.write(s + "\n")  # noqa: E731
     variants = _variant_order({r["variant"] for r in runs})
@@ -705,6 +739,11 @@ def render_markdown(cfg, rc, paper, runs, train, tables, oh, validity, times_df,
         w("Training runs:")
         w()
         w(pd.DataFrame(tr).map(_fmt).to_markdown(index=False))
+        w()
+    if datasets is not None:
+        w("## Data (our Table I)")
+        w()
+        w(datasets.to_markdown(index=False))
         w()
     w("## Validity checks")
     w()

@@ -251,3 +251,22 @@ def test_learnable_uses_full_within_its_training_length():
     assert low["learnable"]["status"] == "FAILED" and low["learnable"]["full_val"] == 0.5
     high = validity_checks(preds, ReportConfig(), 0.02, {"full-s0": {"val_recall": 0.95}, "cmr-s0": {"val_recall": 0.1}})
     assert high["learnable"]["status"] == "PASSED" and high["learnable"]["full_all"] == 0.0
+
+
+def test_distance_and_datasets_tables(tmp_path):
+    cfg, evals, trains = make_study(tmp_path)
+    cfg["backbone"] = {"window": 16}
+    manifest = {"wall_s": 1.0, "filler_source": "synthetic",
+                "splits": {"train": {"docs": 10, "mean_tokens": 64.0, "mean_words": 50.0, "facts_per_doc": 3.0,
+                                     "queries_per_doc": 3.0, "mean_distance": 20.0},
+                           "recall_500": {"docs": 4, "mean_tokens": 500.0, "mean_words": 410.0,
+                                          "facts_per_doc": 8.0, "queries_per_doc": 8.0, "mean_distance": 250.0}}}
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps(manifest))
+    build_report(cfg, evals, trains, tmp_path / "results")
+    tab = tmp_path / "results" / "tables"
+    dist = pd.read_csv(tab / "recall_by_distance.csv")
+    assert set(dist["distance_segments"]) == {4}  # distance 100 tokens = 6 segments of 16 -> bin [4, 8)
+    assert set(dist["variant"]) == set(VARIANTS) and dist["accuracy"].between(0, 1).all()
+    ds = pd.read_csv(tab / "datasets.csv")
+    assert ds.set_index("split").loc["recall_500", "mean_tokens"] == 500.0 and len(ds) == 2
+    assert "Data (our Table I)" in (tmp_path / "results" / "REPORT.md").read_text()
