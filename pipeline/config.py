@@ -30,6 +30,14 @@ class StudyConfig:
 
 
 @dataclass
+class SweepConfig:
+    """The job a Hydra sweep runs (`python -m pipeline.sweep -m sweep.variant=window,cmr`)."""
+
+    variant: str = "cmr"
+    seed: int = 0
+
+
+@dataclass
 class PathsConfig:
     data_dir: str = "data"
     experiments_dir: str = "experiments"
@@ -67,6 +75,7 @@ def _schema() -> DictConfig:
     class RootConfig:
         profile_name: str = "default"
         study: StudyConfig = field(default_factory=StudyConfig)
+        sweep: SweepConfig = field(default_factory=SweepConfig)
         paths: PathsConfig = field(default_factory=PathsConfig)
         data: DataConfig = field(default_factory=DataConfig)
         backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -113,6 +122,9 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
             raise ConfigError(f"study.variants: unknown variant '{name}'; allowed: {', '.join(allowed)}")
         if name not in merged.models:
             raise ConfigError(f"study.variants lists '{name}' but models.{name} is not configured")
+    if merged.sweep.variant not in merged.models:
+        raise ConfigError(f"sweep.variant: unknown variant '{merged.sweep.variant}'; "
+                          f"allowed: {', '.join(merged.models.keys())}")
     if len(set(merged.study.seeds)) != len(merged.study.seeds) or not merged.study.seeds:
         raise ConfigError(f"study.seeds must be a non-empty list of distinct integers, got {list(merged.study.seeds)}")
     typed = {}
