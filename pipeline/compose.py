@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from pipeline.config import PARAMS_FILE, compose, to_params_yaml
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_write_text
+from pipeline.io import write_or_check
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,17 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.output)
-    if args.check:
-        current = out.read_text() if out.is_file() else ""
-        if current != text:
-            print(f"{out} is out of date with conf/ {args.overrides}: run python -m pipeline.compose", file=sys.stderr)
-            return 1
-        print(f"{out} matches conf/ {args.overrides}")
-        return 0
-    atomic_write_text(out, text)
-    print(f"wrote {out} ({' '.join(args.overrides) or 'defaults'})")
-    return 0
+    return write_or_check(args.output, text, check=args.check,
+                          fix_hint=f"run python -m pipeline.compose {' '.join(args.overrides)}".strip())
 
 
 if __name__ == "__main__":

@@ -54,3 +54,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+def write_or_check(path: str | os.PathLike, text: str, *, check: bool, fix_hint: str) -> int:
+    """Generated files kept in git: with `check`, exit code 1 (and `fix_hint`) if `path` does not hold
+    `text` already; otherwise write it atomically. Returns a process exit code."""
+    import sys
+
+    path = Path(path)
+    if check:
+        current = path.read_text() if path.is_file() else None
+        if current != text:
+            print(f"{path} is stale: {fix_hint}", file=sys.stderr)
+            return 1
+        print(f"{path} is up to date")
+        return 0
+    atomic_write_text(path, text)
+    print(f"wrote {path}")
+    return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import REPO_ROOT
-from pipeline.io import atomic_write_text
+from pipeline.io import write_or_check
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -102,14 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
     new = head + render(Path(args.results)) + tail
-    if args.check:
-        if new != text:
-            print("README.md results are stale: run python -m pipeline.readme_results", file=sys.stderr)
-            return 1
-        return 0
-    atomic_write_text(readme, new)
-    print(f"updated {readme}")
-    return 0
+    return write_or_check(readme, new, check=args.check, fix_hint="run python -m pipeline.readme_results")
 
 
 if __name__ == "__main__":
