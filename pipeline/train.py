@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import math
 import sys
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import load_params
 from pipeline.errors import ConfigError, DataError, PipelineError, TrainingError
 from pipeline.io import atomic_write_json
 from pipeline.train_config import QUERY_TYPES, TrainConfig, curriculum_limit
@@ -581,17 +581,6 @@ def load_trained(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Mod
     model.load_state_dict(sd)
     model.eval()
     return model, hp
-
-
-def load_params(path: str | Path) -> DictConfig:
-    """The composed config: pipeline.config.load_params when the lead's module exists, else plain OmegaConf."""
-    if importlib.util.find_spec("pipeline.config") is not None:
-        from pipeline.config import load_params as _load
-
-        return _load(path)
-    if not Path(path).exists():
-        raise ConfigError(f"params file {path} not found (compose it from conf/ first)")
-    return OmegaConf.load(path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -258,19 +258,18 @@ def test_validate_against_backbone_window_and_whole_config():
 
 
 def test_prepare_cli_with_params_file(tmp_path):
-    from omegaconf import OmegaConf
+    """The DVC stage's command on a composed params file; a bad value exits 2 naming the key."""
+    from pipeline.config import compose, to_params_yaml
 
     params = tmp_path / "params.yaml"
-    OmegaConf.save(OmegaConf.create({"data": dataclasses.asdict(tiny(n_train_docs=200, rare_counts=[2]))}), params)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    code = ("import sys, pipeline.data.prepare as p; p.load_config = lambda path: __import__('omegaconf')"
-            ".OmegaConf.load(path); sys.exit(p.main(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-c", code, "--params", str(params), "--out", str(tmp_path / "data")],
-                       capture_output=True, text=True, env=env, timeout=120)
+    params.write_text(to_params_yaml(compose(["profile=ci", "data.n_train_docs=200"])))
+    cmd = [sys.executable, "-m", "pipeline.data.prepare", "--params"]
+    cwd = Path(__file__).resolve().parents[1]
+    r = subprocess.run([*cmd, str(params), "--out", str(tmp_path / "data")], capture_output=True, text=True,
+                       cwd=cwd, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "prepared" in r.stdout and (tmp_path / "data" / "manifest.json").is_file()
     bad = tmp_path / "bad.yaml"
-    OmegaConf.save(OmegaConf.create({"data": dataclasses.asdict(tiny(filler="bogus"))}), bad)
-    r = subprocess.run([sys.executable, "-c", code, "--params", str(bad)], capture_output=True, text=True,
-                       env=env, timeout=120)
+    bad.write_text(params.read_text().replace("filler: synthetic", "filler: bogus"))
+    r = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, cwd=cwd, timeout=120)
     assert r.returncode == 2 and "data.filler" in r.stderr

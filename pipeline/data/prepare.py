@@ -141,26 +141,15 @@ def summary(manifest: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path):
-    """The composed, validated config: pipeline.config.load_params when available, else the yaml."""
-    try:
-        from pipeline.config import load_params
-    except ImportError:
-        load_params = None
-    if load_params is not None:
-        return load_params(path)
-    from omegaconf import OmegaConf
-
-    return OmegaConf.load(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.data.prepare", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
     ap.add_argument("--out", default=None, help="output folder (default: paths.data_dir)")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.params)
+        from pipeline.config import load_params
+
+        cfg = load_params(args.params)
         prepare(cfg, args.out)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,16 +7,6 @@ import logging
 import sys
 
 
-def _load(path: str):
-    try:
-        from pipeline.config import load_params
-    except ImportError:  # the lead's config layer not there yet: read the composed file as is
-        from omegaconf import OmegaConf
-
-        return OmegaConf.load(path)
-    return load_params(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate",
                                      description="Evaluate one trained model (variant, seed).")
@@ -29,9 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import PipelineError
 
     try:
+        from pipeline.config import load_params
         from pipeline.evaluate import evaluate
 
-        out = evaluate(_load(args.params), args.variant, args.seed)
+        out = evaluate(load_params(args.params), args.variant, args.seed)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
