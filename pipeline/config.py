@@ -198,5 +198,17 @@ def as_plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def cfg_get(node: Any, key: str, default: Any = None) -> Any:
+    """Read `key` from a DictConfig, dict or dataclass alike (component validators accept all three)."""
+    if node is None:
+        return default
+    if isinstance(node, dict):
+        return node.get(key, default)
+    try:
+        return node.get(key, default)  # DictConfig
+    except AttributeError:
+        return getattr(node, key, default)
+
+
 def dataclass_keys(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]

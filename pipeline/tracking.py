@@ -13,17 +13,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from pipeline.config import cfg_get as _get
 from pipeline.errors import ConfigError
 from pipeline.logging_config import WANDB_MODES
 
 
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if obj is None:
-        return default
-    try:
-        return obj.get(key, default)
-    except AttributeError:
-        return getattr(obj, key, default)
 
 
 def wandb_mode(cfg: Any) -> str:

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from pipeline.config import cfg_get as _get
 from pipeline.errors import ConfigError
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
@@ -68,15 +69,6 @@ class TrainConfig:
     resume: bool = True  # continue from checkpoints/last.ckpt when present
 
 
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    try:
-        return obj.get(key, default)  # DictConfig
-    except AttributeError:
-        return getattr(obj, key, default)
 
 
 def curriculum_limit(curriculum: Any, step: int) -> Optional[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from pipeline.config import cfg_get as _get
 from pipeline.errors import ConfigError
 
 # Every evaluation task the stage knows; `attention` (issue 4) is added when it exists.
@@ -37,16 +38,6 @@ class EvalConfig:
     overhead: OverheadConfig = field(default_factory=OverheadConfig)
 
 
-def _get(node: Any, key: str, default: Any = None) -> Any:
-    """Read `key` from a DictConfig, dict or dataclass alike."""
-    if node is None:
-        return default
-    if isinstance(node, dict):
-        return node.get(key, default)
-    try:
-        return node.get(key, default)  # DictConfig
-    except AttributeError:
-        return getattr(node, key, default)
 
 
 def _pos_int(value: Any, key: str, minimum: int = 1) -> None:
