@@ -27,6 +27,9 @@ class StudyConfig:
 
     variants: list[str] = field(default_factory=lambda: ["window", "xl", "full", "cmr"])
     seeds: list[int] = field(default_factory=lambda: [0])
+    # Processes that train one variant's seeds side by side (1 torch thread each): on 2 cores two
+    # runs at once give ~1.6x the throughput of one. Not a DVC param: it changes no result.
+    jobs: int = 2
 
 
 @dataclass
@@ -127,6 +130,8 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
                           f"allowed: {', '.join(merged.models.keys())}")
     if len(set(merged.study.seeds)) != len(merged.study.seeds) or not merged.study.seeds:
         raise ConfigError(f"study.seeds must be a non-empty list of distinct integers, got {list(merged.study.seeds)}")
+    if merged.study.jobs < 1:
+        raise ConfigError(f"study.jobs must be >= 1 (processes per stage), got {merged.study.jobs}")
     typed = {}
     for key, node in merged.models.items():
         name = node.get("name") if isinstance(node, DictConfig) else None

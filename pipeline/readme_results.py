@@ -7,6 +7,7 @@ typed by hand; a test runs `--check` so the README cannot drift from the committ
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -65,12 +66,28 @@ def stage_times(csv: Path) -> str:
     return "\n".join(lines)
 
 
+def verdicts_table(summary_json: Path) -> str:
+    """One row per paper claim: the verdict the report computed (results/summary.json `verdicts`)."""
+    verdicts = json.loads(summary_json.read_text()).get("verdicts") if summary_json.is_file() else None
+    if not verdicts:
+        return "_No verdicts in results/summary.json: rerun the report (`python -m pipeline.report`)._"
+    lines = ["| # | claim (paper) | verdict | where CMR loses |", "|---|---|---|---|"]
+    for v in verdicts:
+        loses = (v.get("cmr_loses") or "--").replace("|", "\\|")
+        lines.append(f"| {v['claim']} | {v['text']} ({v['source']}) | **{v['verdict']}** | {loses} |")
+    return "\n".join(lines)
+
+
 def render(results: Path) -> str:
     tables = results / "tables"
     parts = [
         START,
         "_Rendered by `python -m pipeline.readme_results` from the committed `results/` "
         "(the `default` profile); full tables, tests and plots in [results/REPORT.md](results/REPORT.md)._",
+        "",
+        "**Verdicts on the paper's claims** (rules and evidence in results/REPORT.md):",
+        "",
+        verdicts_table(results / "summary.json"),
         "",
         "**Recall accuracy (%) by sequence length N (Table II)**, mean over seeds [95% bootstrap CI]:",
         "",

@@ -1,5 +1,8 @@
 """Statistics for the report: bootstrap CIs over documents, exact McNemar on paired outcomes, Holm.
 
+All CIs come from scipy.stats.bootstrap (documents, or timing repeats, are the resampled unit);
+p-values from scipy.stats.binomtest (exact McNemar: a binomial test on the discordant pairs).
+
 Kept free of torch so the report starts fast. Every function is deterministic given its seed.
 """
 
@@ -77,6 +80,42 @@ def bootstrap_ci(
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
         note = f"{method} not computable; percentile interval used"
     return CI(mean, low, high, n, level, used, False, note)
+
+
+def _two_sample_ci(x: np.ndarray, y: np.ndarray, statistic, *, level: float, n_resamples: int, method: str,
+                   seed: int, what: str) -> CI:
+    """CI of statistic(x, y) for two independent samples, each resampled on its own."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if x.size == 0 or y.size == 0:
+        return CI(math.nan, math.nan, math.nan, int(min(x.size, y.size)), level, method, True, "no data")
+    est = float(statistic(x, y, axis=-1))
+    n = int(min(x.size, y.size))
+    if (x.size < 2 and y.size < 2) or (np.all(x == x[0]) and np.all(y == y[0])):
+        return CI(est, est, est, n, level, method, True, f"{what}: no spread to resample (degenerate interval)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sps.bootstrap((x, y), statistic, confidence_level=level, n_resamples=n_resamples, method=method,
+                            random_state=np.random.default_rng(seed), vectorized=True, paired=False)
+    return CI(est, float(res.confidence_interval.low), float(res.confidence_interval.high), n, level, method)
+
+
+def bootstrap_diff_ci(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, level: float = 0.95,
+                      n_resamples: int = 2000, method: str = "percentile", seed: int = 0) -> CI:
+    """CI of mean(x) - mean(y) for independent samples (e.g. CMR's gap at the longest vs the shortest N).
+
+    Used for "does the gap grow": x and y are per-document gaps from two different cells.
+    """
+    return _two_sample_ci(np.asarray(x), np.asarray(y), lambda a, b, axis: a.mean(axis) - b.mean(axis),
+                          level=level, n_resamples=n_resamples, method=method, seed=seed, what="difference")
+
+
+def bootstrap_ratio_ci(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, level: float = 0.95,
+                       n_resamples: int = 2000, method: str = "percentile", seed: int = 0) -> CI:
+    """CI of median(x) / median(y) for independent samples (timing repeats: CMR's over window's ms/token)."""
+    return _two_sample_ci(np.asarray(x), np.asarray(y), lambda a, b, axis: np.median(a, axis) / np.median(b, axis),
+                          level=level, n_resamples=n_resamples, method=method, seed=seed, what="ratio")
 
 
 @dataclass(frozen=True)

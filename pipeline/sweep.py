@@ -4,41 +4,106 @@ Each job composes conf/ (Hydra), validates it like a DVC stage does, then runs t
 the DVC stages run: `pipeline.train.train` and `pipeline.evaluate.evaluate`, writing into the
 Hydra job's own output folder. Data come from `paths.data_dir` (prepare them once with
 `dvc repro prepare`); a sweep over data settings should run the DVC pipeline instead.
-Each job is one wandb run per stage, grouped by sweep, finished before the next job starts.
+Ready-made sweeps live in conf/experiment/ (`python -m pipeline.sweep -m experiment=ablation_k`);
+`python -m pipeline.ablations <sweep dir>` aggregates them.
+
+One sweep is one wandb group (`logger.wandb.group`, which the ablation configs set to their name;
+else `sweep-<sweep folder>`); each job is one wandb run per stage, finished before the next job
+starts. Each job folder records what it ran: Hydra's `.hydra/overrides.yaml` and `job.json`
+(group, overrides, swept keys, where train/eval wrote, the headline numbers, wall time).
 Returns the job's mean recall over N, so optimizing sweepers can use it.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+from typing import Any, Sequence
 
 import hydra
 from omegaconf import DictConfig
 
 from pipeline.config import CONF_DIR, validate
-from pipeline.errors import DataError, PipelineError
+from pipeline.errors import ConfigError, DataError, PipelineError
+
+JOB_RECORD = "job.json"
 
 
-def run_job(cfg: DictConfig, job_dir: Path, group: str) -> float:
-    """Train and evaluate `sweep.variant` with `sweep.seed` into job_dir; return mean recall over N."""
+def run_job_metrics(cfg: DictConfig, job_dir: Path, group: str) -> dict[str, Any]:
+    """Train and evaluate `sweep.variant` with `sweep.seed` into job_dir; return its headline numbers:
+    recall by N and its mean (evaluation), val_recall (training's best validation), and the run folders."""
     import json
 
-    from pipeline.evaluate import evaluate
-    from pipeline.train import train
+    from pipeline.paths import run_dir
 
     cfg = validate(cfg)
     if not (Path(cfg.paths.data_dir) / "manifest.json").is_file():
         raise DataError(f"{cfg.paths.data_dir}: no prepared data; run `dvc repro prepare` "
                         f"(or python -m pipeline.data.prepare) before sweeping")
+    from pipeline.evaluate import evaluate  # torch and lightning: seconds to import, so after the checks
+    from pipeline.train import train
+
     cfg.paths.experiments_dir = str(job_dir)
     if cfg.logger.wandb.group is None:
         cfg.logger.wandb.group = group
     variant, seed = cfg.sweep.variant, int(cfg.sweep.seed)
-    train(cfg, variant, seed)
-    out = evaluate(cfg, variant, seed)
+    train_metrics = train(cfg, variant, seed)
+    out = Path(evaluate(cfg, variant, seed))
     recall = json.loads((out / "metrics.json").read_text()).get("recall") or {}
-    return sum(recall.values()) / len(recall) if recall else float("nan")
+    return {
+        "recall": recall,
+        "recall_mean": sum(recall.values()) / len(recall) if recall else float("nan"),
+        "val_recall": train_metrics.get("val_recall"),
+        "train_dir": str(run_dir(cfg, "train", variant, seed)),
+        "eval_dir": str(out),
+    }
+
+
+def run_job(cfg: DictConfig, job_dir: Path, group: str) -> float:
+    """Train and evaluate `sweep.variant` with `sweep.seed` into job_dir; return mean recall over N."""
+    return float(run_job_metrics(cfg, job_dir, group)["recall_mean"])
+
+
+def write_job_record(job_dir: Path, *, group: str, variant: str, seed: int, overrides: Sequence[str],
+                     swept: Sequence[str], metrics: dict[str, Any], wall_s: float) -> Path:
+    """job.json: what this job ran and where its runs are (paths relative to the job folder)."""
+    from pipeline.io import atomic_write_json
+
+    def rel(p: str) -> str:
+        try:
+            return str(Path(p).resolve().relative_to(Path(job_dir).resolve()))
+        except ValueError:
+            return str(p)
+
+    return atomic_write_json(Path(job_dir) / JOB_RECORD, {
+        "group": group, "variant": variant, "seed": int(seed), "overrides": list(overrides),
+        "swept": list(swept), "train_dir": rel(metrics["train_dir"]), "eval_dir": rel(metrics["eval_dir"]),
+        "recall": metrics["recall"], "recall_mean": metrics["recall_mean"], "val_recall": metrics["val_recall"],
+        "wall_s": round(wall_s, 3),
+    })
+
+
+def sweep_options(overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+    """{key: [option, ...]} of `hydra.sweeper.params` for a composition, e.g. ["experiment=ablation_k"]:
+    what `python -m pipeline.sweep -m <overrides>` would sweep (options as override strings)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        params = cfg.hydra.sweeper.get("params") or {}
+        parser = OverridesParser.create()
+        out = {}
+        for key, value in params.items():
+            ov = parser.parse_override(f"{key}={value}")
+            out[str(key)] = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [str(value)]
+        return out
+    except HydraException as err:
+        raise ConfigError(f"cannot read hydra.sweeper.params with overrides {list(overrides)}: {err}") from None
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
@@ -46,12 +111,20 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    group = f"sweep-{Path(hc.sweep.dir).name}" if hc.mode.name == "MULTIRUN" else "single-run"
+    multirun = hc.mode.name == "MULTIRUN"
+    group = cfg.logger.wandb.group or (f"sweep-{Path(hc.sweep.dir).name}" if multirun else "single-run")
+    job_dir = Path(hc.runtime.output_dir)
+    swept = sorted((hc.sweeper.get("params") or {}).keys()) if multirun else []
+    start = time.perf_counter()
     try:
-        return run_job(cfg, Path(hc.runtime.output_dir), group)
+        metrics = run_job_metrics(cfg, job_dir, group)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    write_job_record(job_dir, group=group, variant=str(cfg.sweep.variant), seed=int(cfg.sweep.seed),
+                     overrides=list(hc.overrides.task), swept=swept, metrics=metrics,
+                     wall_s=time.perf_counter() - start)
+    return float(metrics["recall_mean"])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import load_params
 from pipeline.errors import ConfigError, DataError, PipelineError, TrainingError
 from pipeline.io import atomic_write_json
+from pipeline import paths
 from pipeline.train_config import QUERY_TYPES, TrainConfig, curriculum_limit
 from pipeline.train_config import validate as validate_train
 
@@ -280,16 +281,22 @@ class MemoryLMModule(L.LightningModule):
 
     def losses(self, batch: dict, train: bool) -> dict:
         ids = batch["input_ids"]  # [B, N]
-        out = self.model(ids, **(self.forward_kwargs if train else {}))
-        logits = out.logits  # [B, N, V]
-        q_logits, mask = gather_queries(logits, batch["query_pos"])  # [B, Q, V], [B, Q]
+        w = float(self.tcfg.lm_loss_weight)
+        kw = dict(self.forward_kwargs) if train else {}
+        full_logits = train and w > 0
+        if not full_logits:
+            kw["logits_at"] = batch["query_pos"]
+        logits = self.model(ids, **kw).logits  # [B, N, V], or [B, Q, V] at the query positions
+        if full_logits:
+            q_logits, mask = gather_queries(logits, batch["query_pos"])  # [B, Q, V], [B, Q]
+        else:
+            q_logits, mask = logits, batch["query_pos"] >= 0
         if not bool(mask.any()):
             raise DataError("a batch has no queries; every document must ask at least one")
         answers = batch["answers"][mask]
         answer_loss = F.cross_entropy(q_logits[mask].float(), answers)
         res = {"answer_loss": answer_loss, "q_logits": q_logits, "mask": mask}
-        w = float(self.tcfg.lm_loss_weight)
-        if train and w > 0:
+        if full_logits:
             lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), ids[:, 1:].reshape(-1))
             res["lm_loss"] = lm
             res["loss"] = answer_loss + w * lm
@@ -347,6 +354,10 @@ class MemoryLMModule(L.LightningModule):
             entry = {"step": int(self.global_step), "n_queries": int(total)}
             entry.update({k.split("/", 1)[1]: float(v) for k, v in metrics.items()})
             self.val_history.append(entry)
+            if str(self.tcfg.progress_bar) == "none":  # the only sign of life without a bar
+                hp = self.hparams
+                print(f"{hp.variant}-s{hp.seed} step {entry['step']}/{self.tcfg.max_steps}: "
+                      f"val/recall {entry['recall']:.3f}", file=sys.stderr, flush=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["val_history"] = list(self.val_history)
@@ -428,8 +439,7 @@ class ThroughputMonitor(L.Callback):
 
 
 def run_dir_for(cfg: Any, variant: str, seed: int) -> Path:
-    exp = (cfg.get("paths") or {}).get("experiments_dir", "experiments")
-    return Path(exp) / "train" / f"{variant}-s{seed}"
+    return paths.run_dir(cfg, "train", variant, seed)
 
 
 def build_trainer(t: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
@@ -492,8 +502,26 @@ def summarize(module: MemoryLMModule, thr: ThroughputMonitor, t: DictConfig, var
         "monitor": str(t.monitor), "best_step": None if best is None else best["step"],
         "val_best": best, "val_last": last, "val_curve": hist,
         "params": int(params), "memory_floats": None if mem is None else int(mem),
+        "tokens_trained": int(thr.tokens), "hardware": hardware(),
         "steps_to_90": reach[0] if reach else None, "target_recall": float(t.target_recall),
     }
+
+
+def hardware() -> dict:
+    """Where this run trained, for the report's setup section."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    import os
+
+    return {"device": gpu or "cpu", "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
 
 
 def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = None,
@@ -538,7 +566,7 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
 
     from pipeline.tracking import wandb_run
 
-    name = f"{variant}-s{seed}"
+    name = paths.run_name(variant, seed)
     logger_cfg = cfg.get("logger") or {}
     extra = {"variant": variant, "seed": int(seed), "cfg": cfg_dict}
     thr = ThroughputMonitor()
@@ -583,25 +611,46 @@ def load_trained(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Mod
     return model, hp
 
 
+def train_seeds(cfg: DictConfig, variant: str, seeds: list[int], jobs: int) -> list[dict]:
+    """Train `variant` for each seed, `jobs` processes at a time (pipeline.parallel). With more
+    than one process, runs print a line per validation instead of progress bars, which would interleave."""
+    from pipeline.parallel import map_seeds
+
+    if min(int(jobs), len(seeds)) > 1:
+        cfg = OmegaConf.merge(cfg, {"train": {"progress_bar": "none"}})
+    return map_seeds(train, cfg, variant, [int(s) for s in seeds], jobs)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n")[0])
     ap.add_argument("--variant", required=True, help="a key of cfg.models (window, xl, full, cmr, ...)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, nargs="+", default=None, dest="seeds",
+                    help="seed(s) to train (default: study.seeds)")
+    ap.add_argument("--jobs", type=int, default=None, help="processes at once (default: study.jobs)")
     ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
-    ap.add_argument("--run-dir", default=None, help="override experiments/train/<variant>-s<seed>")
+    ap.add_argument("--run-dir", default=None, help="override experiments/train/<variant>/s<seed> (one seed only)")
     ap.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.max_steps=100")
     args = ap.parse_args(argv)
     try:
         cfg = load_params(args.params)
         if args.overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
-        metrics = train(cfg, args.variant, args.seed, run_dir=args.run_dir)
+        seeds = [int(s) for s in (args.seeds if args.seeds is not None else cfg.study.seeds)]
+        if args.run_dir is not None:
+            if len(seeds) != 1:
+                raise ConfigError(f"--run-dir names one run's folder; got {len(seeds)} seeds {seeds}")
+            results = [train(cfg, args.variant, seeds[0], run_dir=args.run_dir)]
+        else:
+            check_variant(cfg, args.variant)
+            jobs = args.jobs if args.jobs is not None else int(cfg.study.get("jobs", 1))
+            results = train_seeds(cfg, args.variant, seeds, jobs)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    short = {k: metrics[k] for k in ("variant", "seed", "steps", "wall_s", "train_tokens_per_s", "val_recall",
-                                     "val_recall_far", "steps_to_90")}
-    print(json.dumps(short))
+    for metrics in results:
+        short = {k: metrics[k] for k in ("variant", "seed", "steps", "wall_s", "train_tokens_per_s", "val_recall",
+                                         "val_recall_far", "steps_to_90")}
+        print(json.dumps(short))
     return 0
 
 

@@ -254,6 +254,35 @@ def test_overhead_measures_positive_numbers_with_the_right_keys():
     assert list(t["length"]) == [8, 16] and (t["ms_per_token"] > 0).all()
 
 
+def test_round_robin_times_every_model_in_turns():
+    import time as _time
+
+    order = []
+
+    class Sleepy(StubLM):
+        def __init__(self, name, secs):
+            super().__init__()
+            self.name, self.secs = name, secs
+
+        def forward(self, ids):
+            order.append(self.name)
+            _time.sleep(self.secs)
+            return super().forward(ids)
+
+    models = {"fast": Sleepy("fast", 0.001), "slow": Sleepy("slow", 0.004)}
+    res = overhead.measure_round_robin(models, [8, 16], lambda n: torch.zeros(n, dtype=torch.long),
+                                       warmup=1, repeats=4, measure_memory=True)
+    assert set(res) == {"fast", "slow"}
+    for oh in res.values():
+        assert set(oh["ms_per_token"]) == {"8", "16"} and oh["repeats"] == 4
+        assert all(len(v) == 4 for v in oh["ms_per_token_repeats"].values())
+        assert oh["peak_bytes"]["16"] > oh["peak_bytes"]["8"] and oh["params"] == 20
+    assert res["slow"]["ms_per_token"]["8"] > res["fast"]["ms_per_token"]["8"]
+    # per length: warm-ups, then turns with a rotated order, then one untimed forward each for memory
+    timed = order[2:10]
+    assert timed == ["fast", "slow", "slow", "fast", "fast", "slow", "slow", "fast"]
+
+
 def test_overhead_peak_memory_excludes_parameters():
     class Big(torch.nn.Module):
         def __init__(self):
@@ -347,11 +376,11 @@ def test_stage_writes_every_output(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     cfg = stage_cfg(tmp_path)
-    tdir = tmp_path / "experiments" / "train" / "cmr-s0"
+    tdir = tmp_path / "experiments" / "train" / "cmr" / "s0"
     tdir.mkdir(parents=True)
     (tdir / "metrics.json").write_text(json.dumps({"train_tokens_per_s": 999.0}))
     out = evaluate(cfg, "cmr", 0, model=OracleModel(True), loader=fake_loader(), train_counts={})
-    assert out == tmp_path / "experiments" / "eval" / "cmr-s0"
+    assert out == tmp_path / "experiments" / "eval" / "cmr" / "s0"
     names = {p.name for p in out.iterdir()}
     assert {"predictions.parquet", "recall.csv", "recall_by_type.csv", "rare.csv", "numeric.csv", "dialogue.csv",
             "overhead.csv", "overhead.json", "metrics.json", "timing.json"} <= names
@@ -375,9 +404,9 @@ def test_missing_checkpoint_dir_is_a_clear_data_error(tmp_path):
     from pipeline.evaluate import evaluate
 
     cfg = stage_cfg(tmp_path)
-    with pytest.raises(DataError, match=r"cmr-s0.*does not exist.*pipeline\.train --variant cmr --seed 0"):
+    with pytest.raises(DataError, match=r"cmr/s0.*does not exist.*pipeline\.train --variant cmr --seed 0"):
         evaluate(cfg, "cmr", 0, loader=fake_loader(), train_counts={})
-    (tmp_path / "experiments" / "train" / "cmr-s0" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "experiments" / "train" / "cmr" / "s0" / "checkpoints").mkdir(parents=True)
     with pytest.raises(DataError, match="no checkpoint"):
         evaluate(cfg, "cmr", 0, loader=fake_loader(), train_counts={})
     assert not (tmp_path / "experiments" / "eval").exists()
@@ -395,7 +424,7 @@ def test_error_midway_leaves_no_half_written_output(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     cfg = stage_cfg(tmp_path, tasks=("recall", "dialogue"))
-    out = tmp_path / "experiments" / "eval" / "cmr-s0"
+    out = tmp_path / "experiments" / "eval" / "cmr" / "s0"
     # recall succeeds, then dialogue_4 fails: nothing may appear
     with pytest.raises(DataError, match="corrupt"):
         evaluate(cfg, "cmr", 0, model=OracleModel(), loader=fake_loader("dialogue_4"), train_counts={})
@@ -406,7 +435,7 @@ def test_error_midway_leaves_no_half_written_output(tmp_path, monkeypatch):
     with pytest.raises(DataError):
         evaluate(cfg, "cmr", 0, model=OracleModel(False), loader=fake_loader("dialogue_4"), train_counts={})
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert [p.name for p in out.parent.iterdir()] == ["cmr-s0"]
+    assert [p.name for p in out.parent.iterdir()] == ["s0"]
 
 
 def test_cli_reports_missing_params_file(tmp_path, capsys):

@@ -84,8 +84,20 @@ def test_ci_profile_produces_every_table(ci_study):
     rare = pd.read_csv(results / "tables" / "rare.csv")
     assert set(rare["variant"]) == variants and rare["accuracy"].between(0, 1).all()
 
+    seeds = params["study"]["seeds"]
+    assert len(seeds) >= 2, "the ci profile should exercise the multi-seed path"
+    exp = repo / params["paths"]["experiments_dir"]
+    for kind in ("train", "eval", "attention"):
+        for v in variants:
+            assert sorted(p.name for p in (exp / kind / v).iterdir() if p.is_dir()) == [f"s{s}" for s in seeds]
+    attention = pd.read_csv(results / "tables" / "attention.csv")
+    assert set(attention["variant"]) == variants
+    assert (results / "tables" / "attention.png").is_file()
+    assert (results / "tables" / "recall_by_distance.png").is_file()
+
     summary = json.loads((results / "summary.json").read_text())
     assert "validity" in summary and "recall" in summary
+    assert summary["verdicts"], "no verdict per claim"
     assert (results / "REPORT.md").is_file()
     assert (results / "stage_times.csv").is_file()
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import ConfigError, DataError
+from pipeline.paths import run_dir
 from pipeline.report import build_report, load_paper_numbers, main
 
 NS = (500, 1000, 1500)
@@ -51,10 +52,11 @@ def _rows(variant, seed, rng, p_far, p_local=0.95):
 
 def make_study(root, window_far=lambda n: 0.05, cmr_far=lambda n: 0.97, variants=VARIANTS, seeds=SEEDS):
     rng = np.random.default_rng(0)
+    paths_cfg = {"paths": {"experiments_dir": str(root / "experiments")}}
     evals, trains = [], []
     for v in variants:
         for s in seeds:
-            d = root / "experiments" / "eval" / f"{v}-s{s}"
+            d = run_dir(paths_cfg, "eval", v, s)
             d.mkdir(parents=True)
             _rows(v, s, rng, window_far if v == "window" else cmr_far).to_parquet(d / "predictions.parquet")
             ms = {str(n): (0.03 if v == "window" else 0.04) + 1e-5 * n for n in NS}
@@ -62,7 +64,7 @@ def make_study(root, window_far=lambda n: 0.05, cmr_far=lambda n: 0.97, variants
                                                          "params": 142000 if v == "window" else 150000,
                                                          "train_tokens_per_s": 9000.0 if v == "window" else 7000.0}))
             (d / "metrics.json").write_text(json.dumps({"wall_s": 3.5}))
-            t = root / "experiments" / "train" / f"{v}-s{s}"
+            t = run_dir(paths_cfg, "train", v, s)
             t.mkdir(parents=True)
             (t / "metrics.json").write_text(json.dumps({"wall_s": 60.0, "train_tokens_per_s": 9000.0, "steps": 100,
                                                         "val_recall": 0.9, "steps_to_90": 80, "params": 142000}))
@@ -182,17 +184,17 @@ def _write_params(tmp_path, cfg):
 
 def test_learnable_not_run_without_full_or_cmr(tmp_path):
     cfg, evals, trains = make_study(tmp_path)
-    s = build_report(cfg, [e for e in evals if "window" in e.name], trains, tmp_path / "results")
+    s = build_report(cfg, [e for e in evals if e.parent.name == "window"], trains, tmp_path / "results")
     assert s["validity"]["learnable"]["status"] == "NOT RUN"
     assert "Not assessed" in (tmp_path / "results" / "REPORT.md").read_text()
 
 
 def test_missing_eval_dir_raises_data_error(tmp_path):
     cfg, evals, trains = make_study(tmp_path)
-    with pytest.raises(DataError, match="nope-s0"):
-        build_report(cfg, evals + [tmp_path / "experiments" / "eval" / "nope-s0"], trains, tmp_path / "results")
+    with pytest.raises(DataError, match="nope/s0"):
+        build_report(cfg, evals + [tmp_path / "experiments" / "eval" / "nope" / "s0"], trains, tmp_path / "results")
     (evals[0] / "predictions.parquet").unlink()
-    with pytest.raises(DataError, match="window-s0"):
+    with pytest.raises(DataError, match="window/s0"):
         build_report(cfg, evals, trains, tmp_path / "results")
     assert main(["--params", str(_write_params(tmp_path, cfg))]) == 2
 
@@ -207,6 +209,9 @@ def test_bad_report_config_raises(tmp_path):
     cfg, evals, trains = make_study(tmp_path)
     cfg["report"] = {"ci_methd": "bca"}
     with pytest.raises(ConfigError, match="ci_methd"):
+        build_report(cfg, evals, trains, tmp_path / "results")
+    cfg["report"] = {"overhead_small_ratio": 0.9}
+    with pytest.raises(ConfigError, match="overhead_small_ratio"):
         build_report(cfg, evals, trains, tmp_path / "results")
 
 
@@ -224,19 +229,24 @@ def test_chance_comes_from_eval_metrics_when_present(tmp_path):
 
 
 def test_xl_comparison_joins_the_holm_family(tmp_path):
+    """One Holm family: every cmr-vs-window and cmr-vs-xl cell of tables II, IV, V, VI together."""
     from omegaconf import OmegaConf
+
+    from pipeline.stats import holm
 
     cfg, evals, trains = make_study(tmp_path, variants=("window", "xl", "cmr"), seeds=(0,))
     s = build_report(OmegaConf.create(cfg), evals, trains, tmp_path / "results")  # DictConfig accepted
-    tests = pd.read_csv(tmp_path / "results" / "tables" / "recall_tests.csv")
-    assert set(tests["comparison"]) == {"cmr_vs_window", "cmr_vs_xl"} and len(tests) == 2 * len(NS)
-    from pipeline.stats import holm
-
-    np.testing.assert_allclose(tests["p_holm"], holm(tests["p_value"]))
-    rec = pd.read_csv(tmp_path / "results" / "tables" / "recall.csv")
+    tab = tmp_path / "results" / "tables"
+    tests = {t: pd.read_csv(tab / f"{t}_tests.csv") for t in ("recall", "rare", "dialogue", "numeric")}
+    assert set(tests["recall"]["comparison"]) == {"cmr_vs_window", "cmr_vs_xl"} and len(tests["recall"]) == 2 * len(NS)
+    allp = pd.concat(tests.values(), ignore_index=True)
+    np.testing.assert_allclose(allp["p_holm"], holm(allp["p_value"]))
+    assert s["holm"]["paper"]["tests"] == len(allp) == 2 * (2 * len(NS) + len(BUCKETS) + len(TURNS))
+    rec = pd.read_csv(tab / "recall.csv")
     assert rec.loc[rec["variant"] == "cmr", "p_vs_xl_holm"].notna().all()
     assert rec.loc[rec["variant"] != "cmr", "p_vs_xl_holm"].isna().all()
     assert set(s["tests"]["recall"]) == {"cmr_vs_window", "cmr_vs_xl"}
+    assert "Holm-corrected over all cmr-vs-window and cmr-vs-xl cells" in (tab / "recall.md").read_text()
 
 
 def test_learnable_uses_full_within_its_training_length():
@@ -253,20 +263,243 @@ def test_learnable_uses_full_within_its_training_length():
     assert high["learnable"]["status"] == "PASSED" and high["learnable"]["full_all"] == 0.0
 
 
-def test_distance_and_datasets_tables(tmp_path):
+def test_distance_table_and_datasets_from_its_stage(tmp_path):
+    from pipeline.datasets_table import write_datasets
+
     cfg, evals, trains = make_study(tmp_path)
     cfg["backbone"] = {"window": 16}
+    cfg["data"] = {"train_max_segments": 6}
     manifest = {"wall_s": 1.0, "filler_source": "synthetic",
-                "splits": {"train": {"docs": 10, "mean_tokens": 64.0, "mean_words": 50.0, "facts_per_doc": 3.0,
-                                     "queries_per_doc": 3.0, "mean_distance": 20.0},
-                           "recall_500": {"docs": 4, "mean_tokens": 500.0, "mean_words": 410.0,
+                "splits": {"train": {"docs": 10, "mean_tokens": 64.0, "max_tokens": 96, "mean_words": 50.0,
+                                     "facts_per_doc": 3.0, "queries_per_doc": 3.0, "mean_distance": 20.0},
+                           "recall_500": {"docs": 4, "mean_tokens": 500.0, "max_tokens": 500, "mean_words": 410.0,
                                           "facts_per_doc": 8.0, "queries_per_doc": 8.0, "mean_distance": 250.0}}}
     (tmp_path / "data" / "manifest.json").write_text(json.dumps(manifest))
-    build_report(cfg, evals, trains, tmp_path / "results")
+    write_datasets(tmp_path / "data" / "manifest.json", tmp_path / "results")  # the datasets stage runs first
+    s = build_report(cfg, evals, trains, tmp_path / "results")
     tab = tmp_path / "results" / "tables"
     dist = pd.read_csv(tab / "recall_by_distance.csv")
     assert set(dist["distance_segments"]) == {4}  # distance 100 tokens = 6 segments of 16 -> bin [4, 8)
+    assert set(dist["distance_vs_training"]) == {"straddles"}  # [4, 8) vs the 6-segment training documents
     assert set(dist["variant"]) == set(VARIANTS) and dist["accuracy"].between(0, 1).all()
-    ds = pd.read_csv(tab / "datasets.csv")
-    assert ds.set_index("split").loc["recall_500", "mean_tokens"] == 500.0 and len(ds) == 2
-    assert "Data (our Table I)" in (tmp_path / "results" / "REPORT.md").read_text()
+    assert (tab / "recall_by_distance.png").read_bytes()[:4] == b"\x89PNG"
+    assert "distance" in s["holm"] and s["holm"]["distance"]["tests"] == 1  # its own family
+    md = (tmp_path / "results" / "REPORT.md").read_text()
+    assert "Data (our Table I)" in md and "recall_500" in md and "datasets/datasets.png" in md
+    assert s["datasets"]["recall_500"]["mean_tokens"] == 500.0
+
+
+def test_datasets_table_missing_is_a_note_not_an_error(tmp_path):
+    cfg, evals, trains = make_study(tmp_path)
+    s = build_report(cfg, evals, trains, tmp_path / "results")
+    assert any("datasets.csv missing" in n for n in s["notes"])
+    assert not (tmp_path / "results" / "datasets" / "datasets.csv").exists()  # the report no longer computes it
+
+
+def test_new_run_layout_and_all_flag(tmp_path):
+    cfg, evals, trains = make_study(tmp_path)
+    assert evals[0] == tmp_path / "experiments" / "eval" / "window" / "s0"
+    (tmp_path / "experiments" / "eval" / "window" / "notes").mkdir()  # not a run folder: ignored
+    cfg["study"] = {"variants": ["window"], "seeds": [0]}  # --all ignores the study
+    assert main(["--params", str(_write_params(tmp_path, cfg)), "--all"]) == 0
+    rec = pd.read_csv(tmp_path / "results" / "tables" / "recall.csv")
+    assert set(rec["variant"]) == set(VARIANTS) and (rec["n_seeds"] == len(SEEDS)).all()
+    times = pd.read_csv(tmp_path / "results" / "stage_times.csv")
+    assert set(times.loc[times["stage"] == "train", "run"]) == {f"{v}-s{s}" for v in VARIANTS for s in SEEDS}
+    # a folder whose predictions belong to another run is caught
+    other = tmp_path / "experiments" / "eval" / "cmr" / "s7"
+    other.mkdir()
+    (other / "predictions.parquet").write_bytes((evals[-1] / "predictions.parquet").read_bytes())
+    with pytest.raises(DataError, match="its folder says"):
+        build_report(cfg, evals + [other], trains, tmp_path / "results")
+
+
+def test_three_seeds_pool_paired_outcomes_by_seed_doc_query(tmp_path):
+    from pipeline.stats import mcnemar_exact
+
+    seeds = (0, 1, 2)
+    cfg, evals, trains = make_study(tmp_path, seeds=seeds, window_far=lambda n: 0.5, cmr_far=lambda n: 0.6)
+    build_report(cfg, evals, trains, tmp_path / "results")
+    tab = tmp_path / "results" / "tables"
+    rec = pd.read_csv(tab / "recall.csv")
+    assert (rec["n_seeds"] == 3).all() and (rec["n_docs"] == N_DOCS).all() and (rec["n_queries"] == 3 * N_DOCS * N_Q).all()
+    tests = pd.read_csv(tab / "recall_tests.csv").set_index("N")
+    # by hand: pair the two variants' outcomes on (seed, split, doc_id, query_idx), pool the discordant counts
+    pq = {v: pd.concat(pd.read_parquet(e / "predictions.parquet") for e in evals if e.parent.name == v) for v in VARIANTS}
+    pq = {v: d[d["task"] == "recall"] for v, d in pq.items()}
+    keys = ["seed", "split", "doc_id", "query_idx"]
+    for n in NS:
+        m = pq["cmr"][pq["cmr"]["length"] == n].merge(pq["window"][pq["window"]["length"] == n], on=keys)
+        b = int((m["correct_x"] & ~m["correct_y"]).sum())
+        c = int((~m["correct_x"] & m["correct_y"]).sum())
+        assert (tests.loc[n, "b"], tests.loc[n, "c"], tests.loc[n, "n_pairs"]) == (b, c, 3 * N_DOCS * N_Q)
+        assert tests.loc[n, "p_value"] == pytest.approx(mcnemar_exact(b, c).p_value)
+        per_seed = [(m[m["seed"] == s]["correct_x"].mean() > m[m["seed"] == s]["correct_y"].mean()) for s in seeds]
+        assert tests.loc[n, "seeds_cmr_better"] == sum(per_seed) and tests.loc[n, "n_seeds"] == 3
+        assert tests.loc[n, "p_per_seed"].count("s") == 3
+        assert tests.loc[n, "gap_ci_low"] <= tests.loc[n, "gap"] <= tests.loc[n, "gap_ci_high"]
+        gap = m.groupby("doc_id").apply(lambda g: (g["correct_x"].astype(float) - g["correct_y"]).mean()).mean()
+        assert tests.loc[n, "gap"] == pytest.approx(gap)  # every doc has 4 queries in every seed
+
+
+def test_verdicts_follow_the_rules(tmp_path):
+    # window's far recall falls with N, cmr's stays: recall supported; numeric/rare/dialogue identical -> not supported
+    cfg, evals, trains = make_study(tmp_path, window_far=lambda n: {500: 0.5, 1000: 0.25, 1500: 0.0}[n],
+                                    cmr_far=lambda n: 0.97)
+    s = build_report(cfg, evals, trains, tmp_path / "results")
+    v = {x["claim"]: x for x in s["verdicts"]}
+    assert [x["claim"] for x in s["verdicts"]] == [1, 2, 3, 4, 5, 6]
+    assert v[1]["verdict"] == "supported", v[1]["evidence"]
+    assert "grows" in v[1]["evidence"] and "p_holm" in v[1]["evidence"] and v[1]["cmr_loses"] == ""
+    assert v[5]["verdict"] in ("not supported", "mixed") and "CMR does not beat window significantly" in v[5]["cmr_loses"]
+    # overhead: 0.04 + 1e-5 N vs 0.03 + 1e-5 N, ratio 1.22-1.29 > 1.15 everywhere
+    assert v[2]["verdict"] == "not supported" and "CMR costs more than 1.15x" in v[2]["cmr_loses"]
+    assert v[6]["verdict"] == "not tested"
+    md = (tmp_path / "results" / "REPORT.md").read_text()
+    assert "## Verdicts on the paper's claims" in md and "**supported**" in md and "**not tested**" in md
+    assert "supported = a significant win in every cell" in md  # the rules are stated
+    from pipeline.report import CLAIMS, ReportConfig, overhead_verdict
+
+    oh = pd.read_csv(tmp_path / "results" / "tables" / "overhead.csv")
+    assert overhead_verdict(CLAIMS[1], oh, ReportConfig(overhead_small_ratio=1.5))["verdict"] == "supported"
+    assert overhead_verdict(CLAIMS[1], oh, ReportConfig(overhead_small_ratio=1.25))["verdict"] == "mixed"
+
+
+def test_full_beyond_its_training_length_is_marked(tmp_path):
+    cfg, evals, trains = make_study(tmp_path, variants=("window", "full", "cmr"), seeds=(0,))
+    cfg["backbone"] = {"window": 16, "d_model": 8, "n_layers": 1}
+    cfg["data"] = {"train_max_segments": 40}  # 640 tokens: N=500 within, 1000 and 1500 beyond
+    build_report(cfg, evals, trains, tmp_path / "results")
+    rec = pd.read_csv(tmp_path / "results" / "tables" / "recall.csv")
+    ex = rec.set_index(["variant", "N"])["extrapolation"]
+    assert not ex["full", 500] and ex["full", 1000] and ex["full", 1500]
+    assert not ex["cmr"].any() and not ex["window"].any()
+    md = (tmp_path / "results" / "REPORT.md").read_text()
+    assert md.count("]†") >= 4  # full at 1000 and 1500, in recall and numeric
+    assert "training length: 640 tokens" in md
+
+
+def test_setup_section_uses_recorded_tokens_and_hardware(tmp_path):
+    cfg, evals, trains = make_study(tmp_path)
+    cfg["backbone"] = {"window": 16, "d_model": 64, "n_layers": 2}
+    for t in trains:
+        if t.parent.name == "cmr":
+            m = json.loads((t / "metrics.json").read_text())
+            m.update(tokens_trained=123456, memory_floats=2048,
+                     hardware={"device": "cpu", "cpu": "TestCPU", "torch": "2.x", "threads": 2})
+            (t / "metrics.json").write_text(json.dumps(m))
+    s = build_report(cfg, evals, trains, tmp_path / "results")
+    assert s["setup"]["variants"]["cmr"]["tokens_trained_per_seed"] == 123456
+    assert s["setup"]["variants"]["window"]["tokens_trained_per_seed"] == "n/a"
+    assert s["setup"]["variants"]["cmr"]["memory_floats"] == 2048 and s["setup"]["seeds"] == list(SEEDS)
+    md = (tmp_path / "results" / "REPORT.md").read_text()
+    setup = md.split("## Setup")[1].split("## Data")[0]
+    assert "TestCPU" in setup and "training hardware: n/a (window-s0, window-s1)" in setup
+    assert "123456" in setup and "n/a" in setup and "wall time:" in setup and "seeds: [0, 1]" in setup
+
+
+def test_learnable_ignores_full_beyond_its_training_length():
+    from pipeline.report import ReportConfig, validity_checks
+
+    rows = [{"variant": v, "seed": 0, "split": "recall_500", "task": "recall", "length": 500, "doc_id": f"d{i}",
+             "query_idx": 0, "query_type": "far", "answer": i % 7, "correct": v == "full"}
+            for v in ("full", "cmr", "window") for i in range(6)]
+    preds = pd.DataFrame(rows)
+    tm = {"full-s0": {"val_recall": 0.5}}
+    beyond = validity_checks(preds, ReportConfig(), 0.02, tm, train_tokens=96)
+    assert beyond["learnable"]["status"] == "FAILED" and beyond["learnable"]["full_all"] == 1.0
+    assert "full_all" not in beyond["learnable"]["counted"] and "not counted" in beyond["learnable"]["detail"]
+    within = validity_checks(preds, ReportConfig(), 0.02, tm, train_tokens=512)
+    assert within["learnable"]["status"] == "PASSED" and "full_all" in within["learnable"]["counted"]
+
+
+# ------------------------------------------------------------------------------------------- attention
+METRICS = ("entropy", "mass_fact", "mass_memory", "mass_fact_slots")
+
+
+def _fake_attention_module():
+    """Stand-in for pipeline.evaluate.attention with the agreed interface."""
+    from types import SimpleNamespace
+
+    from pipeline.report import pyplot, save_png
+    from pipeline.stats import bootstrap_ci
+
+    def load_attention(paths):
+        return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+
+    def attention_table(df, ci_level, n_resamples, seed):
+        rows = []
+        for (v, layer), g in df.groupby(["variant", "layer"]):
+            r = {"variant": v, "layer": layer, "n": len(g)}
+            for m in METRICS:
+                ci = bootstrap_ci(g[m].dropna(), level=ci_level, n_resamples=n_resamples, seed=seed)
+                r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"] = ci.mean, ci.low, ci.high
+            rows.append(r)
+        return pd.DataFrame(rows)
+
+    def plot_attention(df, png_path):
+        plt = pyplot()
+        fig, ax = plt.subplots()
+        ax.hist(df["entropy"])
+        save_png(fig, png_path)
+        plt.close(fig)
+
+    return SimpleNamespace(load_attention=load_attention, attention_table=attention_table,
+                           plot_attention=plot_attention)
+
+
+def _write_attention(cfg, variants, seeds, cmr_entropy=0.5):
+    rng = np.random.default_rng(1)
+    for v in variants:
+        for s in seeds:
+            n = 40
+            df = pd.DataFrame({"variant": v, "seed": s, "layer": np.repeat([0, 1], n // 2),
+                               "entropy": rng.normal(cmr_entropy if v == "cmr" else 2.0, 0.1, n),
+                               "mass_fact": rng.uniform(0, 0.1, n), "mass_memory": rng.uniform(0, 1, n),
+                               "mass_fact_slots": rng.uniform(0.3, 0.6, n) if v == "cmr" else np.nan})
+            d = run_dir(cfg, "attention", v, s)
+            d.mkdir(parents=True, exist_ok=True)
+            df.to_parquet(d / "attention.parquet")
+
+
+def test_attention_table_section_and_verdict(tmp_path, monkeypatch):
+    import pipeline.report as report
+
+    monkeypatch.setattr(report, "_attention_module", _fake_attention_module)
+    cfg, evals, trains = make_study(tmp_path)
+    _write_attention(cfg, VARIANTS, SEEDS)
+    s = build_report(cfg, evals, trains, tmp_path / "results")
+    res = tmp_path / "results"
+    for ext in ("csv", "md", "tex"):
+        assert (res / "tables" / f"attention.{ext}").stat().st_size > 0
+    assert (res / "tables" / "attention.png").read_bytes()[:4] == b"\x89PNG"
+    plot = pd.read_csv(res / "plots" / "attention.csv")
+    assert {"variant", "layer", "entropy", "mass_fact"} <= set(plot.columns) and len(plot) == 2 * len(VARIANTS)
+    v6 = s["verdicts"][5]
+    assert v6["claim"] == 6 and v6["verdict"] == "supported", v6["evidence"]
+    assert "entropy lower" in v6["evidence"]
+    md = (res / "REPORT.md").read_text()
+    assert "## Attention" in md and "tables/attention.png" in md
+
+    from pipeline.report import CLAIMS, ReportConfig, attention_verdict
+
+    table = pd.read_csv(res / "tables" / "attention.csv")
+    diffuse = table.copy()  # cmr more diffuse than window, but still more mass on the fact: mixed
+    is_cmr = diffuse["variant"] == "cmr"
+    diffuse.loc[is_cmr, ["entropy", "entropy_ci_low", "entropy_ci_high"]] = [3.0, 2.9, 3.1]
+    v = attention_verdict(CLAIMS[5], diffuse, ReportConfig())
+    assert v["verdict"] == "mixed" and "less structured" in v["cmr_loses"]
+    diffuse.loc[is_cmr, ["mass_fact_slots", "mass_fact_slots_ci_low", "mass_fact_slots_ci_high"]] = [0.05, 0.0, 0.1]
+    assert attention_verdict(CLAIMS[5], diffuse, ReportConfig())["verdict"] == "not supported"
+
+
+def test_missing_attention_output_names_the_file(tmp_path, monkeypatch):
+    import pipeline.report as report
+
+    monkeypatch.setattr(report, "_attention_module", _fake_attention_module)
+    cfg, evals, trains = make_study(tmp_path)
+    _write_attention(cfg, VARIANTS, SEEDS)
+    missing = run_dir(cfg, "attention", "cmr", 1) / "attention.parquet"
+    missing.unlink()
+    with pytest.raises(DataError, match="attention/cmr/s1/attention.parquet"):
+        build_report(cfg, evals, trains, tmp_path / "results")

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.stats import align_pairs, bootstrap_ci, holm, mcnemar_exact, mcnemar_from_outcomes
+from pipeline.stats import (align_pairs, bootstrap_ci, bootstrap_diff_ci, bootstrap_ratio_ci, holm, mcnemar_exact,
+                            mcnemar_from_outcomes)
 
 
 def test_bootstrap_ci_covers_true_mean_with_sensible_width():
@@ -30,6 +31,39 @@ def test_bootstrap_ci_coverage_over_repeats():
         ci = bootstrap_ci(x, n_resamples=500, seed=i)
         covered += ci.low < 0.5 < ci.high
     assert 50 <= covered <= 60  # nominal 95% of 60 = 57
+
+
+def _bernoulli_docs(rng, p, n_docs=80, queries=10):
+    """Per-document accuracy of `queries` Bernoulli(p) outcomes per document: the unit the report resamples."""
+    return rng.binomial(1, p, size=(n_docs, queries)).mean(axis=1)
+
+
+def test_bootstrap_ci_contains_true_bernoulli_mean():
+    ci = bootstrap_ci(_bernoulli_docs(np.random.default_rng(11), 0.3), n_resamples=2000, seed=0)
+    assert ci.low < 0.3 < ci.high and ci.n == 80
+
+
+def test_bootstrap_ci_coverage_bernoulli_documents():
+    # 50 simulated studies with known p: a 95% interval should contain p in ~47.5 of them.
+    # Binomial(50, 0.95) puts 99.9% of its mass at >= 42; percentile intervals run a little narrow at n=80.
+    rng = np.random.default_rng(2024)
+    covered = 0
+    for i in range(50):
+        ci = bootstrap_ci(_bernoulli_docs(rng, 0.7), n_resamples=500, seed=i)
+        covered += ci.low <= 0.7 <= ci.high
+    assert 42 <= covered <= 50
+
+
+def test_diff_and_ratio_cis():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(0.6, 0.1, 60), rng.normal(0.4, 0.1, 60)
+    d = bootstrap_diff_ci(x, y, seed=1)
+    assert d.low < 0.2 < d.high and d.low > 0 and d.mean == pytest.approx(x.mean() - y.mean())
+    assert bootstrap_diff_ci(x, y, seed=1) == d
+    r = bootstrap_ratio_ci(2 * y + 0.3, y + 0.15, seed=1)  # exactly twice
+    assert r.mean == pytest.approx(2.0) and r.low <= 2.0 <= r.high
+    assert bootstrap_ratio_ci([1.0, 1.0], [0.5, 0.5]).degenerate
+    assert math.isnan(bootstrap_diff_ci([], [1.0]).mean)
 
 
 def test_bootstrap_ci_is_seeded_and_bca_works():
@@ -61,6 +95,14 @@ def test_mcnemar_matches_hand_computed_binomial():
     assert mcnemar_exact(10, 0).p_value == pytest.approx(2 / 1024)
 
 
+def test_mcnemar_b10_c2_by_hand():
+    # n = b + c = 12 discordant pairs, X ~ Binomial(12, 1/2) under H0. Two-sided exact p = 2 * P(X <= 2)
+    # = 2 * (C(12,0) + C(12,1) + C(12,2)) / 2^12 = 2 * (1 + 12 + 66) / 4096 = 158 / 4096 = 0.038574...
+    r = mcnemar_exact(10, 2, n_pairs=100)
+    assert r.p_value == pytest.approx(158 / 4096, abs=1e-12)
+    assert round(r.p_value, 4) == 0.0386 and (r.b, r.c, r.n_pairs) == (10, 2, 100)
+
+
 def test_mcnemar_from_outcomes_counts_discordant_pairs():
     a = [1, 1, 1, 0, 0, 1]
     b = [0, 0, 1, 1, 0, 1]
@@ -73,6 +115,8 @@ def test_holm_known_values():
     # sorted 0.005,0.01,0.03,0.04 -> 4*0.005=0.02, 3*0.01=0.03, 2*0.03=0.06, max(0.06, 0.04)=0.06
     np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, 0.02])
     np.testing.assert_allclose(holm([0.5, 0.9]), [1.0, 1.0])
+    # m=3: sorted 0.001, 0.02, 0.04 -> 3*0.001=0.003, 2*0.02=0.04, max(0.04, 1*0.04)=0.04
+    np.testing.assert_allclose(holm([0.04, 0.001, 0.02]), [0.04, 0.003, 0.04])
     out = holm([0.01, float("nan"), 0.02])
     assert math.isnan(out[1])
     np.testing.assert_allclose(out[[0, 2]], [0.02, 0.02])

@@ -1,5 +1,6 @@
 """A tiny Hydra multirun through `pipeline.sweep`: every job trains and evaluates into its own folder,
-running the same functions as the DVC stages."""
+running the same functions as the DVC stages. And the ablation sweeps of conf/experiment/: each of
+their options composes into a config that validates (no training)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
-from pipeline.config import REPO_ROOT, compose
+from pipeline.config import CONF_DIR, REPO_ROOT, compose
 from pipeline.errors import ConfigError
+from pipeline.paths import run_dir
+from pipeline.sweep import sweep_options
+
+ABLATIONS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("ablation_*.yaml"))
 
 
 @pytest.mark.timeout(300)
@@ -28,9 +35,15 @@ def test_multirun_trains_and_evaluates_each_job(tmp_path):
                           env={**os.environ, "WANDB_MODE": "disabled"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job, variant in (("0", "window"), ("1", "cmr")):
-        metrics = json.loads((sweep_dir / job / "eval" / f"{variant}-s0" / "metrics.json").read_text())
+        job_cfg = {"paths": {"experiments_dir": str(sweep_dir / job)}}
+        metrics = json.loads((run_dir(job_cfg, "eval", variant, 0) / "metrics.json").read_text())
         assert set(metrics["recall"]) == {"64", "128"}
-        assert (sweep_dir / job / "train" / f"{variant}-s0" / "checkpoints" / "last.ckpt").is_file()
+        assert (run_dir(job_cfg, "train", variant, 0) / "checkpoints" / "last.ckpt").is_file()
+        record = json.loads((sweep_dir / job / "job.json").read_text())
+        assert record["group"] == f"sweep-{sweep_dir.name}"  # one wandb group per sweep
+        assert f"sweep.variant={variant}" in record["overrides"]
+        assert record["overrides"] == yaml.safe_load((sweep_dir / job / ".hydra" / "overrides.yaml").read_text())
+        assert record["recall"] == metrics["recall"] and record["eval_dir"] == f"eval/{variant}/s0"
 
 
 def test_unknown_sweep_variant_is_a_config_error():
@@ -43,3 +56,24 @@ def test_sweep_without_prepared_data_fails_clearly(tmp_path):
            f"hydra.run.dir={tmp_path / 'run'}", "logger=none"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "no prepared data" in proc.stderr
+
+
+def test_every_ablation_named_in_the_method_has_a_sweep():
+    assert set(ABLATIONS) == {f"ablation_{n}" for n in ("capture", "k", "capacity", "selection", "mode", "gate",
+                                                        "bptt")}
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_every_ablation_option_validates_on_the_default_backbone(name):
+    base = compose([f"experiment={name}"])
+    assert base.sweep.variant == "cmr" and base.logger.wandb.group == name
+    assert base.backbone.n_layers == 2 and base.backbone.window == 16  # conf/backbone/default.yaml
+    options = sweep_options([f"experiment={name}"])
+    assert options and all(len(v) >= 2 for v in options.values()), options
+    for key, values in options.items():
+        assert key.startswith("models.cmr."), key
+        composed = [OmegaConf.select(compose([f"experiment={name}", f"{key}={v}"]), key) for v in values]
+        default = OmegaConf.select(base, key)
+        assert default in composed, f"{name}: the default {key}={default} is not among the options {values}"
+        assert len({json.dumps(OmegaConf.to_container(c) if OmegaConf.is_config(c) else c) for c in composed}) \
+            == len(values), f"{name}: duplicate options {values}"

@@ -82,7 +82,7 @@ def test_short_run_writes_checkpoints_and_metrics(env, tmp_path, variant):
 
     segs = Segs()
     m = T.train(env, variant, 0, extra_callbacks=[segs])
-    run = tmp_path / "exp" / "train" / f"{variant}-s0"
+    run = tmp_path / "exp" / "train" / variant / "s0"
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "checkpoints" / "best.ckpt").exists()
     on_disk = json.loads((run / "metrics.json").read_text())
@@ -280,3 +280,23 @@ def test_wandb_offline_run_lives_in_run_dir_and_finishes_on_error(monkeypatch, t
             raise RuntimeError("boom")
     assert wandb.run is None  # finished, so the next job cannot log into it
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_seeds_in_parallel_processes_match_a_run_in_this_process(env, tmp_path):
+    """train_seeds(jobs=2) spawns workers: same results as an in-process run, one folder per seed."""
+    runs = T.train_seeds(env, "window", [0, 1], jobs=2)
+    assert [m["seed"] for m in runs] == [0, 1]
+    for s in (0, 1):
+        assert (tmp_path / "exp" / "train" / "window" / f"s{s}" / "checkpoints" / "best.ckpt").exists()
+    here = T.train(env, "window", 1, run_dir=tmp_path / "here")
+    assert here["val_curve"] == runs[1]["val_curve"]  # deterministic across the process boundary
+    assert runs[0]["val_curve"] != runs[1]["val_curve"]  # the seed matters
+    assert here["tokens_trained"] > 0 and here["hardware"]["torch"] == torch.__version__
+
+
+def test_main_run_dir_takes_one_seed(env, tmp_path, capsys):
+    p = tmp_path / "params.yaml"
+    p.write_text(OmegaConf.to_yaml(env))
+    assert T.main(["--variant", "window", "--seed", "0", "1", "--run-dir", str(tmp_path / "r"),
+                   "--params", str(p)]) == 2
+    assert "--run-dir names one run's folder" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline import paths
 from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,11 @@ ACCURACY_TASKS = ("recall", "rare", "numeric", "dialogue")
 
 
 def train_dir(cfg: Any, variant: str, seed: int) -> Path:
-    return Path(cfg.paths.experiments_dir) / "train" / f"{variant}-s{seed}"
+    return paths.run_dir(cfg, "train", variant, seed)
 
 
 def eval_dir(cfg: Any, variant: str, seed: int) -> Path:
-    return Path(cfg.paths.experiments_dir) / "eval" / f"{variant}-s{seed}"
+    return paths.run_dir(cfg, "eval", variant, seed)
 
 
 def check_trained(run_dir: Path, variant: str, seed: int) -> None:
@@ -59,7 +60,7 @@ def _wandb_start(cfg: Any, variant: str, seed: int, run_dir: Path):
     except ImportError:
         log.info("pipeline.tracking not available: not logging to wandb")
         return None
-    return start_wandb(cfg, job_type="evaluate", name=f"eval-{variant}-s{seed}", run_dir=run_dir)
+    return start_wandb(cfg, job_type="evaluate", name=f"eval-{paths.run_name(variant, seed)}", run_dir=run_dir)
 
 
 def _by(table: Any, key: str, value: str) -> dict[str, float]:

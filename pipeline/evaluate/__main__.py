@@ -1,4 +1,4 @@
-"""`python -m pipeline.evaluate --variant cmr --seed 0 [--params params.yaml]` (the DVC stage)."""
+"""`python -m pipeline.evaluate --variant cmr [--seed 0 1 2] [--params params.yaml]` (the DVC stage)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate",
-                                     description="Evaluate one trained model (variant, seed).")
+                                     description="Evaluate a variant's trained models (seeds in parallel unless timing).")
     parser.add_argument("--variant", required=True, help="window | xl | full | cmr")
-    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--seed", type=int, nargs="+", default=None, dest="seeds",
+                        help="seed(s) to evaluate (default: study.seeds)")
     parser.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -22,11 +23,18 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.config import load_params
         from pipeline.evaluate import evaluate
 
-        out = evaluate(load_params(args.params), args.variant, args.seed)
+        from pipeline.parallel import map_seeds
+
+        cfg = load_params(args.params)
+        seeds = [int(s) for s in (args.seeds if args.seeds is not None else cfg.study.seeds)]
+        # The overhead task times inference, which a second process would disturb: with it, one at a time
+        # (the study times inference in its own `overhead` stage instead).
+        jobs = 1 if "overhead" in cfg.eval.tasks else int(cfg.study.get("jobs", 1))
+        for out in map_seeds(evaluate, cfg, args.variant, seeds, jobs):
+            print(f"wrote {out}")
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {out}")
     return 0
 
 

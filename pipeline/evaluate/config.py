@@ -9,7 +9,8 @@ from typing import Any, Optional
 from pipeline.config import cfg_get as _get
 from pipeline.errors import ConfigError
 
-# Every evaluation task the stage knows; `attention` (issue 4) is added when it exists.
+# Every task the evaluation stage runs. The attention analysis is its own stage
+# (`python -m pipeline.evaluate.attention`, experiments/attention/), configured by eval.attention.
 TASKS = ("recall", "rare", "numeric", "dialogue", "overhead")
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -27,15 +28,26 @@ class OverheadConfig:
 
 
 @dataclass
+class AttentionConfig:
+    """The attention analysis (METHOD.md section 4, row `attention`): a few recall documents per
+    length, batch 1, attention maps read at the query positions. Cheap on purpose."""
+
+    lengths: Optional[list[int]] = None  # each must be in data.eval_lengths; null: its shortest and longest
+    n_docs: int = 4                      # first documents of each recall_<N> split
+    max_queries: Optional[int] = None    # first queries of each document; null = all of them
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 16          # documents per forward (same-length documents only)
     threads: int = 1              # torch.set_num_threads: fixed, so ms/token is comparable
     device: str = "cpu"           # cpu | cuda | auto (cuda when available)
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str] = field(default_factory=lambda: [t for t in TASKS if t != "overhead"])  # overhead: own stage
     max_docs_per_split: Optional[int] = None   # null = every document of each split
     # Table IV buckets (training-split counts). null = the data config's rare classes.
     rare_buckets: Optional[list[int]] = None
     overhead: OverheadConfig = field(default_factory=OverheadConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
 
@@ -107,8 +119,44 @@ def validate(cfg: Any, full_cfg: Any = None) -> None:
     # (the models' own check covers data.eval_lengths, not these).
     max_pos = _get(_get(full_cfg, "backbone"), "max_positions")
     variants = list(_get(_get(full_cfg, "study"), "variants", None) or list(_get(full_cfg, "models", None) or []))
-    if "overhead" in tasks and "full" in variants and max_pos is not None and max(lengths) > int(max_pos):
+    if "full" in variants and max_pos is not None and max(lengths) > int(max_pos):
         raise ConfigError(f"eval.overhead.lengths: {max(lengths)} exceeds backbone.max_positions={max_pos}, "
                           "the longest input the `full` variant accepts; lower the length or raise max_positions")
     if "rare" in tasks and full_cfg is not None and _get(full_cfg, "data") is not None:
         rare_buckets(full_cfg)  # raises if neither eval nor data names the buckets
+    _validate_attention(_get(cfg, "attention"), full_cfg)
+
+
+def _validate_attention(att: Any, full_cfg: Any) -> None:
+    """eval.attention reads the recall_<N> splits, so its lengths must be data.eval_lengths."""
+    if att is None:
+        return
+    _pos_int(_get(att, "n_docs"), "attention.n_docs")
+    mq = _get(att, "max_queries")
+    if mq is not None:
+        _pos_int(mq, "attention.max_queries")
+    lengths = _get(att, "lengths", None)
+    if lengths is None:  # null: data.eval_lengths' shortest and longest
+        return
+    lengths = list(lengths)
+    if not lengths:
+        raise ConfigError("eval.attention.lengths must be null or list at least one document length")
+    for n in lengths:
+        _pos_int(n, "attention.lengths[]")
+    if len(set(lengths)) != len(lengths):
+        raise ConfigError(f"eval.attention.lengths lists a length twice: {lengths}")
+    data_lengths = _get(_get(full_cfg, "data"), "eval_lengths")
+    if data_lengths is not None:
+        missing = [n for n in lengths if n not in list(data_lengths)]
+        if missing:
+            raise ConfigError(f"eval.attention.lengths: {missing} not in data.eval_lengths={list(data_lengths)} "
+                              "(no recall_<N> split is built for them); pick lengths from data.eval_lengths")
+
+
+def attention_lengths(cfg: Any) -> list[int]:
+    """eval.attention.lengths, or (null) the shortest and longest of data.eval_lengths."""
+    lengths = _get(_get(_get(cfg, "eval"), "attention"), "lengths", None)
+    if lengths is not None:
+        return [int(n) for n in lengths]
+    data_lengths = sorted({int(n) for n in _get(_get(cfg, "data"), "eval_lengths")})
+    return sorted({data_lengths[0], data_lengths[-1]})

@@ -138,7 +138,11 @@ class MemoryLM(nn.Module):
         return_attention: bool = False,
         bptt_segments: Optional[int] = None,
         chunk_segments: Optional[int] = None,
+        logits_at: Optional[torch.Tensor] = None,
     ) -> ModelOutput:
+        """logits_at: [B, Q] positions (-1: padding, gives position 0's logits): logits only there,
+        [B, Q, V] instead of [B, N, V] (the answer loss needs only the query positions, and the LM
+        head over every token is a third of a small model's training FLOPs)."""
         B, N = input_ids.shape  # input_ids: [B, N]
         b = self.backbone_cfg
         if self.memory.whole_sequence and N > b.max_positions:
@@ -166,7 +170,10 @@ class MemoryLM(nn.Module):
             outs.append(h.view(B, step.C, T, -1))
         h = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         h = h.reshape(B, S * T, -1)[:, :N]  # [B, N, D]
-        logits = self.head(self.ln_f(h))  # [B, N, V]
+        if logits_at is not None:
+            idx = logits_at.clamp(min=0).unsqueeze(-1).expand(-1, -1, h.size(-1))  # [B, Q, D]
+            h = h.gather(1, idx)  # [B, Q, D]
+        logits = self.head(self.ln_f(h))  # [B, N, V] (or [B, Q, V])
 
         diag = self.memory.diagnostics(state, step)
         if return_attention:
