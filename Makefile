@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup study study-ci test params bench clean-runs
+.PHONY: setup study study-ci test params bench ablations clean-runs
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
@@ -38,3 +38,11 @@ params: setup
 
 bench: setup
 	$(BIN)/python benchmarks/speed.py
+
+## CMR ablation sweeps (conf/experiment/ablation_*.yaml; ~6 min per job on 2 cores, 25 jobs), then
+## results/ablations.{csv,md,png} from the latest run of each. `make ablations ABLATIONS="gate k"` for some.
+ABLATIONS ?= capture k capacity selection mode gate bptt
+ablations: setup
+	dvc repro prepare
+	for a in $(ABLATIONS); do $(BIN)/python -m pipeline.sweep -m experiment=ablation_$$a || exit 1; done
+	$(BIN)/python -m pipeline.ablations $$(for a in $(ABLATIONS); do ls -d multirun/ablation_$$a/*/ | tail -n 1; done)

@@ -35,6 +35,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
 
 
+def write_stage_time(out_dir: str | os.PathLike, started: float, **info: Any) -> Path:
+    """<out_dir>/stage.json: the stage's wall time since `started` (time.perf_counter()), for the
+    report's stage-times table (runs side by side make per-run times sum to more than the stage took)."""
+    import time
+
+    return atomic_write_json(Path(out_dir) / "stage.json", {"wall_s": round(time.perf_counter() - started, 3), **info})
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed."""

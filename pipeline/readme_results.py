@@ -55,14 +55,17 @@ def overhead_table(csv: Path) -> str:
 
 
 def stage_times(csv: Path) -> str:
-    """Per-stage totals, with each training run listed: what each variant costs."""
+    """Per-stage totals, with each training stage run listed: what each variant costs."""
     df = pd.read_csv(csv)
+    if "runs" not in df.columns:
+        df["runs"] = 1
     lines = ["| stage | runs | wall time (min) |", "|---|---|---|"]
     for stage, g in df.groupby("stage", sort=False):
-        lines.append(f"| {stage} | {len(g)} | {g['wall_s'].sum() / 60:.1f} |")
+        lines.append(f"| {stage} | {int(g['runs'].sum())} | {g['wall_s'].sum() / 60:.1f} |")
         if stage == "train":
-            lines += [f"| &nbsp;&nbsp;train {run} | 1 | {w / 60:.1f} |" for run, w in zip(g["run"], g["wall_s"])]
-    lines.append(f"| **all stages** | {len(df)} | {df['wall_s'].sum() / 60:.1f} |")
+            lines += [f"| &nbsp;&nbsp;train {run} | {int(n)} | {w / 60:.1f} |"
+                      for run, n, w in zip(g["run"], g["runs"], g["wall_s"])]
+    lines.append(f"| **all stages** | {int(df['runs'].sum())} | {df['wall_s'].sum() / 60:.1f} |")
     return "\n".join(lines)
 
 

@@ -915,6 +915,33 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def stage_time_rows(cfg: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], train: Mapping[str, dict],
+                    train_src: Mapping[str, str]) -> list[dict]:
+    """One row per DVC stage run: its stage.json (the stage's own wall clock: seeds run side by side)
+    where the stage wrote one, else one row per run from the run's own wall time."""
+    rows: list[dict] = []
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    for kind, stage in (("train", "train"), ("eval", "evaluate"), ("attention", "attention")):
+        for v in variants:
+            seeds = [r["seed"] for r in runs if r["variant"] == v]
+            stage_file = run_dir(cfg, kind, v, 0).parent / "stage.json"
+            if stage_file.is_file():
+                rows.append({"stage": stage, "run": v, "runs": len(seeds), "wall_s": _wall(_read_json(stage_file)),
+                             "source": str(stage_file)})
+            elif kind == "train":
+                rows += [{"stage": "train", "run": run_name(v, s), "runs": 1,
+                          "wall_s": _wall(train[run_name(v, s)]), "source": train_src.get(run_name(v, s), "")}
+                         for s in seeds if run_name(v, s) in train]
+            elif kind == "eval":
+                rows += [{"stage": "evaluate", "run": run_name(r["variant"], r["seed"]), "runs": 1,
+                          "wall_s": _wall(r["metrics"]), "source": r["dir"]} for r in runs if r["variant"] == v]
+    oh_file = experiments_dir(cfg) / "overhead" / "stage.json"
+    if oh_file.is_file():
+        rows.append({"stage": "overhead", "run": "all", "runs": len(runs), "wall_s": _wall(_read_json(oh_file)),
+                     "source": str(oh_file)})
+    return rows
+
+
 def _wall(d: dict | None) -> float | None:
     if not d:
         return None
@@ -1125,13 +1152,9 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
         summary["datasets"] = {str(r["split"]): {"documents": r.get("documents"), "mean_tokens": r.get("mean_tokens")}
                                for r in datasets.to_dict("records")}
 
-    times = [{"stage": "prepare", "run": "data", "wall_s": _wall(manifest), "source": str(manifest_path)}]
-    for name, m in sorted(train.items()):
-        times.append({"stage": "train", "run": name, "wall_s": _wall(m), "source": train_src[name]})
-    for r in runs:
-        times.append({"stage": "evaluate", "run": run_name(r["variant"], r["seed"]), "wall_s": _wall(r["metrics"]),
-                      "source": r["dir"]})
-    times.append({"stage": "report", "run": "report", "wall_s": time.perf_counter() - t0,
+    times = [{"stage": "prepare", "run": "data", "runs": 1, "wall_s": _wall(manifest), "source": str(manifest_path)}]
+    times += stage_time_rows(cfg, runs, train, train_src)
+    times.append({"stage": "report", "run": "report", "runs": 1, "wall_s": time.perf_counter() - t0,
                   "source": "measured by report"})
     times_df = pd.DataFrame(times)
     if times_df["wall_s"].isna().any():

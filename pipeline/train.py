@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import load_params
 from pipeline.errors import ConfigError, DataError, PipelineError, TrainingError
-from pipeline.io import atomic_write_json
+from pipeline.io import atomic_write_json, write_stage_time
 from pipeline import paths
 from pipeline.train_config import QUERY_TYPES, TrainConfig, curriculum_limit
 from pipeline.train_config import validate as validate_train
@@ -643,7 +643,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             check_variant(cfg, args.variant)
             jobs = args.jobs if args.jobs is not None else int(cfg.study.get("jobs", 1))
+            t0 = time.perf_counter()
             results = train_seeds(cfg, args.variant, seeds, jobs)
+            write_stage_time(paths.variant_dir(cfg, "train", args.variant), t0, seeds=seeds, jobs=jobs)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

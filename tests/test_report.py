@@ -149,7 +149,7 @@ def test_report_writes_every_file_and_row(tmp_path):
     assert s["overhead"]["cmr"]["params"] == 150000
 
     times = pd.read_csv(res / "stage_times.csv")
-    assert list(times.columns) == ["stage", "run", "wall_s", "source"]
+    assert list(times.columns) == ["stage", "run", "runs", "wall_s", "source"]
     assert times["stage"].tolist().count("train") == 4 and times["stage"].tolist().count("evaluate") == 4
     assert times.loc[times["stage"] == "prepare", "wall_s"].iloc[0] == 12.0
 
@@ -503,3 +503,19 @@ def test_missing_attention_output_names_the_file(tmp_path, monkeypatch):
     missing.unlink()
     with pytest.raises(DataError, match="attention/cmr/s1/attention.parquet"):
         build_report(cfg, evals, trains, tmp_path / "results")
+
+
+def test_stage_times_use_the_stage_clock_when_seeds_ran_side_by_side(tmp_path):
+    """Two seeds trained at once: the stage's own wall time, not the sum of the runs' times."""
+    from pipeline.report import stage_time_rows
+
+    cfg = {"paths": {"experiments_dir": str(tmp_path / "experiments")}}
+    runs = [{"variant": "cmr", "seed": s, "dir": f"e/{s}", "metrics": {"wall_s": 30.0}} for s in (0, 1)]
+    train = {"cmr-s0": {"wall_s": 100.0}, "cmr-s1": {"wall_s": 110.0}}
+    rows = stage_time_rows(cfg, runs, train, {})
+    assert [(r["stage"], r["run"], r["wall_s"]) for r in rows] == [
+        ("train", "cmr-s0", 100.0), ("train", "cmr-s1", 110.0), ("evaluate", "cmr-s0", 30.0), ("evaluate", "cmr-s1", 30.0)]
+    (tmp_path / "experiments" / "train" / "cmr").mkdir(parents=True)
+    (tmp_path / "experiments" / "train" / "cmr" / "stage.json").write_text(json.dumps({"wall_s": 130.0}))
+    rows = stage_time_rows(cfg, runs, train, {})
+    assert [(r["stage"], r["run"], r["runs"], r["wall_s"]) for r in rows][0] == ("train", "cmr", 2, 130.0)

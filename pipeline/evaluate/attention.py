@@ -38,6 +38,7 @@ import argparse
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -463,8 +464,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.params, args.overrides)
         seeds = args.seeds if args.seeds is not None else [int(s) for s in cfg.study.seeds]
+        from pipeline import paths
+        from pipeline.io import write_stage_time
+
+        t0 = time.perf_counter()
         for s in seeds:
             print(f"wrote {evaluate_attention(cfg, args.variant, s)}")
+        write_stage_time(paths.variant_dir(cfg, "attention", args.variant), t0, seeds=[int(s) for s in seeds])
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -292,9 +292,10 @@ def run_stage(cfg: Any) -> list[Path]:
     from pipeline import paths
     from pipeline.evaluate import _vocab_size, check_trained, resolve_device
     from pipeline.evaluate.predict import load_split_docs
-    from pipeline.io import atomic_dir, atomic_write_json
+    from pipeline.io import atomic_dir, atomic_write_json, write_stage_time
     from pipeline.train import load_trained
 
+    t0 = time.perf_counter()
     ocfg = cfg.eval.overhead
     device = resolve_device(cfg.eval.device)
     torch.set_num_threads(int(cfg.eval.threads))
@@ -321,6 +322,7 @@ def run_stage(cfg: Any) -> list[Path]:
             atomic_write_json(tmp / "overhead.json", oh)
             score(oh, v, s).to_csv(tmp / "overhead.csv", index=False)
         written.append(out)
+    write_stage_time(paths.experiments_dir(cfg) / "overhead", t0, runs=[paths.run_name(v, s) for v, s in runs])
     return written
 
 
