@@ -5,9 +5,6 @@ the reference row, the paired test), and clear errors for folders that hold no s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +13,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.ablations import aggregate, main
-from pipeline.config import REPO_ROOT, compose
+from pipeline.config import compose
 from pipeline.errors import DataError
 from pipeline.paths import run_dir
 
 
 @pytest.mark.timeout(300)
-def test_ablation_multirun_aggregates_to_csv_md_png(tmp_path):
-    from pipeline.data.prepare import prepare
-
-    data = tmp_path / "data"
-    prepare(compose(["profile=ci", f"paths.data_dir={data}"]), quiet=True)
-    sweep_dir = tmp_path / "multirun"
-    cmd = [sys.executable, "-m", "pipeline.sweep", "-m", "experiment=ablation_gate", "profile=ci",
-           "train.max_steps=20", "train.val_check_interval=10", "train.progress_bar=none", "logger=none",
-           f"paths.data_dir={data}", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_ablation_multirun_aggregates_to_csv_md_png(tmp_path, tiny_multirun):
+    sweep_dir = tiny_multirun("experiment=ablation_gate")
     assert json.loads((sweep_dir / "0" / "job.json").read_text())["group"] == "ablation_gate"
 
     out = tmp_path / "results"
