@@ -25,6 +25,7 @@ TINY = DataConfig(
     n_train_docs=300, n_val_docs=20, eval_lengths=[64, 128], n_eval_docs=4, rare_eval_length=64,
     n_rare_docs=10, dialogue_turns=[2, 3], dialogue_turn_len=24, rare_counts=[2, 4, 10],
     rare_tokens_per_class=2, n_eval_facts=4, n_eval_num_vars=4, filler_vocab_size=64, verify_docs=8,
+    val_long_lengths=[64, 96], n_val_long_docs=5,
 )
 EVAL_SPLITS = ["recall_64", "recall_128", "numeric_64", "numeric_128", "rare", "dialogue_2", "dialogue_3"]
 
@@ -55,7 +56,7 @@ def test_written_files_and_manifest(data_dir):
     for f in ["tokenizer.json", "manifest.json", "train_counts.json"]:
         assert (data_dir / f).is_file()
     m = json.loads((data_dir / "manifest.json").read_text())
-    assert set(m["splits"]) == {"train", "val", *EVAL_SPLITS}
+    assert set(m["splits"]) == {"train", "val", "val_long", *EVAL_SPLITS}
     assert m["disjointness"]["ok"] is True
     assert m["generator"]["train_seed"] == 0 and m["filler_source"].startswith("synthetic")
     for name, s in m["splits"].items():
@@ -94,7 +95,7 @@ def test_answers_single_tokens_and_aligned(data_dir):
 
 def test_fact_positions_and_distances(data_dir):
     numbers = {load_tokenizer(data_dir).token_to_id(str(k)) for k in range(TINY.max_number + 1)}
-    for name in ["train", *EVAL_SPLITS]:
+    for name in ["train", "val_long", *EVAL_SPLITS]:
         for row in load_split(data_dir, name):
             ids = row["input_ids"]
             for q, a, f, d, t in zip(row["query_pos"], row["answers"], row["fact_pos"], row["distance"], row["query_type"]):
@@ -128,7 +129,7 @@ def test_train_docs_exact_lengths_and_segment_layout(data_dir):
                     local_segs.add(q // W)
                 if t == "far":
                     assert q // W == S - 1  # far queries sit in the last segment
-            assert local_segs == set(range(S))  # a local pair in every segment
+            assert set(range(S - 1)) <= local_segs  # a local pair in every early segment (the last: where room)
         assert segs == set(range(TINY.train_min_segments, TINY.train_max_segments + 1))
 
 
@@ -157,11 +158,71 @@ def test_eval_splits_layout(data_dir):
 
 def test_disjointness_and_planted_duplicate(data_dir):
     train = set(load_split(data_dir, "train")["doc_id"])
-    for name in ["val", *EVAL_SPLITS]:
+    for name in ["val", "val_long", *EVAL_SPLITS]:
         assert not train & set(load_split(data_dir, name)["doc_id"])
+    val_long = set(load_split(data_dir, "val_long")["doc_id"])
+    for name in EVAL_SPLITS:
+        assert not val_long & set(load_split(data_dir, name)["doc_id"])
     check_disjoint(["a", "b"], {"recall_64": ["c"]})
     with pytest.raises(DataError, match="recall_64.*also in train"):
         check_disjoint(["a", "b"], {"val": ["x"], "recall_64": ["c", "b"]})
+    with pytest.raises(DataError, match="recall_64.*also in val_long"):  # checkpoints are selected on val_long
+        check_disjoint(["a"], {"val_long": ["x", "y"], "recall_64": ["c", "y"]})
+    with pytest.raises(DataError, match="val_long.*also in train"):
+        check_disjoint(["a"], {"val_long": ["a"]})
+
+
+def test_val_long_is_evaluation_like_from_the_training_seed_family():
+    _, _, a = build_all(tiny())
+    _, _, b = build_all(tiny(train_seed=5))
+    _, _, c = build_all(tiny(eval_seed=7))
+    assert b["val_long"]["hash"] != a["val_long"]["hash"] and c["val_long"]["hash"] == a["val_long"]["hash"]
+    splits, _, stats = build_all(tiny())
+    lengths = sorted({len(x) for x in splits["val_long"]["input_ids"]})
+    assert lengths == TINY.val_long_lengths and stats["val_long"]["docs"] == 2 * TINY.n_val_long_docs
+    assert stats["val_long"]["query_types"].get("far", 0) > 0
+    for ids, qp in zip(splits["val_long"]["input_ids"], splits["val_long"]["query_pos"]):
+        assert max(qp) + 2 == len(ids)  # queries back to back at the end, like the evaluation documents
+
+
+def test_longer_training_documents_hold_more_far_facts():
+    splits, _, _ = build_all(tiny(n_far_facts=4, train_max_segments=4, train_mix={"recall": 1.0}))
+    far = {}
+    for n, qt in zip(splits["train"]["n_segments"], splits["train"]["query_type"]):
+        far.setdefault(n, set()).add(sum(t == "far" for t in qt))
+    # a 2-segment doc has room for 2 far facts beside its local pair; 3+ segments hold all 4
+    assert far == {2: {2}, 3: {4}, 4: {4}}
+
+
+def test_no_fact_straddles_a_segment_boundary(data_dir):
+    """A value whose entity sits in the previous segment could not be bound to it by anything that reads
+    segment by segment, so every fact of every split lies inside one segment (as in training documents)."""
+    W = TINY.segment_len
+    span = {"numeric": len(TINY.num_fact_template.split())}
+    words = TINY.fact_template.split()
+    v_off = words.index("{V}")
+    for name in ["train", "val", "val_long", *EVAL_SPLITS]:
+        for row in load_split(data_dir, name):
+            for f, t in zip(row["fact_pos"], row["query_type"]):
+                if t == "numeric":
+                    first, last = f - 2, f + 1  # '{X} equals {N} .': the earlier summand's fact
+                else:
+                    first, last = f - v_off, f + len(words) - 1 - v_off
+                assert first // W == last // W, (name, f, t, span)
+
+
+def test_first_segment_layout_puts_every_fact_in_segment_zero():
+    cfg = tiny(eval_facts="first_segment", fact_template="{E} {V}", query_template="{E}")
+    splits, _, _ = build_all(cfg)
+    W = cfg.segment_len
+    for n in cfg.eval_lengths:
+        cols = splits[f"recall_{n}"]
+        for fp, qp, ids in zip(cols["fact_pos"], cols["query_pos"], cols["input_ids"]):
+            assert all(f < W for f in fp) and all(q // W == (len(ids) - 1) // W for q in qp)
+    with pytest.raises(ConfigError, match="eval_facts=first_segment"):
+        validate(tiny(eval_facts="first_segment", n_eval_facts=5))  # 5 x 4 tokens do not fit 16
+    with pytest.raises(ConfigError, match="data.eval_facts.*spread, first_segment"):
+        validate(tiny(eval_facts="middle"))
 
 
 def test_missing_and_corrupt_splits(data_dir, tmp_path):
@@ -236,9 +297,11 @@ def test_hf_filler_offline_fails_fast(tmp_path, monkeypatch):
     ({"rare_counts": [3, 10]}, r"data.rare_counts.*even"),
     ({"train_mix": {"recall": 1.0, "poetry": 1.0}}, r"data.train_mix.poetry.*recall, numeric, dialogue"),
     ({"fact_template": "{E} is ."}, r"data.fact_template"),
-    ({"n_far_facts": 6}, r"n_far_facts"),
+    ({"local_pairs_per_segment": 2}, r"no far fact fits"),
     ({"filler": "local"}, r"data.local_files"),
     ({"local_format": "xml"}, r"data.local_format.*text, json, parquet"),
+    ({"val_long_lengths": []}, r"data.val_long_lengths: must be a non-empty list"),
+    ({"n_val_long_docs": 0}, r"data.n_val_long_docs: must be >= 1"),
 ])
 def test_bad_config(kw, key):
     with pytest.raises(ConfigError, match=key):
@@ -273,3 +336,54 @@ def test_prepare_cli_with_params_file(tmp_path):
     bad.write_text(params.read_text().replace("filler: synthetic", "filler: bogus"))
     r = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, cwd=cwd, timeout=120)
     assert r.returncode == 2 and "data.filler" in r.stderr
+
+
+def test_a_changed_token_in_a_valid_split_is_caught(data_dir, tmp_path):
+    import datasets
+
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    split = copy / "splits" / "recall_64"
+    ds = datasets.Dataset.load_from_disk(str(split))
+    rows = ds.to_dict()
+    rows["input_ids"][0][3] = (rows["input_ids"][0][3] + 1) % 10  # one token, every other column intact
+    shutil.rmtree(split)
+    datasets.Dataset.from_dict(rows, features=ds.features).save_to_disk(str(split))
+    with pytest.raises(DataError, match="document 0: its tokens do not hash to its doc_id"):
+        load_split(copy, "recall_64")
+    load_split(copy, "recall_64", verify=False)  # readable; only verification refuses it
+
+
+def test_prepare_twice_writes_identical_files(tmp_path):
+    """No wall-clock time (or anything else that varies) inside data/: a rerun of prepare must not change
+    the folder's hash, or DVC would retrain every model on identical data."""
+    import hashlib
+
+    def digest(folder):
+        return {p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    prepare(tiny(n_train_docs=200, rare_counts=[2], rare_tokens_per_class=1), tmp_path / "a", quiet=True)
+    time.sleep(0.05)
+    prepare(tiny(n_train_docs=200, rare_counts=[2], rare_tokens_per_class=1), tmp_path / "b", quiet=True)
+    a, b = digest(tmp_path / "a"), digest(tmp_path / "b")
+    assert a.keys() == b.keys() and a == b
+    assert "wall_s" not in json.loads((tmp_path / "a" / "manifest.json").read_text())
+
+
+def test_distractor_facts_are_stated_never_asked_and_leave_rare_counts_exact(tmp_path):
+    import random
+
+    from pipeline.data.documents import Block, DocBuilder, layout_train
+    from pipeline.data.vocab import build_vocab
+
+    cfg = tiny(n_distractor_facts=3, train_max_segments=4, n_train_docs=400)
+    b = DocBuilder(cfg, build_vocab(cfg, filler_words=["x"]))
+    for n_seg, want in ((2, 0), (3, 2), (4, 3)):  # 2 facts fit each early segment beside its local pair
+        pieces, _ = layout_train(random.Random(n_seg), b, "recall", n_seg)
+        blocks = [p for p in pieces if isinstance(p, Block)]
+        asked = {r for q in blocks if q.is_query for r in q.refs}
+        unasked = [f for f in blocks if not f.is_query and f.fact_id not in asked]
+        assert len(unasked) == want, (n_seg, len(unasked))
+        assert all(v >= 0 for f in unasked for v in f.tokens)  # a real value, not a rare-plan slot
+    prepare(cfg, tmp_path / "data", quiet=True)  # raises unless every rare class has its exact count

@@ -17,8 +17,11 @@ from pipeline.data.filler import CorpusFiller, SyntheticFiller, corpus_stream, c
 from pipeline.data.vocab import Vocab, build_vocab
 from pipeline.errors import ConfigError, DataError
 
-# Seeds of each split: training from data.train_seed, everything else from data.eval_seed.
-_CODES = {"train": 0, "val": 1, "recall": 2, "numeric": 3, "rare": 4, "dialogue": 5}
+# Seeds of each split: train and val_long from data.train_seed (the training seed family), everything
+# else from data.eval_seed.
+_CODES = {"train": 0, "val": 1, "recall": 2, "numeric": 3, "rare": 4, "dialogue": 5, "val_long": 6}
+TRAIN_FAMILY = ("train", "val_long")
+SELECTION_SPLITS = ("train", "val", "val_long")  # what training sees or selects checkpoints on
 HASH_COLUMNS = ("doc_id", "task", "query_pos", "answers", "query_type", "fact_pos", "distance",
                 "n_turns", "n_segments", "n_words")
 COLUMNS = ("doc_id", "task", "input_ids", "n_words", "query_pos", "answers", "query_type", "fact_pos",
@@ -45,7 +48,7 @@ def make_source(cfg: DataConfig) -> Source:
 
 
 def split_rng(cfg: DataConfig, kind: str, size: int = 0) -> np.random.Generator:
-    seed = cfg.train_seed if kind == "train" else cfg.eval_seed
+    seed = cfg.train_seed if kind in TRAIN_FAMILY else cfg.eval_seed
     return np.random.default_rng([int(seed), _CODES[kind], int(size)])
 
 
@@ -126,15 +129,19 @@ def gen_train(cfg: DataConfig, src: Source, split: str) -> list[dict]:
 
 
 def gen_eval(cfg: DataConfig, src: Source, kind: str, size: int) -> list[dict]:
-    """recall_<N>, numeric_<N>, rare (size = its length) or dialogue_<T> (size = turns)."""
+    """recall_<N>, numeric_<N>, rare (size = its length), dialogue_<T> (size = turns), or val_long
+    (recall documents of every data.val_long_lengths, n_val_long_docs each)."""
     rng = split_rng(cfg, kind, size)
     b = DocBuilder(cfg, src.vocab)
     W = cfg.segment_len
-    n = cfg.n_rare_docs if kind == "rare" else cfg.n_eval_docs
+    if kind == "val_long":
+        sizes = [int(n) for n in cfg.val_long_lengths for _ in range(cfg.n_val_long_docs)]
+    else:
+        sizes = [size] * (cfg.n_rare_docs if kind == "rare" else cfg.n_eval_docs)
     r = _py_rng(rng)
     layouts = []
-    for _ in range(n):
-        if kind in ("recall", "rare"):
+    for size in sizes:
+        if kind in ("recall", "rare", "val_long"):
             pieces, nf = layout_recall(r, b, size)
             meta = {"length": size, "task": "recall", "n_turns": 0}
         elif kind == "numeric":
@@ -156,7 +163,7 @@ def gen_eval(cfg: DataConfig, src: Source, kind: str, size: int) -> list[dict]:
 
 def split_plan(cfg: DataConfig) -> list[tuple[str, str, int]]:
     """(split name, generator kind, size) for every split, in a fixed order."""
-    plan = [("train", "train", 0), ("val", "val", 0)]
+    plan = [("train", "train", 0), ("val", "val", 0), ("val_long", "val_long", 0)]
     plan += [(f"recall_{n}", "recall", int(n)) for n in cfg.eval_lengths]
     plan += [(f"numeric_{n}", "numeric", int(n)) for n in cfg.eval_lengths]
     plan += [("rare", "rare", int(cfg.rare_eval_length))]
@@ -204,14 +211,20 @@ def split_hash(cols) -> str:
 
 
 def check_disjoint(train_ids, others: dict[str, list[str]]) -> dict:
-    """Proof that no val/eval document (by content hash) is in the train split; DataError if one is."""
-    train = set(train_ids)
+    """Proof that no document (by content hash) of a validation or evaluation split is in train, and no
+    evaluation document is in a validation split (val, val_long: checkpoints are selected on them);
+    DataError naming the two splits if one is."""
+    seen = {"train": set(train_ids)}
+    seen.update({name: set(ids) for name, ids in others.items() if name in SELECTION_SPLITS})
     report = {}
     for name, ids in others.items():
-        hits = [d for d in ids if d in train]
-        if hits:
-            raise DataError(f"split '{name}': {len(hits)} document(s) also in train (e.g. doc_id {hits[0]}); "
-                            "evaluation must be disjoint from training")
+        against = ["train"] if name in SELECTION_SPLITS else [s for s in SELECTION_SPLITS if s in seen]
+        for sel in against:
+            hits = [d for d in ids if d in seen[sel]]
+            if hits:
+                raise DataError(f"split '{name}': {len(hits)} document(s) also in {sel} (e.g. doc_id {hits[0]}); "
+                                f"evaluation must be disjoint from training and validation")
         report[name] = 0
-    return {"ok": True, "train_docs": len(train_ids), "train_unique": len(train),
-            "overlaps": report, "method": "sha1 of token ids (doc_id); no val/eval doc_id occurs in train"}
+    return {"ok": True, "train_docs": len(train_ids), "train_unique": len(seen["train"]), "overlaps": report,
+            "method": "sha1 of token ids (doc_id); no val/val_long/eval doc_id occurs in train, "
+                      "and no eval doc_id in val or val_long"}

@@ -16,6 +16,7 @@ from pipeline.errors import ConfigError
 FILLER_SOURCES = ("synthetic", "hf", "local")
 LOCAL_FORMATS = ("auto", "text", "json", "parquet")
 DOC_KINDS = ("recall", "numeric", "dialogue")
+EVAL_FACTS = ("spread", "first_segment")
 
 
 @dataclass
@@ -58,12 +59,18 @@ class DataConfig:
     train_min_segments: int = 2
     train_max_segments: int = 4
     n_far_facts: int = 2  # facts in early segments asked in the last one
+    n_distractor_facts: int = 0  # recall docs: facts in early segments never asked (as many as fit)
     local_pairs_per_segment: int = 1  # fact + query inside the same segment, every segment
     train_mix: dict[str, float] = field(
         default_factory=lambda: {"recall": 0.7, "numeric": 0.15, "dialogue": 0.15}
     )
+    # --- long validation (val_long): evaluation-like recall documents from the training seed family,
+    # scored during training and used to select checkpoints (the short val split cannot see long-document failure)
+    val_long_lengths: list[int] = field(default_factory=lambda: [256, 512])
+    n_val_long_docs: int = 50  # per length
     # --- evaluation documents ---
     eval_lengths: list[int] = field(default_factory=lambda: [500, 1000, 1500, 2000, 2500])
+    eval_facts: str = "spread"  # recall facts: spread (stratified over the document) | first_segment (all in segment 0)
     n_eval_docs: int = 20  # per recall_<N> / numeric_<N> / dialogue_<T> split
     n_eval_facts: int = 8  # recall facts per eval doc (all asked at the end)
     n_eval_num_vars: int = 8  # numeric vars per eval doc (queried in pairs: n/2 queries)
@@ -131,6 +138,8 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
         raise ConfigError("data.hf_name: required when data.filler=hf (e.g. wikitext)")
     if c.filler == "local" and not c.local_files:
         raise ConfigError("data.local_files: required (a non-empty list of paths) when data.filler=local")
+    if c.eval_facts not in EVAL_FACTS:
+        raise ConfigError(f"data.eval_facts: unknown '{c.eval_facts}'; allowed: {', '.join(EVAL_FACTS)}")
     if c.local_format not in LOCAL_FORMATS:
         raise ConfigError(f"data.local_format: unknown '{c.local_format}'; allowed: {', '.join(LOCAL_FORMATS)}")
     if c.train_seed == c.eval_seed:
@@ -146,12 +155,12 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
         )
     positive = ["filler_vocab_size", "n_entities", "n_common_values", "n_variables", "segment_len",
                 "n_train_docs", "n_val_docs", "train_min_segments", "n_eval_docs", "n_eval_facts",
-                "rare_eval_length", "n_rare_docs", "dialogue_turn_len", "n_dialogue_facts", "max_number",
+                "rare_eval_length", "n_rare_docs", "n_val_long_docs", "dialogue_turn_len", "n_dialogue_facts", "max_number",
                 "rare_tokens_per_class", "filler_max_words"]
     for k in positive:
         if getattr(c, k) < 1:
             raise ConfigError(f"data.{k}: must be >= 1, got {getattr(c, k)}")
-    for k in ["n_far_facts", "local_pairs_per_segment", "verify_docs"]:
+    for k in ["n_far_facts", "n_distractor_facts", "local_pairs_per_segment", "verify_docs"]:
         if getattr(c, k) < 0:
             raise ConfigError(f"data.{k}: must be >= 0, got {getattr(c, k)}")
     if c.train_max_segments < c.train_min_segments:
@@ -168,7 +177,7 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
     if c.n_variables < max(c.n_eval_num_vars, 2 * max(1, c.n_far_facts // 2) + 2):
         raise ConfigError(f"data.n_variables ({c.n_variables}) must be >= data.n_eval_num_vars ({c.n_eval_num_vars}) and the vars a training doc needs")
     need_entities = max(c.n_eval_facts, c.n_dialogue_facts,
-                        c.n_far_facts + c.local_pairs_per_segment * c.train_max_segments)
+                        c.n_far_facts + c.n_distractor_facts + c.local_pairs_per_segment * c.train_max_segments)
     if c.n_entities < need_entities:
         raise ConfigError(f"data.n_entities ({c.n_entities}) must be >= {need_entities}: entities are unique within a document")
     if any(int(n) < 1 or int(n) % 2 for n in c.rare_counts):
@@ -186,8 +195,10 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
         raise ConfigError(f"data.train_mix.{bad[0]}: unknown document kind; allowed: {', '.join(DOC_KINDS)}")
     if any(float(v) < 0 for v in mix.values()) or sum(float(v) for v in mix.values()) <= 0:
         raise ConfigError(f"data.train_mix: weights must be >= 0 with a positive sum, got {mix}")
-    if sorted(set(c.eval_lengths)) != sorted(c.eval_lengths):
-        raise ConfigError(f"data.eval_lengths: must be distinct, got {list(c.eval_lengths)}")
+    for key in ("eval_lengths", "val_long_lengths"):
+        lengths = list(getattr(c, key))
+        if not lengths or sorted(set(lengths)) != sorted(lengths):
+            raise ConfigError(f"data.{key}: must be a non-empty list of distinct lengths, got {lengths}")
     if sorted(set(c.dialogue_turns)) != sorted(c.dialogue_turns) or any(t < 2 for t in c.dialogue_turns):
         raise ConfigError(f"data.dialogue_turns: must be distinct integers >= 2, got {list(c.dialogue_turns)}")
 

@@ -92,6 +92,7 @@ class DocBuilder:
         self.variables = vocab.variable_ids.tolist()
         self.numbers = vocab.number_ids.tolist()
         self.speakers = vocab.speaker_ids.tolist()
+        self.common = vocab.common_value_ids.tolist()
 
     def new_slot(self) -> int:
         self.n_slots += 1
@@ -103,6 +104,12 @@ class DocBuilder:
         f = Block(self.t.fact.render(E=entity, V=v), self.t.fact.slots["V"], fact_id=fid)
         q = Block(self.t.query.render(E=entity) + [v], len(self.t.query) - 1, refs=(fid,), qtype=qtype)
         return f, q
+
+    def distractor(self, r: random.Random, entity: int, fid: int) -> Block:
+        """A fact that is never asked: a common value drawn here (not a value slot, so the rare-token
+        plan, which counts every slot twice, never puts a rare value in it)."""
+        v = self.common[r.randrange(len(self.common))]
+        return Block(self.t.fact.render(E=entity, V=v), self.t.fact.slots["V"], fact_id=fid)
 
     def numeric(self, r: random.Random, x: int, y: int, fid: int) -> tuple[Block, Block, Block]:
         """Two var facts and the query of their sum; a + b <= max_number."""
@@ -147,13 +154,10 @@ def _order(r: random.Random, blocks: list[Block]) -> list[Block]:
     return out
 
 
-def _region(r: random.Random, length: int, blocks: list[Block], prefix: list[int] | None = None,
-            queries_last: list[Block] | None = None) -> list:
-    """Pieces filling exactly `length` tokens: optional prefix, blocks in random order with random
-    filler gaps, then `queries_last` back to back at the very end."""
-    tail = queries_last or []
-    used = sum(len(b.tokens) for b in blocks) + sum(len(b.tokens) for b in tail) + len(prefix or [])
-    free = length - used
+def _region(r: random.Random, length: int, blocks: list[Block], prefix: list[int] | None = None) -> list:
+    """Pieces filling exactly `length` tokens: optional prefix, then the blocks in random order (every
+    query after its facts) with random filler gaps."""
+    free = length - sum(len(b.tokens) for b in blocks) - len(prefix or [])
     if free < 0:
         raise ValueError(free)
     blocks = _order(r, blocks)
@@ -162,9 +166,7 @@ def _region(r: random.Random, length: int, blocks: list[Block], prefix: list[int
     for g, b in zip(gaps, blocks):
         pieces += [g, b]
     pieces.append(gaps[-1])
-    tail = list(tail)
-    r.shuffle(tail)
-    return pieces + tail
+    return pieces
 
 
 # ---------------------------------------------------------------- training documents
@@ -173,11 +175,15 @@ def _region(r: random.Random, length: int, blocks: list[Block], prefix: list[int
 def layout_train(r: random.Random, b: DocBuilder, kind: str, n_seg: int) -> tuple[list, int]:
     """Pieces of one training doc of n_seg * segment_len tokens, and its number of facts.
 
-    Far facts (or numeric var pairs) sit in early segments and are asked in the last one;
-    every segment also holds `local_pairs_per_segment` local pairs (numeric docs prefer a
-    local sum triple when it fits). No block crosses a segment boundary.
+    Far facts (or numeric var pairs) sit in early segments and are asked in the last one: as many as
+    fit, up to data.n_far_facts. Recall documents also state up to data.n_distractor_facts facts in
+    early segments that are never asked (as many as fit), so that "stated but not yet asked" does not
+    single out the far facts: the read must match the query's entity, as in evaluation documents.
+    Every early segment also holds `local_pairs_per_segment` local pairs (numeric docs prefer a local
+    sum triple when it fits); the last segment holds them too where the far queries leave room. No
+    block crosses a segment boundary.
     """
-    cfg, v = b.cfg, b.vocab
+    cfg = b.cfg
     W = cfg.segment_len
     prefixes: list[list[int] | None] = [None] * n_seg
     if kind == "dialogue":
@@ -185,13 +191,19 @@ def layout_train(r: random.Random, b: DocBuilder, kind: str, n_seg: int) -> tupl
         prefixes = [[b.speakers[(first + s) % len(b.speakers)]] for s in range(n_seg)]
     cap = [W - (len(p) if p else 0) for p in prefixes]
     segs: list[list[Block]] = [[] for _ in range(n_seg)]
-    ents = r.sample(b.entities, min(len(b.entities), cfg.n_far_facts + cfg.local_pairs_per_segment * n_seg))
+    reserve = cfg.local_pairs_per_segment * b.L_pair
+    early_room = sum(max(0, c - reserve) for c in cap[:-1])
+    ents = r.sample(b.entities, min(len(b.entities), cfg.n_far_facts + cfg.n_distractor_facts
+                                    + cfg.local_pairs_per_segment * n_seg))
     n_ent = 0
     fid = 0
     far_facts: list[Block] = []
     far_queries: list[Block] = []
+    spare_vars: list[int] = []
     if kind == "numeric":
-        n_pairs = max(1, cfg.n_far_facts // 2) if cfg.n_far_facts > 0 else 0
+        want = max(1, cfg.n_far_facts // 2) if cfg.n_far_facts > 0 else 0
+        per_seg = [max(0, c - reserve) // b.L_nfact for c in cap[:-1]]  # var facts each early segment holds
+        n_pairs = min(want, cap[-1] // b.L_nquery, sum(per_seg) // 2)
         vars_ = r.sample(b.variables, len(b.variables))
         for p in range(n_pairs):
             fx, fy, q = b.numeric(r, vars_[2 * p], vars_[2 * p + 1], fid)
@@ -200,46 +212,38 @@ def layout_train(r: random.Random, b: DocBuilder, kind: str, n_seg: int) -> tupl
             far_queries.append(q)
         spare_vars = list(vars_[2 * n_pairs:])
     else:
-        n_far = cfg.n_far_facts
-        if kind == "dialogue":
-            # The speaker tag takes a token per segment: dialogue docs hold as many far facts as fit.
-            room = W - 1 - cfg.local_pairs_per_segment * b.L_pair
-            n_far = min(n_far, (n_seg - 1) * max(0, room // b.L_fact), max(0, room // b.L_query))
-            if n_far == 0 and cfg.n_far_facts > 0:
-                raise ConfigError(
-                    f"dialogue training doc: no far fact fits a segment of data.segment_len={W} with a speaker tag "
-                    f"and data.local_pairs_per_segment={cfg.local_pairs_per_segment}; set data.train_mix.dialogue=0 "
-                    "or raise segment_len")
+        per_seg = [max(0, c - reserve) // b.L_fact for c in cap[:-1]]
+        n_far = min(cfg.n_far_facts, cap[-1] // b.L_query, sum(per_seg))
         for _ in range(n_far):
             f, q = b.recall(int(ents[n_ent]), fid)
             n_ent += 1
             fid += 1
             far_facts.append(f)
             far_queries.append(q)
-        spare_vars = []
-    need_q = sum(len(q.tokens) for q in far_queries)
-    if need_q > cap[-1]:
+    if cfg.n_far_facts > 0 and not far_queries:
         raise ConfigError(
-            f"{kind} training doc: {len(far_queries)} far queries ({need_q} tokens) do not fit the last "
-            f"segment (data.segment_len={W}); lower data.n_far_facts or raise data.segment_len"
-        )
-    cap[-1] -= need_q
-    reserve = cfg.local_pairs_per_segment * b.L_pair
+            f"{kind} training doc of {n_seg} segments: no far fact fits (data.segment_len={W}, "
+            f"data.local_pairs_per_segment={cfg.local_pairs_per_segment}, {early_room} free tokens in the early "
+            f"segments); raise segment_len or train_min_segments, or lower local_pairs_per_segment")
+    cap[-1] -= sum(len(q.tokens) for q in far_queries)
     for f in far_facts:
         L = len(f.tokens)
         cand = [s for s in range(n_seg - 1) if cap[s] - L >= reserve]
-        if not cand:
-            cand = [s for s in range(n_seg - 1) if cap[s] >= L]
-        if not cand:
-            raise ConfigError(
-                f"{kind} training doc of {n_seg} segments: data.n_far_facts={cfg.n_far_facts} facts do not fit "
-                f"the early segments with data.local_pairs_per_segment={cfg.local_pairs_per_segment} "
-                f"(data.segment_len={W}); lower n_far_facts or raise train_min_segments / segment_len"
-            )
-        s = r.choice(cand)
+        s = r.choice(cand)  # the counts above guarantee room
         segs[s].append(f)
         cap[s] -= L
     n_facts = len(far_facts)
+    if kind == "recall":  # facts never asked: a far query must find its own entity among them
+        for _ in range(cfg.n_distractor_facts):
+            cand = [s for s in range(n_seg - 1) if cap[s] - b.L_fact >= reserve]
+            if not cand or n_ent >= len(ents):
+                break
+            s = r.choice(cand)
+            segs[s].append(b.distractor(r, int(ents[n_ent]), fid))
+            n_ent += 1
+            fid += 1
+            n_facts += 1
+            cap[s] -= b.L_fact
     for s in range(n_seg):
         for _ in range(cfg.local_pairs_per_segment):
             if kind == "numeric" and cap[s] >= b.L_triple and len(spare_vars) >= 2:
@@ -252,12 +256,13 @@ def layout_train(r: random.Random, b: DocBuilder, kind: str, n_seg: int) -> tupl
                 n_ent += 1
                 fid += 1
                 n_facts += 1
+            elif s == n_seg - 1:
+                break  # the far queries took the last segment
             else:
                 raise ConfigError(
                     f"{kind} training doc: segment {s} has no room for a local pair "
-                    f"(data.local_pairs_per_segment={cfg.local_pairs_per_segment}, data.segment_len={W}, "
-                    f"data.n_far_facts={cfg.n_far_facts}); lower them or raise segment_len"
-                )
+                    f"(data.local_pairs_per_segment={cfg.local_pairs_per_segment}, data.segment_len={W}); "
+                    "lower it or raise segment_len")
             segs[s] += list(blocks)
             cap[s] -= sum(len(x.tokens) for x in blocks)
     segs[-1] += far_queries  # mixed in random order with the last segment's own blocks
@@ -270,32 +275,64 @@ def layout_train(r: random.Random, b: DocBuilder, kind: str, n_seg: int) -> tupl
 # ---------------------------------------------------------------- evaluation documents
 
 
-def _spread(r: random.Random, length: int, facts: list[Block], queries: list[Block]) -> list:
-    """Facts at stratified random positions over the whole document, queries back to back at the end."""
+def _aligned(r: random.Random, W: int, length: int, facts: list[Block], *, offset: int = 0,
+             prefix: list[int] | None = None, tail: list[Block] | None = None, stratified: bool = True) -> list:
+    """Pieces filling `length` tokens that start at document position `offset`: `prefix` first, the
+    `tail` blocks back to back at the very end, and each fact inside one W-token segment of the
+    document (with random filler around it). No fact straddles a segment boundary, as in training
+    documents: a memory that reads segment by segment sees every fact whole (a value whose entity
+    sat in the previous segment could not be bound to it by any segment-local computation).
+    stratified: facts go to segments spread evenly over the region (else uniformly at random)."""
+    tail = list(tail or [])
+    start, end = offset + len(prefix or []), offset + length - sum(len(b.tokens) for b in tail)
+    segs = [(max(k * W, start), min((k + 1) * W, end)) for k in range(offset // W, -(-(offset + length) // W))]
+    segs = [(lo, hi) for lo, hi in segs if hi > lo]
+    cap = [hi - lo for lo, hi in segs]
+    placed: list[list[Block]] = [[] for _ in segs]
+    order = list(facts)
+    r.shuffle(order)
+    for i, f in enumerate(order):
+        want = int((i + r.random()) * len(segs) / len(order)) if stratified else r.randrange(max(1, len(segs)))
+        fits = [k for k in sorted(range(len(segs)), key=lambda k: abs(k - want)) if cap[k] >= len(f.tokens)]
+        if not fits:
+            raise ConfigError(f"a document region of {length} tokens cannot hold {len(facts)} facts inside "
+                              f"segments of data.segment_len={W} besides {len(tail)} queries; raise the length "
+                              "or lower data.n_eval_facts / data.n_eval_num_vars / data.n_dialogue_facts")
+        placed[fits[0]].append(f)
+        cap[fits[0]] -= len(f.tokens)
+    pieces: list = [prefix] if prefix else []
+    for (lo, hi), blocks in zip(segs, placed):
+        pieces += _region(r, hi - lo, blocks)
+    return pieces + tail
+
+
+def _first_segment(r: random.Random, W: int, length: int, facts: list[Block], queries: list[Block]) -> list:
+    """Every fact in the first segment (random order and gaps), filler, then the queries back to back
+    at the end: each query is the whole document away from its fact (the sanity regime)."""
     q_len = sum(len(q.tokens) for q in queries)
-    free = length - q_len - sum(len(f.tokens) for f in facts)
-    if free < 0:
-        raise ConfigError(f"eval doc of {length} tokens cannot hold {len(facts)} facts and {len(queries)} queries; "
-                          "raise the length or lower data.n_eval_facts / data.n_eval_num_vars")
-    n = len(facts)
-    offs = [int((i + r.random()) * free / n) for i in range(n)]  # increasing: strata are disjoint
-    facts = list(facts)
-    r.shuffle(facts)
-    pieces: list = []
-    prev = 0
-    for o, f in zip(offs, facts):
-        pieces += [o - prev, f]
-        prev = o
-    pieces.append(free - prev)
+    if sum(len(f.tokens) for f in facts) > W or length < W + q_len:
+        raise ConfigError(f"data.eval_facts=first_segment: {len(facts)} facts must fit one segment "
+                          f"(data.segment_len={W}) and a {length}-token doc must hold it plus {q_len} query tokens; "
+                          "lower data.n_eval_facts or raise the lengths")
     queries = list(queries)
     r.shuffle(queries)
-    return pieces + queries
+    return _region(r, W, facts) + [length - W - q_len] + queries
+
+
+def _spread(r: random.Random, W: int, length: int, facts: list[Block], queries: list[Block]) -> list:
+    """Facts in segments spread evenly over the document, queries back to back (random order) at the end."""
+    queries = list(queries)
+    r.shuffle(queries)
+    return _aligned(r, W, length, facts, tail=queries)
 
 
 def layout_recall(r: random.Random, b: DocBuilder, length: int) -> tuple[list, int]:
     ents = r.sample(b.entities, b.cfg.n_eval_facts)
     pairs = [b.recall(e, i) for i, e in enumerate(ents)]
-    return _spread(r, length, [p[0] for p in pairs], [p[1] for p in pairs]), len(pairs)
+    facts, queries = [p[0] for p in pairs], [p[1] for p in pairs]
+    if b.cfg.eval_facts == "first_segment":
+        return _first_segment(r, b.cfg.segment_len, length, facts, queries), len(pairs)
+    return _spread(r, b.cfg.segment_len, length, facts, queries), len(pairs)
 
 
 def layout_numeric(r: random.Random, b: DocBuilder, length: int) -> tuple[list, int]:
@@ -306,7 +343,7 @@ def layout_numeric(r: random.Random, b: DocBuilder, length: int) -> tuple[list, 
         fx, fy, q = b.numeric(r, vars_[2 * p], vars_[2 * p + 1], 2 * p)
         facts += [fx, fy]
         queries.append(q)
-    return _spread(r, length, facts, queries), len(facts)
+    return _spread(r, b.cfg.segment_len, length, facts, queries), len(facts)
 
 
 def layout_dialogue(r: random.Random, b: DocBuilder, turns: int) -> tuple[list, int]:
@@ -333,8 +370,9 @@ def layout_dialogue(r: random.Random, b: DocBuilder, turns: int) -> tuple[list, 
     pieces: list = []
     for t in range(turns):
         tag = [b.speakers[(first + t) % len(b.speakers)]]
-        last = [q for _, q in pairs] if t == turns - 1 else None
-        pieces += _region(r, L, per_turn[t], tag, queries_last=last)
+        last = r.sample([q for _, q in pairs], len(pairs)) if t == turns - 1 else None  # random order
+        pieces += _aligned(r, cfg.segment_len, L, per_turn[t], offset=t * L, prefix=tag, tail=last,
+                           stratified=False)
     return pieces, len(pairs)
 
 
@@ -424,7 +462,7 @@ def check_layouts(cfg: DataConfig) -> None:
             "raise n_train_docs or lower rare_counts / rare_tokens_per_class"
         )
     b = DocBuilder(cfg, vocab)
-    for n in list(cfg.eval_lengths) + [cfg.rare_eval_length]:
+    for n in list(cfg.eval_lengths) + [cfg.rare_eval_length] + list(cfg.val_long_lengths):
         layout_recall(r, b, int(n))
     for n in cfg.eval_lengths:
         layout_numeric(r, b, int(n))

@@ -22,7 +22,8 @@ from pipeline.data.config import DataConfig, as_data_config, validate
 from pipeline.data.store import COUNTS, MANIFEST, SPLITS, load_split, save_split
 from pipeline.data.vocab import make_tokenizer, vocab_summary
 from pipeline.errors import DataError, PipelineError
-from pipeline.io import atomic_dir, atomic_write_json, atomic_write_text
+from pipeline.io import atomic_dir, atomic_write_json, atomic_write_text, write_stage_time
+from pipeline.paths import experiments_dir
 
 
 def _is_full(cfg: Any) -> bool:
@@ -95,7 +96,6 @@ def prepare(cfg: Any, out_dir: str | Path | None = None, quiet: bool = False) ->
     validate(dcfg, cfg if _is_full(cfg) else None)
     out = Path(out_dir) if out_dir is not None else _default_out(cfg)
     splits, src, stats = build_all(dcfg)
-    t_gen = time.perf_counter() - t0
     disjoint = check_disjoint(splits["train"]["doc_id"],
                               {k: v["doc_id"] for k, v in splits.items() if k != "train"})
     tok = make_tokenizer(src.vocab)
@@ -121,18 +121,15 @@ def prepare(cfg: Any, out_dir: str | Path | None = None, quiet: bool = False) ->
             "disjointness": disjoint,
             "rare_classes": [{"count": int(c), "ids": [int(i) for i in ids]}
                              for c, ids in zip(dcfg.rare_counts, src.vocab.rare_class_ids)],
-            "generate_s": round(t_gen, 3),
-            "wall_s": round(time.perf_counter() - t0, 3),
-        }
+        }  # no timings here: data/ must hash the same on every rerun (the stage's time is stage.json's)
         atomic_write_json(tmp / MANIFEST, manifest)
-    manifest["wall_s"] = round(time.perf_counter() - t0, 3)
     if not quiet:
-        print(summary(manifest, out))
+        print(summary(manifest, out, time.perf_counter() - t0))
     return manifest
 
 
-def summary(manifest: dict, out: Path) -> str:
-    lines = [f"prepared {out}/ in {manifest['wall_s']:.1f} s  (filler: {manifest['filler_source']}, "
+def summary(manifest: dict, out: Path, wall_s: float) -> str:
+    lines = [f"prepared {out}/ in {wall_s:.1f} s  (filler: {manifest['filler_source']}, "
              f"vocab {manifest['vocab']['size']}, disjoint: {manifest['disjointness']['ok']})"]
     lines.append(f"  {'split':<16}{'docs':>7}{'tokens':>11}{'mean len':>10}{'facts/doc':>10}{'queries/doc':>12}")
     for name, s in manifest["splits"].items():
@@ -150,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.config import load_params
 
         cfg = load_params(args.params)
+        t0 = time.perf_counter()
         prepare(cfg, args.out)
+        write_stage_time(experiments_dir(cfg) / "prepare", t0)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

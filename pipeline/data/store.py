@@ -61,7 +61,7 @@ def load_split(data_dir: str | Path, name: str, verify: bool = True):
     against manifest.json when the manifest is there."""
     import datasets
 
-    from pipeline.data.build import COLUMNS, split_hash
+    from pipeline.data.build import COLUMNS
 
     path = Path(data_dir) / SPLITS / name
     if not path.is_dir():
@@ -84,16 +84,23 @@ def load_split(data_dir: str | Path, name: str, verify: bool = True):
         if info is not None:
             if info.get("docs") != len(ds):
                 raise DataError(f"{path}: {len(ds)} docs but manifest says {info.get('docs')}")
-            got = split_hash({c: ds[c] for c in _hash_cols()})
-            if got != info.get("hash"):
-                raise DataError(f"{path}: content hash {got[:12]} does not match manifest {str(info.get('hash'))[:12]}")
+            verify_content(ds, path, info.get("hash"))
     return ds
 
 
-def _hash_cols():
-    from pipeline.data.build import HASH_COLUMNS
+def verify_content(ds, path: Path, want: str | None) -> None:
+    """The tokens must still hash to each row's doc_id, and the split (doc ids plus every query column)
+    to the manifest's hash: a token changed inside a valid arrow file is caught, not scored."""
+    from pipeline.data.build import HASH_COLUMNS, doc_hash, split_hash
 
-    return HASH_COLUMNS
+    cols = ds.select_columns(sorted({*HASH_COLUMNS, "input_ids"}))[:]  # one conversion, not a row at a time
+    for i, (ids, doc_id) in enumerate(zip(cols["input_ids"], cols["doc_id"])):
+        if doc_hash(ids) != doc_id:
+            raise DataError(f"{path}: document {i}: its tokens do not hash to its doc_id (the split was modified "
+                            "after prepare); re-run `python -m pipeline.data.prepare`")
+    got = split_hash(cols)
+    if got != want:
+        raise DataError(f"{path}: content hash {got[:12]} does not match manifest {str(want)[:12]}")
 
 
 def load_train_counts(data_dir: str | Path) -> dict[int, int]:
