@@ -50,6 +50,37 @@ VARIANT_KW = {
 }
 
 
+# ---- the short convolution ---------------------------------------------------------------------
+def test_short_conv_reads_only_the_last_kernel_tokens():
+    from pipeline.models.transformer import ShortConv
+
+    torch.manual_seed(0)
+    conv = ShortConv(8, 3)
+    x = torch.randn(2, 10, 8)
+    assert torch.equal(conv(x), x)  # zero taps (before training): the identity
+    with torch.no_grad():
+        conv.weight.normal_()
+    y = conv(x)
+    for t in range(10):
+        x2 = x.clone()
+        x2[:, t] += 1.0
+        changed = (conv(x2) - y).abs().sum(dim=(0, 2)) > 0
+        assert changed.nonzero().flatten().tolist() == list(range(t, min(10, t + 3)))  # t .. t+kernel-1
+
+
+def test_window_conv_does_not_reach_into_the_previous_segment():
+    m = make("window")  # TINY: window 4, conv_kernel 4
+    with torch.no_grad():
+        for b in m.blocks:
+            b.conv.weight.normal_()
+    x = ids(1, 12)
+    y = m(x).logits
+    x2 = x.clone()
+    x2[0, 3] = (x2[0, 3] + 1) % V  # last token of segment 0
+    d = (m(x2).logits - y).abs().sum(-1)[0]
+    assert d[:3].eq(0).all() and d[4:].eq(0).all() and d[3] > 0  # only that token's own output moves
+
+
 # ---- causality and reading order -------------------------------------------------------------
 @pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize("positions", ["rotary", "learned"])
@@ -380,6 +411,8 @@ def test_validate_accepts_defaults_and_omegaconf():
         ({"backbone.max_positions": 1000}, "backbone.max_positions"),
         ({"backbone.n_heads": 3}, "backbone.n_heads"),
         ({"backbone.positions": "alibi"}, "backbone.positions"),
+        ({"backbone.conv_kernel": 17}, "backbone.conv_kernel"),
+        ({"backbone.conv_kernel": -1}, "backbone.conv_kernel"),
         ({"study.variants": ["window", "rnn"]}, "study.variants"),
         ({"models.xl.name": "cmr"}, "models.xl.name"),
     ],

@@ -113,7 +113,8 @@ class MemoryLM(nn.Module):
         rotary = Rotary(b.d_model // b.n_heads, b.rope_base) if b.positions == "rotary" else None
         n_pos = b.max_positions if memory.whole_sequence else b.window  # segment-relative unless full
         self.pos_emb = nn.Embedding(n_pos, b.d_model) if b.positions == "learned" else None
-        self.blocks = nn.ModuleList(Block(b.d_model, b.n_heads, b.d_ff, b.dropout, rotary) for _ in range(b.n_layers))
+        self.blocks = nn.ModuleList(Block(b.d_model, b.n_heads, b.d_ff, b.dropout, rotary, b.conv_kernel)
+                                    for _ in range(b.n_layers))
         self.ln_f = nn.LayerNorm(b.d_model)
         self.head = nn.Linear(b.d_model, vocab_size, bias=False)
         init_weights(self, b.n_layers)

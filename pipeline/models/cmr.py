@@ -113,7 +113,7 @@ class CMRMemory(Memory):
     def new_state(self) -> dict:
         # bank: layer -> slots kept from earlier chunks; items: layer -> this chunk's captures;
         # sel: layer -> cached bank selection for this chunk
-        return {"bank": {}, "items": {}, "sel": {}, "sizes": [], "gate_sum": 0.0, "gate_n": 0}
+        return {"bank": {}, "items": {}, "sel": {}, "sizes": [], "gate_sum": 0.0, "gate_n": 0, "captured": {}}
 
     # ---- one layer ---------------------------------------------------------------------------
     def layer(self, l: int, block, h: torch.Tensor, state: dict, step: Step) -> torch.Tensor:
@@ -157,6 +157,8 @@ class CMRMemory(Memory):
             ev = pos.double()
         else:
             ev = (a_sel if sel == "learned" else score.gather(2, idx)).double()
+        if step.return_attention:  # every capture, evicted or not (the memory diagnostics' "captured")
+            state["captured"].setdefault(l, []).append(pos.reshape(B, cs * k))
         state["items"][l] = {
             "value": value.reshape(B, cs * k, self.d_mem),
             "score": ev.detach().reshape(B, cs * k),
@@ -286,7 +288,10 @@ class CMRMemory(Memory):
     def diagnostics(self, state: dict, step: Step) -> dict:
         n = state["gate_n"]
         gate = float(state["gate_sum"] / n) if n else (0.0 if self.cfg.gate else 1.0)
-        return {"bank_sizes": state["sizes"], "gate_mean": gate}
+        out = {"bank_sizes": state["sizes"], "gate_mean": gate}
+        if step.return_attention:  # capture layer -> [B, n] document positions ever written to its bank
+            out["captured_pos"] = {l: torch.cat(ps, dim=1) for l, ps in state["captured"].items()}
+        return out
 
 
 def prefix_topk(score: torch.Tensor, seg: torch.Tensor, n0: int, segs: torch.Tensor, K: int, k: int, block: int = 8):

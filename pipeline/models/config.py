@@ -32,6 +32,7 @@ class BackboneConfig:
     dropout: float = 0.0
     max_positions: int = 4096  # longest input `full` accepts (and its learned table size)
     tie_embeddings: bool = True
+    conv_kernel: int = 4  # causal depthwise short convolution (taps) on each attention input; 0: none
 
 
 @dataclass
@@ -154,6 +155,9 @@ def check_model(backbone: BackboneConfig, mem: MemoryConfig) -> None:
     _int_at_least("backbone.d_ff", b.d_ff, 1)
     _int_at_least("backbone.window", b.window, 1)
     _int_at_least("backbone.max_positions", b.max_positions, 1)
+    _int_at_least("backbone.conv_kernel", b.conv_kernel, 0)
+    if b.conv_kernel > b.window:
+        raise ConfigError(f"backbone.conv_kernel = {b.conv_kernel} must be <= backbone.window = {b.window}")
     if b.d_model % b.n_heads:
         raise ConfigError(f"backbone.n_heads = {b.n_heads} must divide backbone.d_model = {b.d_model}")
     if b.positions not in POSITIONS:
@@ -235,8 +239,9 @@ def _get(cfg: Any, path: str, default: Any = None) -> Any:
 
 
 def longest_input(full_cfg: Any) -> int:
-    """Longest document the config will feed a model: eval lengths, rare length, training docs."""
+    """Longest document the config will feed a model: eval and val_long lengths, rare length, training docs."""
     lengths = [int(n) for n in (_get(full_cfg, "data.eval_lengths", []) or [])]
+    lengths += [int(n) for n in (_get(full_cfg, "data.val_long_lengths", []) or [])]
     rare = _get(full_cfg, "data.rare_eval_length")
     if rare is not None:
         lengths.append(int(rare))
@@ -271,5 +276,5 @@ def validate(cfg: Any, full_cfg: Any = None) -> None:
             if backbone.max_positions < need:
                 raise ConfigError(
                     f"backbone.max_positions = {backbone.max_positions} must be >= {need} "
-                    f"(the longest input `full` reads: data.eval_lengths / rare_eval_length / training docs)"
+                    f"(the longest input `full` reads: data.eval_lengths / val_long_lengths / rare_eval_length / training docs)"
                 )
