@@ -31,7 +31,7 @@ from pipeline.config import load_params
 from pipeline.errors import ConfigError, DataError, PipelineError, TrainingError
 from pipeline.io import atomic_write_json, write_stage_time
 from pipeline import paths
-from pipeline.train_config import QUERY_TYPES, TrainConfig, curriculum_limit
+from pipeline.train_config import QUERY_TYPES, VAL_SPLITS, TrainConfig, curriculum_limit, resolve_monitor
 from pipeline.train_config import validate as validate_train
 
 TYPE_INDEX = {name: i for i, name in enumerate(QUERY_TYPES)}
@@ -211,7 +211,8 @@ def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = 0) -> list[li
 
 
 class MemoryDataModule(L.LightningDataModule):
-    """Train split with the curriculum batch sampler; val split in fixed equal-length batches."""
+    """Train split with the curriculum batch sampler; the validation splits (val, and val_long where
+    the data have it) in fixed equal-length batches, one dataloader each, in `val_names` order."""
 
     def __init__(self, data_dir: str | Path, window: int, batch_size: int, val_batch_size: int,
                  curriculum: Any, seed: int):
@@ -220,7 +221,11 @@ class MemoryDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.curriculum, self.seed = curriculum, int(seed)
         self.train_set: Optional[DocumentSet] = None
-        self.val_set: Optional[DocumentSet] = None
+        self.val_sets: dict[str, DocumentSet] = {}
+
+    @property
+    def val_names(self) -> list[str]:
+        return list(self.val_sets)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
@@ -228,7 +233,10 @@ class MemoryDataModule(L.LightningDataModule):
         from pipeline import data as pdata
 
         self.train_set = DocumentSet(pdata.load_split(self.data_dir, "train"), self.window, "train")
-        self.val_set = DocumentSet(pdata.load_split(self.data_dir, "val"), self.window, "val")
+        have = set(pdata.load_manifest(self.data_dir).get("splits", {}))
+        for name in VAL_SPLITS:
+            if name == "val" or name in have:
+                self.val_sets[name] = DocumentSet(pdata.load_split(self.data_dir, name), self.window, name)
         self.make_train_sampler()  # fail now if the curriculum allows no document at step 0
 
     def make_train_sampler(self) -> CurriculumBatchSampler:
@@ -243,10 +251,9 @@ class MemoryDataModule(L.LightningDataModule):
         return torch.utils.data.DataLoader(self.train_set, batch_sampler=self.make_train_sampler(),
                                            collate_fn=_identity, num_workers=0)
 
-    def val_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(self.val_set, batch_sampler=eval_batches(self.val_set.lengths,
-                                                                                    self.val_batch_size),
-                                           collate_fn=_identity, num_workers=0)
+    def val_dataloader(self) -> list[torch.utils.data.DataLoader]:
+        return [torch.utils.data.DataLoader(ds, batch_sampler=eval_batches(ds.lengths, self.val_batch_size),
+                                            collate_fn=_identity, num_workers=0) for ds in self.val_sets.values()]
 
 
 # ----------------------------------------------------------------------------- module
@@ -273,7 +280,9 @@ class MemoryLMModule(L.LightningModule):
         self.tcfg = train_settings(cfg)
         bptt = (cfg["models"][variant] or {}).get("bptt_segments")
         self.forward_kwargs = {} if bptt is None else {"bptt_segments": int(bptt)}
-        self.val_history: list[dict] = []  # one entry per validation: {"step", "recall", "recall_far", ...}
+        self.val_history: list[dict] = []  # one entry per validation: {"step", "val/recall_far", "val_long/loss", ...}
+        self.val_names: list[str] = ["val"]  # split of each validation dataloader (set by train())
+        self.monitor = str(self.tcfg.monitor)  # resolved by train() when `auto`
         self._val_sums: Optional[torch.Tensor] = None
 
     def forward(self, input_ids: torch.Tensor, **kw: Any):
@@ -327,37 +336,38 @@ class MemoryLMModule(L.LightningModule):
         return int(self.hparams.cfg["backbone"].get("window", 1) or 1)
 
     def on_validation_epoch_start(self) -> None:
-        # per query type: [correct, count, loss sum]
-        self._val_sums = torch.zeros(len(QUERY_TYPES), 3, dtype=torch.float64)
+        # per validation split and query type: [correct, count, loss sum]
+        self._val_sums = torch.zeros(len(self.val_names), len(QUERY_TYPES), 3, dtype=torch.float64)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         res = self.losses(batch, train=False)
         mask = res["mask"]
         correct = (res["q_logits"].argmax(-1) == batch["answers"])[mask].double().cpu()
         types = batch["query_type"][mask].cpu()
         nll = F.cross_entropy(res["q_logits"][mask].float(), batch["answers"][mask], reduction="none").double().cpu()
         n = len(QUERY_TYPES)
-        self._val_sums[:, 0] += torch.bincount(types, weights=correct, minlength=n)
-        self._val_sums[:, 1] += torch.bincount(types, minlength=n).double()
-        self._val_sums[:, 2] += torch.bincount(types, weights=nll, minlength=n)
+        sums = self._val_sums[dataloader_idx]
+        sums[:, 0] += torch.bincount(types, weights=correct, minlength=n)
+        sums[:, 1] += torch.bincount(types, minlength=n).double()
+        sums[:, 2] += torch.bincount(types, weights=nll, minlength=n)
 
     def on_validation_epoch_end(self) -> None:
-        s = self._val_sums
-        total = s[:, 1].sum().item()
-        metrics = {"val/recall": s[:, 0].sum().item() / max(total, 1.0),
-                   "val/loss": s[:, 2].sum().item() / max(total, 1.0)}
-        for i, name in enumerate(QUERY_TYPES):
-            if s[i, 1] > 0:
-                metrics[f"val/recall_{name}"] = (s[i, 0] / s[i, 1]).item()
-        self.log_dict(metrics)
+        metrics = {}
+        for split, s in zip(self.val_names, self._val_sums):
+            total = s[:, 1].sum().item()
+            metrics[f"{split}/recall"] = s[:, 0].sum().item() / max(total, 1.0)
+            metrics[f"{split}/loss"] = s[:, 2].sum().item() / max(total, 1.0)
+            for i, name in enumerate(QUERY_TYPES):
+                if s[i, 1] > 0:
+                    metrics[f"{split}/recall_{name}"] = (s[i, 0] / s[i, 1]).item()
+        self.log_dict(metrics, add_dataloader_idx=False)
         if not self.trainer.sanity_checking:
-            entry = {"step": int(self.global_step), "n_queries": int(total)}
-            entry.update({k.split("/", 1)[1]: float(v) for k, v in metrics.items()})
+            entry = {"step": int(self.global_step), **{k: float(v) for k, v in metrics.items()}}
             self.val_history.append(entry)
             if str(self.tcfg.progress_bar) == "none":  # the only sign of life without a bar
                 hp = self.hparams
                 print(f"{hp.variant}-s{hp.seed} step {entry['step']}/{self.tcfg.max_steps}: "
-                      f"val/recall {entry['recall']:.3f}", file=sys.stderr, flush=True)
+                      f"{self.monitor} {entry.get(self.monitor, float('nan')):.3f}", file=sys.stderr, flush=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["val_history"] = list(self.val_history)
@@ -371,7 +381,7 @@ class MemoryLMModule(L.LightningModule):
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(t.weight_decay)},
                                  {"params": no_decay, "weight_decay": 0.0}],
-                                lr=float(t.lr), betas=(float(t.beta1), float(t.beta2)))
+                                lr=float(t.lr), betas=(float(t.beta1), float(t.beta2)), eps=float(t.eps))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_factor(step, int(t.warmup_steps), int(t.max_steps), float(t.min_lr_ratio)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
@@ -442,14 +452,27 @@ def run_dir_for(cfg: Any, variant: str, seed: int) -> Path:
     return paths.run_dir(cfg, "train", variant, seed)
 
 
-def build_trainer(t: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
+def check_monitor(monitor: str, val_sets: dict[str, DocumentSet]) -> None:
+    """The monitored metric must be one that validation logs (its split exists and has that query type)."""
+    split, metric = monitor.split("/", 1)
+    if split not in val_sets:
+        raise ConfigError(f"train.monitor={monitor} but the data have no {split!r} split (have: "
+                          f"{', '.join(val_sets)}); re-run prepare or pick another monitor")
+    qtype = metric.split("_", 1)[1] if "_" in metric else None
+    counts = val_sets[split].type_counts()
+    if qtype and counts.get(qtype, 0) == 0:
+        raise ConfigError(f"train.monitor={monitor} but the {split} split has no {qtype!r} queries; "
+                          f"use {split}/recall or one of the types present: {counts}")
+
+
+def build_trainer(t: DictConfig, run_dir: Path, loggers: list, callbacks: list, monitor: str) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
     # Two callbacks: Lightning 2.6's save_last only rewrites last.ckpt when the top-k one improved,
     # so "last" is its own monitor-less checkpoint, written at every validation (after "best", so
     # it carries the best tracker's state for resuming).
     ckpt_dir = run_dir / "checkpoints"
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=str(t.monitor), mode="max", save_top_k=1,
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
                            save_last=False, auto_insert_metric_name=False, enable_version_counter=False)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, save_last=False,
                            auto_insert_metric_name=False, enable_version_counter=False)
@@ -484,12 +507,12 @@ def _quiet_lightning() -> Iterator[None]:
 
 def summarize(module: MemoryLMModule, thr: ThroughputMonitor, t: DictConfig, variant: str, seed: int,
               global_step: int) -> dict:
-    """metrics.json: val metrics at the best (max of train.monitor) and last validation, speed, size."""
+    """metrics.json: val metrics at the best (max of the monitor) and last validation, speed, size."""
     hist = module.val_history
-    key = str(t.monitor).split("/", 1)[1]
+    key = module.monitor
     best = max(hist, key=lambda e: e.get(key, -1.0)) if hist else None  # first max = ModelCheckpoint's choice
     last = hist[-1] if hist else None
-    reach = [e["step"] for e in hist if e.get("recall_far", -1.0) >= float(t.target_recall)]
+    reach = [e["step"] for e in hist if e.get(key, -1.0) >= float(t.target_recall)]
     model = module.model
     params = model.num_parameters() if hasattr(model, "num_parameters") else sum(p.numel() for p in model.parameters())
     mem = model.memory_floats() if hasattr(model, "memory_floats") else None
@@ -497,13 +520,16 @@ def summarize(module: MemoryLMModule, thr: ThroughputMonitor, t: DictConfig, var
     return {
         "variant": variant, "seed": int(seed), "steps": int(global_step), "wall_s": round(thr.wall_s(), 3),
         "train_tokens_per_s": None if tps is None else round(tps, 1),
-        "val_recall": None if best is None else best.get("recall"),
-        "val_recall_far": None if best is None else best.get("recall_far"),
-        "monitor": str(t.monitor), "best_step": None if best is None else best["step"],
+        "val_recall": None if best is None else best.get("val/recall"),
+        "val_recall_far": None if best is None else best.get("val/recall_far"),
+        "val_long_recall_far": None if best is None else best.get("val_long/recall_far"),
+        "monitor": key, "best_step": None if best is None else best["step"],
+        "val_best_monitor": None if best is None else best.get(key),
         "val_best": best, "val_last": last, "val_curve": hist,
         "params": int(params), "memory_floats": None if mem is None else int(mem),
         "tokens_trained": int(thr.tokens), "hardware": hardware(),
         "steps_to_90": reach[0] if reach else None, "target_recall": float(t.target_recall),
+        "config": {"max_steps": int(t.max_steps)},
     }
 
 
@@ -548,17 +574,16 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
     dm = MemoryDataModule(data_dir, window, int(t.batch_size), int(t.val_batch_size), t.curriculum, int(seed))
     dm.setup("fit")
     vocab_size = _vocab_size(data_dir)
-    for ds in (dm.train_set, dm.val_set):
+    for ds in (dm.train_set, *dm.val_sets.values()):
         if ds.max_token >= vocab_size:
             raise DataError(f"split {ds.split!r} has token id {ds.max_token} >= vocab size {vocab_size}")
-    mon_type = str(t.monitor).split("_", 1)[1] if "_" in str(t.monitor) else None
-    if mon_type and dm.val_set.type_counts().get(mon_type, 0) == 0:
-        raise ConfigError(f"train.monitor={t.monitor} but the val split has no {mon_type!r} queries; "
-                          f"use val/recall or one of the types present: {dm.val_set.type_counts()}")
+    monitor = resolve_monitor(str(t.monitor), str(cfg.models[variant].name), "val_long" in dm.val_sets)
+    check_monitor(monitor, dm.val_sets)
 
     L.seed_everything(int(seed), workers=True, verbose=False)
     cfg_dict = _to_container(cfg)
     module = MemoryLMModule(cfg_dict, variant, int(seed), vocab_size)
+    module.val_names, module.monitor = dm.val_names, monitor
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if bool(t.resume) and last.exists() else None
 
@@ -576,7 +601,7 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
             loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
         if run is not None:
             loggers.append(WandbLogger(experiment=run))
-        trainer = build_trainer(t, run_dir, loggers, [thr, *(extra_callbacks or [])])
+        trainer = build_trainer(t, run_dir, loggers, [thr, *(extra_callbacks or [])], monitor)
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         except RuntimeError as e:

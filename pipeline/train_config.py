@@ -16,8 +16,12 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "64", "64-true")
 PROGRESS_BARS = ("tqdm", "rich", "none")
 QUERY_TYPES = ("far", "local", "numeric", "dialogue")
-# Metrics the best checkpoint may be chosen by (all logged at every validation).
-MONITORS = ("val/recall",) + tuple(f"val/recall_{t}" for t in QUERY_TYPES)
+# Validation splits scored at every validation: val (training-like documents) and val_long
+# (evaluation-like long documents from the training seed family; absent from older data folders).
+VAL_SPLITS = ("val", "val_long")
+# Metrics the best checkpoint may be chosen by (all logged at every validation). `auto`: far recall on
+# the longest validation split within the variant's reach (see `resolve_monitor`).
+MONITORS = ("auto",) + tuple(f"{s}/recall{q}" for s in VAL_SPLITS for q in ("", *(f"_{t}" for t in QUERY_TYPES)))
 
 
 @dataclass
@@ -40,6 +44,7 @@ class TrainConfig:
     weight_decay: float = 0.01  # applied to matrices only (not biases / norms)
     beta1: float = 0.9
     beta2: float = 0.95
+    eps: float = 1.0e-8  # AdamW epsilon
     grad_clip: float = 1.0  # Trainer.gradient_clip_val (norm); 0 = off
     max_steps: int = 3000
     lm_loss_weight: float = 0.0  # weight of next-token loss on all tokens, added to the answer loss
@@ -54,8 +59,8 @@ class TrainConfig:
     val_check_interval: int = 250  # optimizer steps between validations (and checkpoints)
     limit_val_batches: float = 1.0  # int-valued = number of batches, fraction = share of val batches
     val_batch_size: int = 64
-    monitor: str = "val/recall"  # best.ckpt = max of this (overall recall: robust for every variant)
-    target_recall: float = 0.9  # steps_to_90: first validation where val/recall_far >= this
+    monitor: str = "auto"  # best.ckpt = max of this; auto: see resolve_monitor
+    target_recall: float = 0.9  # steps_to_90: first validation where the monitored far recall >= this
     num_sanity_val_steps: int = 0
     # runtime
     threads: int = 1  # torch.set_num_threads; 1 measured fastest for tiny models on 2 cores
@@ -69,6 +74,15 @@ class TrainConfig:
     resume: bool = True  # continue from checkpoints/last.ckpt when present
 
 
+
+
+def resolve_monitor(monitor: str, variant_name: str, has_val_long: bool) -> str:
+    """`auto` -> far recall on val_long for the memories that read segment by segment (their positions
+    are segment-relative, so every length is within reach), on val for `full` (val_long is longer than
+    the documents it trains on: it would extrapolate) or when the data have no val_long split."""
+    if monitor != "auto":
+        return monitor
+    return "val_long/recall_far" if has_val_long and variant_name != "full" else "val/recall_far"
 
 
 def curriculum_limit(curriculum: Any, step: int) -> Optional[int]:
@@ -99,6 +113,8 @@ def validate(train_cfg: Any, full_cfg: Any = None) -> None:
               "log_every_n_steps"):
         pos(k, kind=int)
     for k in ("lr",):
+        pos(k)
+    for k in ("eps",):
         pos(k)
     for k in ("warmup_steps", "weight_decay", "grad_clip", "lm_loss_weight", "num_sanity_val_steps",
               "min_lr_ratio", "limit_val_batches"):

@@ -90,7 +90,10 @@ def test_short_run_writes_checkpoints_and_metrics(env, tmp_path, variant):
     assert m["variant"] == variant and m["seed"] == 0 and m["steps"] == 10
     assert m["train_tokens_per_s"] > 0 and m["wall_s"] > 0 and m["params"] > 0
     assert [e["step"] for e in m["val_curve"]] == [5, 10]
-    assert {"recall", "recall_far", "recall_local", "loss"} <= set(m["val_last"])
+    assert {"val/recall", "val/recall_far", "val/recall_local", "val/loss", "val_long/recall_far",
+            "val_long/loss"} <= set(m["val_last"])
+    # `auto`: checkpoints chosen on far recall of the long validation split (evaluation-like documents)
+    assert m["monitor"] == "val_long/recall_far" and m["val_long_recall_far"] == m["val_best"]["val_long/recall_far"]
     assert list((run / "csv").rglob("metrics.csv"))
     # the curriculum in a real run: 2-segment docs until step 5, then up to 3
     assert [n for _, n in segs.seen[:5]] == [2] * 5 and all(n <= 3 for _, n in segs.seen)
@@ -111,7 +114,7 @@ def test_loss_decreases_on_local_pairs(env, tmp_path):
     assert np.mean(rec.losses[-10:]) < 0.7 * np.mean(rec.losses[:10]), rec.losses
     # a local pair sits inside one window, so even `window` learns to copy its value
     # (chance: 1 / data.n_common_values = 1/16; measured ~0.57 after 100 steps)
-    assert m["val_last"]["recall_local"] >= 0.35, m["val_last"]
+    assert m["val_last"]["val/recall_local"] >= 0.35, m["val_last"]
 
 
 def _weights(run_dir):
@@ -300,3 +303,22 @@ def test_main_run_dir_takes_one_seed(env, tmp_path, capsys):
     assert T.main(["--variant", "window", "--seed", "0", "1", "--run-dir", str(tmp_path / "r"),
                    "--params", str(p)]) == 2
     assert "--run-dir names one run's folder" in capsys.readouterr().err
+
+
+def test_monitor_auto_and_its_checks(env, data_root):
+    from pipeline.train_config import resolve_monitor
+
+    assert resolve_monitor("auto", "cmr", True) == "val_long/recall_far"
+    assert resolve_monitor("auto", "full", True) == "val/recall_far"  # val_long is beyond full's training length
+    assert resolve_monitor("auto", "cmr", False) == "val/recall_far"  # data from before val_long existed
+    assert resolve_monitor("val/recall", "cmr", True) == "val/recall"
+    dm = T.MemoryDataModule(env.paths.data_dir, W, 8, 16, env.train.curriculum, 0)
+    dm.setup()
+    assert dm.val_names == ["val", "val_long"]
+    T.check_monitor("val_long/recall_far", dm.val_sets)
+    with pytest.raises(ConfigError, match="no 'val_short' split"):
+        T.check_monitor("val_short/recall", dm.val_sets)
+    with pytest.raises(ConfigError, match="val_long split has no 'numeric' queries"):
+        T.check_monitor("val_long/recall_numeric", dm.val_sets)
+    with pytest.raises(ConfigError, match="train.monitor='val/best'"):
+        T.train(_with(env, monitor="val/best"), "window", 0)
