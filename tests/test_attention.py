@@ -4,6 +4,7 @@ report helpers, the config checks and the CLI's error on a missing run."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -212,20 +213,29 @@ def test_distance_segments_and_max_queries(tmp_path):
     assert row["distance"] == q - f and row["distance_segments"] == q // W - f // W
 
 
-def test_missing_run_is_a_data_error_and_last_ckpt_is_the_fallback(tmp_path):
+def test_only_finished_runs_are_read(tmp_path):
+    """The attention stage reads what evaluate reads: a finished run's best.ckpt (never a last.ckpt left
+    by a run that was killed or diverged)."""
     cfg = stage_cfg(tmp_path)
     with pytest.raises(DataError, match=r"does not exist.*pipeline\.train --variant window --seed 0"):
         att.evaluate_attention(cfg, "window", 0, loader=loader)
-    ckpts = tmp_path / "experiments" / "train" / "window" / "s0" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    with pytest.raises(DataError, match="no best.ckpt or last.ckpt"):
-        att.evaluate_attention(cfg, "window", 0, loader=loader)
+    run = tmp_path / "experiments" / "train" / "window" / "s0"
+    (run / "checkpoints").mkdir(parents=True)
     model = tiny_model("window")
     hp = {"cfg": {"backbone": BACKBONE, "models": MODELS}, "variant": "window", "seed": 0, "vocab_size": V}
-    torch.save({"hyper_parameters": hp, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
-               ckpts / "last.ckpt")
+    ckpt = {"hyper_parameters": hp, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
+    with pytest.raises(DataError, match="no best.ckpt"):
+        att.evaluate_attention(cfg, "window", 0, loader=loader)
+    torch.save(ckpt, run / "checkpoints" / "best.ckpt")
+    with pytest.raises(DataError, match="metrics.json missing or unreadable.*did not finish"):
+        att.evaluate_attention(cfg, "window", 0, loader=loader)
+    (run / "metrics.json").write_text(json.dumps({"steps": 40, "config": {"max_steps": 100}}))
+    with pytest.raises(DataError, match="stopped at step 40 of 100"):
+        att.evaluate_attention(cfg, "window", 0, loader=loader)
+    (run / "metrics.json").write_text(json.dumps({"steps": 100, "config": {"max_steps": 100}}))
     out = att.evaluate_attention(cfg, "window", 0, loader=loader)
-    assert len(pd.read_parquet(out / "attention.parquet")) == 24
+    assert len(pd.read_parquet(out / "attention.parquet")) == 2 * 2 * 3 * 2  # lengths x docs x queries x layers
     assert not (tmp_path / "experiments" / "attention" / "cmr").exists()
 
 
@@ -292,3 +302,43 @@ def test_attention_config_is_checked():
         ecfg.validate(full(max_queries=0))
     with pytest.raises(ConfigError, match="at least one"):
         ecfg.validate(full(lengths=[]))
+
+
+def test_captured_and_top_slot_flags_on_hand_built_inputs():
+    # two queries in segment 2 (W=16: positions 32..47); fact 0's value at 5 (tokens 3..6), fact 1's at 20
+    q = torch.tensor([40, 44])
+    value = torch.tensor([5, 20])
+    facts = value[:, None] + torch.tensor([-2, -1, 0, 1])[None, :]
+    cap_v, cap_any = att.captured_flags(torch.tensor([5, 19, 36]), q, facts, value, window=16)
+    assert cap_v.tolist() == [True, False] and cap_any.tolist() == [True, True]  # 19 is fact 1's entity
+    cap_v, _ = att.captured_flags(torch.tensor([41]), torch.tensor([40]), facts[:1] + 36, value[:1] + 36, 16)
+    assert cap_v.tolist() == [False]  # a capture of the query's own segment cannot be read by it
+    none_v, none_any = att.captured_flags(None, q, facts, value, 16)
+    assert not none_v.any() and not none_any.any()
+    slot_pos = torch.tensor([[5, 20, -1], [5, 20, -1]])
+    probs = torch.tensor([[[0.7, 0.3, 0.0]], [[0.6, 0.4, 0.0]]])  # [Q, H=1, n]: both read slot 0 most
+    assert att.top_slot_flags(probs, slot_pos, facts).tolist() == [True, False]
+    empty = torch.full((2, 3), -1)
+    assert att.top_slot_flags(probs, empty, facts).tolist() == [False, False]
+
+
+def test_cmr_rows_record_the_memory_funnel(tmp_path):
+    cfg = stage_cfg(tmp_path)
+    out = att.evaluate_attention(cfg, "cmr", 0, model=tiny_model("cmr"), loader=loader)
+    df = pd.read_parquet(out / "attention.parquet")
+    l1 = df[df["layer"] == 1]
+    # each stage implies the one before it: retained => captured, value retained => value captured
+    assert (l1["captured_any"] | ~l1["fact_in_memory"]).all() and (l1["captured_value"] | ~l1["value_in_memory"]).all()
+    assert (l1["fact_in_memory"] | ~l1["value_in_memory"]).all() and (l1["captured_any"] | ~l1["captured_value"]).all()
+    assert (l1["fact_in_memory"] | ~l1["top_slot_on_fact"]).all()  # the read can only find what is there
+    from pipeline.report.memory import STAGES, far_queries, funnel
+
+    fq = far_queries(df, W)
+    assert set(fq["lost_at"]) <= set(STAGES) and len(fq) == (df[df["layer"] == 1]["query_type"] == "far").sum()
+    t = funnel(fq, "length")
+    shares = t[[c for c in t if c.startswith("lost_")] + ["answered"]].sum(axis=1)
+    assert np.allclose(shares, 1.0) and (t["n"] > 0).all()
+    for variant in ("window", "xl", "full"):
+        other = att.evaluate_attention(cfg, variant, 0, model=tiny_model(variant), loader=loader)
+        o = pd.read_parquet(other / "attention.parquet")
+        assert not o[["captured_value", "captured_any", "value_in_memory", "top_slot_on_fact"]].any().any()

@@ -406,8 +406,16 @@ def test_missing_checkpoint_dir_is_a_clear_data_error(tmp_path):
     cfg = stage_cfg(tmp_path)
     with pytest.raises(DataError, match=r"cmr/s0.*does not exist.*pipeline\.train --variant cmr --seed 0"):
         evaluate(cfg, "cmr", 0, loader=fake_loader(), train_counts={})
-    (tmp_path / "experiments" / "train" / "cmr" / "s0" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(DataError, match="no checkpoint"):
+    ckpts = tmp_path / "experiments" / "train" / "cmr" / "s0" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    with pytest.raises(DataError, match="no best.ckpt"):
+        evaluate(cfg, "cmr", 0, loader=fake_loader(), train_counts={})
+    (ckpts / "last.ckpt").write_bytes(b"x")  # a run killed mid-way: last.ckpt only
+    with pytest.raises(DataError, match="no best.ckpt"):
+        evaluate(cfg, "cmr", 0, loader=fake_loader(), train_counts={})
+    (ckpts / "best.ckpt").write_bytes(b"x")  # ... or one that stopped before max_steps (diverged)
+    (ckpts.parent / "metrics.json").write_text('{"steps": 250, "config": {"max_steps": 3000}}')
+    with pytest.raises(DataError, match="stopped at step 250 of 3000"):
         evaluate(cfg, "cmr", 0, loader=fake_loader(), train_counts={})
     assert not (tmp_path / "experiments" / "eval").exists()
 

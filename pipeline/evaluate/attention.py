@@ -26,6 +26,13 @@ Per (document, query, layer) we record, from `model(ids, return_attention=True)`
   cross-attention, heads averaged), mass_fact_slots (its mass on slots captured from the fact's
   tokens, not gate-weighted), mass_any_fact_slots (on slots from any fact's tokens) and
   fact_in_memory (some slot was captured from the queried fact's tokens).
+- cmr's misses taken apart (the `memory` table of the report; far queries): captured_value / captured_any
+  (the fact's value token / any of its tokens was ever written to a bank before the query's segment,
+  whether or not it was evicted later), value_in_memory / fact_in_memory (still in the bank the query
+  reads: retained), top_slot_on_fact (the query's highest-attention slot, heads averaged, holds one of the
+  fact's tokens: the read found it), and correct (answered). In that order each stage conditions on the
+  one before it: a loss is the scorer's (never captured), eviction's (captured, not retained), the read's
+  (retained, not attended) or the binding's (attended, wrong answer).
 
 `python -m pipeline.evaluate.attention --variant cmr [--seeds 0 1 2]` writes
 experiments/attention/<variant>/s<seed>/{attention.parquet, summary.json} atomically.
@@ -52,7 +59,10 @@ COLUMNS = [
     "variant", "seed", "length", "doc_id", "query_idx", "query_type", "distance", "distance_segments",
     "correct", "layer", "n_visible", "entropy", "entropy_norm", "mass_fact", "mass_any_fact", "fact_visible",
     "mass_memory", "n_slots", "entropy_memory", "mass_fact_slots", "mass_any_fact_slots", "fact_in_memory",
+    "captured_value", "captured_any", "value_in_memory", "top_slot_on_fact",
 ]
+FLAGS = ("correct", "fact_visible", "fact_in_memory", "captured_value", "captured_any", "value_in_memory",
+         "top_slot_on_fact")
 # What attention_table averages (with a bootstrap CI over documents).
 METRICS = ("entropy", "entropy_norm", "mass_fact", "mass_any_fact", "mass_memory", "mass_fact_slots",
            "mass_any_fact_slots", "entropy_memory")
@@ -107,16 +117,46 @@ def fact_offsets(template: str) -> list[int]:
     return [i - v for i in range(len(words))]
 
 
+def captured_flags(captured, query_pos, facts, value_pos, window: int):
+    """(value token captured, any fact token captured) per query, counting captures from segments
+    before the query's (the ones it could read). captured [n] document positions ever written to a
+    bank; query_pos, value_pos [Q]; facts [Q, F]. -> two bool [Q]"""
+    import torch
+
+    if captured is None or captured.numel() == 0:
+        none = torch.zeros(len(query_pos), dtype=torch.bool)
+        return none, none
+    seen = captured[None, :].expand(len(query_pos), -1)  # [Q, n]
+    before = (seen // window) < (query_pos // window)[:, None]
+    pos = seen.masked_fill(~before, -1)
+    return position_columns(pos, value_pos[:, None]).any(-1), position_columns(pos, facts).any(-1)
+
+
+def top_slot_flags(mem_probs, slot_pos, facts):
+    """Whether the highest-attention filled slot (heads averaged) holds one of the fact's tokens.
+    mem_probs [Q, H, n]; slot_pos [Q, n] (-1: empty); facts [Q, F]. -> bool [Q] (False: no slot)"""
+    import torch
+
+    avg = mem_probs.mean(1).masked_fill(slot_pos < 0, -1.0)  # [Q, n]
+    top = avg.argmax(-1, keepdim=True)  # [Q, 1]
+    hit = position_columns(slot_pos.gather(1, top), facts).any(-1)
+    return hit & (slot_pos >= 0).any(-1)
+
+
 def document_rows(layers: list[dict], logits, *, query_pos: list[int], fact_pos: list[int], answers: list[int],
-                  offsets: Sequence[int], window: int, all_fact_pos: Sequence[int] | None = None) -> list[dict]:
+                  offsets: Sequence[int], window: int, all_fact_pos: Sequence[int] | None = None,
+                  captured=None) -> list[dict]:
     """Metric rows of one document (batch 1) for each (query, layer); `layers` is
     out.diagnostics['attention'], logits [1, N, V]; all_fact_pos: value positions of every fact in
-    the document (default: fact_pos). Keys: every COLUMNS entry but the document's ids."""
+    the document (default: fact_pos); captured: [n] positions cmr ever wrote to a bank (any capture
+    layer; None for other memories). Keys: every COLUMNS entry but the document's ids."""
     import torch
 
     q = torch.tensor(query_pos, dtype=torch.long)  # [Q]
     off = torch.tensor(list(offsets), dtype=torch.long)
-    facts = torch.tensor(fact_pos, dtype=torch.long)[:, None] + off[None, :]  # [Q, F]
+    value_pos = torch.tensor(fact_pos, dtype=torch.long)  # [Q]
+    facts = value_pos[:, None] + off[None, :]  # [Q, F]
+    cap_value, cap_any = captured_flags(captured, q, facts, value_pos, window)
     every = sorted(set(all_fact_pos if all_fact_pos is not None else fact_pos))
     any_facts = (torch.tensor(every, dtype=torch.long)[:, None] + off[None, :]).reshape(1, -1).expand(len(q), -1)
     pred = logits[0].index_select(0, q.to(logits.device)).argmax(-1).cpu()  # [Q]
@@ -150,6 +190,8 @@ def document_rows(layers: list[dict], logits, *, query_pos: list[int], fact_pos:
                 "mass_fact_slots": column_mass(mp, position_columns(sp, facts)),
                 "mass_any_fact_slots": column_mass(mp, position_columns(sp, any_facts)),
                 "fact_in_memory": position_columns(sp, facts).any(-1),
+                "value_in_memory": position_columns(sp, value_pos[:, None]).any(-1),
+                "top_slot_on_fact": top_slot_flags(mp, sp, facts),
             }
         for i in range(len(query_pos)):
             rows.append({
@@ -170,26 +212,15 @@ def document_rows(layers: list[dict], logits, *, query_pos: list[int], fact_pos:
                 "mass_fact_slots": float(slots["mass_fact_slots"][i]) if slots else nan,
                 "mass_any_fact_slots": float(slots["mass_any_fact_slots"][i]) if slots else nan,
                 "fact_in_memory": bool(slots["fact_in_memory"][i]) if slots else False,
+                "captured_value": bool(cap_value[i]),
+                "captured_any": bool(cap_any[i]),
+                "value_in_memory": bool(slots["value_in_memory"][i]) if slots else False,
+                "top_slot_on_fact": bool(slots["top_slot_on_fact"][i]) if slots else False,
             })
     return rows
 
 
 # ------------------------------------------------------------------------------- the stage
-def trained_checkpoint(cfg: Any, variant: str, seed: int) -> tuple[Path, str]:
-    """(train run dir, "best" or "last"); DataError saying what to run when neither exists."""
-    from pipeline.paths import run_dir
-
-    tdir = run_dir(cfg, "train", variant, seed)
-    hint = f"run `python -m pipeline.train --variant {variant} --seed {seed}` (or `dvc repro`) first"
-    for which in ("best", "last"):
-        if (tdir / "checkpoints" / f"{which}.ckpt").is_file():
-            return tdir, which
-    if not tdir.is_dir():
-        raise DataError(f"no trained model for {variant} seed {seed}: {tdir} does not exist; {hint}")
-    raise DataError(f"no best.ckpt or last.ckpt in {tdir / 'checkpoints'}: training of {variant} seed {seed} "
-                    f"did not finish; {hint}")
-
-
 def _fact_template(cfg: Any) -> str:
     """The template the saved documents were built with (data manifest), else the config's."""
     from pipeline.config import cfg_get
@@ -231,11 +262,13 @@ def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
         raise ConfigError(f"--variant '{variant}' is not configured; allowed: {', '.join(cfg.models.keys())}")
     acfg = cfg.eval.attention
     if model is None:
-        tdir, which = trained_checkpoint(cfg, variant, seed)
+        from pipeline.evaluate import check_trained
+        from pipeline.paths import run_dir as train_run_dir
         from pipeline.train import load_trained
 
-        model, _ = load_trained(tdir, which)
-        log.info("attention %s-s%s: %s.ckpt of %s", variant, seed, which, tdir)
+        tdir = train_run_dir(cfg, "train", variant, seed)
+        check_trained(tdir, variant, seed)  # the same rule as evaluate: a finished run's best.ckpt
+        model, _ = load_trained(tdir)
     device = resolve_device(cfg.eval.device)
     torch.set_num_threads(int(cfg.eval.threads))
     model = model.to(device).eval()
@@ -266,9 +299,11 @@ def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
                 layers = out.diagnostics.get("attention")
                 if not layers:
                     raise DataError(f"model {variant} returned no attention maps (return_attention=True)")
+                cap = out.diagnostics.get("captured_pos")
+                cap = torch.cat([c[0] for c in cap.values()]).cpu() if cap else None
                 for r in document_rows(layers, out.logits, query_pos=qpos, fact_pos=fpos,
                                        answers=list(doc["answers"])[:k], offsets=offsets, window=window,
-                                       all_fact_pos=every):
+                                       all_fact_pos=every, captured=cap):
                     r.update(variant=variant, seed=int(seed), length=int(length), doc_id=str(doc["doc_id"]),
                              query_type=str(doc["query_type"][r["query_idx"]]))
                     rows.append(r)
@@ -290,7 +325,7 @@ def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
 def _typed(df):
     for c in ("seed", "length", "query_idx", "distance", "distance_segments", "layer", "n_visible", "n_slots"):
         df[c] = df[c].astype("int64")
-    for c in ("correct", "fact_visible", "fact_in_memory"):
+    for c in FLAGS:
         df[c] = df[c].astype(bool)
     for c in ("variant", "doc_id", "query_type"):
         df[c] = df[c].astype(str)

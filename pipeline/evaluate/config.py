@@ -32,7 +32,7 @@ class AttentionConfig:
     """The attention analysis (METHOD.md section 4, row `attention`): a few recall documents per
     length, batch 1, attention maps read at the query positions. Cheap on purpose."""
 
-    lengths: Optional[list[int]] = None  # each must be in data.eval_lengths; null: its shortest and longest
+    lengths: Optional[list[int]] = None  # each must be in data.eval_lengths; null: all of them
     n_docs: int = 4                      # first documents of each recall_<N> split
     max_queries: Optional[int] = None    # first queries of each document; null = all of them
 
@@ -136,7 +136,7 @@ def _validate_attention(att: Any, full_cfg: Any) -> None:
     if mq is not None:
         _pos_int(mq, "attention.max_queries")
     lengths = _get(att, "lengths", None)
-    if lengths is None:  # null: data.eval_lengths' shortest and longest
+    if lengths is None:  # null: every data.eval_lengths
         return
     lengths = list(lengths)
     if not lengths:
@@ -154,9 +154,8 @@ def _validate_attention(att: Any, full_cfg: Any) -> None:
 
 
 def attention_lengths(cfg: Any) -> list[int]:
-    """eval.attention.lengths, or (null) the shortest and longest of data.eval_lengths."""
+    """eval.attention.lengths, or (null) every data.eval_lengths (the memory table is by N)."""
     lengths = _get(_get(_get(cfg, "eval"), "attention"), "lengths", None)
     if lengths is not None:
         return [int(n) for n in lengths]
-    data_lengths = sorted({int(n) for n in _get(_get(cfg, "data"), "eval_lengths")})
-    return sorted({data_lengths[0], data_lengths[-1]})
+    return sorted({int(n) for n in _get(_get(cfg, "data"), "eval_lengths")})
