@@ -81,6 +81,26 @@ def verdicts_table(summary_json: Path) -> str:
     return "\n".join(lines)
 
 
+def validity_lines(summary_json: Path) -> str:
+    """The validity checks (results/summary.json `validity`), one line each, status first."""
+    checks = json.loads(summary_json.read_text()).get("validity") if summary_json.is_file() else None
+    if not checks:
+        return "_No validity checks in results/summary.json._"
+    return "\n".join(f"- **{name}: {c['status']}** - {c['detail']}" for name, c in checks.items())
+
+
+def per_seed_table(csv: Path) -> str:
+    """Far recall (%) per variant and seed at every N (results/tables/recall_per_seed.csv)."""
+    if not csv.is_file():
+        return "_results/tables/recall_per_seed.csv missing._"
+    df = pd.read_csv(csv)
+    ns = [c for c in df.columns if c.startswith("N=")]
+    lines = ["| variant | seed | " + " | ".join(ns) + " |", "|---" * (len(ns) + 2) + "|"]
+    for _, r in df.iterrows():
+        lines.append(f"| {r['variant']} | {int(r['seed'])} | " + " | ".join(_pct(r[c]) for c in ns) + " |")
+    return "\n".join(lines)
+
+
 def render(results: Path) -> str:
     tables = results / "tables"
     parts = [
@@ -92,9 +112,17 @@ def render(results: Path) -> str:
         "",
         verdicts_table(results / "summary.json"),
         "",
+        "**Validity checks** (each on every seed; a claim whose checks fail is *not testable*):",
+        "",
+        validity_lines(results / "summary.json"),
+        "",
         "**Recall accuracy (%) by sequence length N (Table II)**, mean over seeds [95% bootstrap CI]:",
         "",
         accuracy_table(tables / "recall.csv", "N"),
+        "",
+        "**Far-fact recall (%) per seed** (the mean above hides a seed that did not learn):",
+        "",
+        per_seed_table(tables / "recall_per_seed.csv"),
         "",
         "**Inference cost (Table III)**, batch 1, one thread:",
         "",

@@ -13,7 +13,7 @@ from pipeline.report import build_report, load_paper_numbers, main
 NS = (500, 1000, 1500)
 BUCKETS = (10, 100, 1000)
 TURNS = (2, 6)
-VARIANTS = ("window", "cmr")
+VARIANTS = ("window", "full", "cmr")
 SEEDS = (0, 1)
 N_DOCS, N_Q = 6, 4
 
@@ -50,7 +50,21 @@ def _rows(variant, seed, rng, p_far, p_local=0.95):
     return df
 
 
-def make_study(root, window_far=lambda n: 0.05, cmr_far=lambda n: 0.97, variants=VARIANTS, seeds=SEEDS):
+def train_metrics(v, learned=True):
+    """A training run's metrics.json: validation far recall within reach (val) and on val_long, a curve."""
+    far = (0.99 if learned else 0.5) if v != "window" else 0.2
+    curve = [{"step": 50, "val/recall_far": far / 2, "val_long/recall_far": far / 3, "val/recall_local": 0.9,
+              "val/loss": 2.0, "val_long/loss": 3.0, "val/recall_numeric": 0.5},
+             {"step": 100, "val/recall_far": far, "val_long/recall_far": far - 0.01, "val/recall_local": 0.99,
+              "val/loss": 0.1, "val_long/loss": 0.2, "val/recall_numeric": 0.95 if learned else 0.1}]
+    return {"wall_s": 60.0, "train_tokens_per_s": 9000.0, "steps": 100, "val_recall": 0.9, "steps_to_90": 80,
+            "params": 142000, "val_recall_far": far, "val_long_recall_far": far - 0.01, "val_best": curve[-1],
+            "val_curve": curve, "monitor": "val/recall_far" if v == "full" else "val_long/recall_far",
+            "best_step": 100, "val_best_monitor": far}
+
+
+def make_study(root, window_far=lambda n: 0.05, cmr_far=lambda n: 0.97, variants=VARIANTS, seeds=SEEDS,
+               learned=True):
     rng = np.random.default_rng(0)
     paths_cfg = {"paths": {"experiments_dir": str(root / "experiments")}}
     evals, trains = [], []
@@ -66,12 +80,13 @@ def make_study(root, window_far=lambda n: 0.05, cmr_far=lambda n: 0.97, variants
             (d / "metrics.json").write_text(json.dumps({"wall_s": 3.5}))
             t = run_dir(paths_cfg, "train", v, s)
             t.mkdir(parents=True)
-            (t / "metrics.json").write_text(json.dumps({"wall_s": 60.0, "train_tokens_per_s": 9000.0, "steps": 100,
-                                                        "val_recall": 0.9, "steps_to_90": 80, "params": 142000}))
+            (t / "metrics.json").write_text(json.dumps(train_metrics(v, learned)))
             evals.append(d)
             trains.append(t)
     (root / "data").mkdir()
-    (root / "data" / "manifest.json").write_text(json.dumps({"wall_s": 12.0}))
+    (root / "data" / "manifest.json").write_text(json.dumps({}))
+    (root / "experiments" / "prepare").mkdir(parents=True)
+    (root / "experiments" / "prepare" / "stage.json").write_text(json.dumps({"wall_s": 12.0}))
     cfg = {"profile_name": "test", "study": {"variants": list(variants), "seeds": list(seeds)},
            "paths": {"data_dir": str(root / "data"), "experiments_dir": str(root / "experiments"),
                      "results_dir": str(root / "results")},
@@ -139,18 +154,26 @@ def test_report_writes_every_file_and_row(tmp_path):
 
     plot = pd.read_csv(res / "plots" / "recall.csv")
     assert {"variant", "N", "accuracy"} <= set(plot.columns)
-    assert {"paper_baseline", "paper_cmr", "window", "cmr"} == set(plot["variant"])
+    assert {"paper_baseline", "paper_cmr", *VARIANTS} == set(plot["variant"])
 
     s = json.loads((res / "summary.json").read_text())
     assert s == summary
     assert set(s["recall"]) == set(VARIANTS) and set(s["recall"]["cmr"]) == {str(n) for n in NS}
-    assert s["validity"]["learnable"]["status"] == "PASSED"
-    assert s["validity"]["window_near_chance"]["status"] == "PASSED"
+    for check in ("ceiling", "cmr_learned", "window_near_chance", "binding", "numeric_learnable"):
+        assert s["validity"][check]["status"] == "PASSED", (check, s["validity"][check])
+    assert s["validity"]["xl_reach"]["status"] == "NOT RUN"  # no xl in this study
     assert s["overhead"]["cmr"]["params"] == 150000
+    for f in ("learning_curves.png", "steps_to_target.csv", "binding.csv", "recall_per_seed.csv"):
+        assert (tab / f).is_file(), f
+    curves = pd.read_csv(res / "plots" / "learning_curves.csv")
+    assert len(curves) == 2 * len(VARIANTS) * len(SEEDS) and {"val_recall_far", "val_long_recall_far"} <= set(curves)
+    per_seed = pd.read_csv(tab / "recall_per_seed.csv")
+    assert len(per_seed) == len(VARIANTS) * len(SEEDS) and {f"N={n}" for n in NS} <= set(per_seed)
 
     times = pd.read_csv(res / "stage_times.csv")
     assert list(times.columns) == ["stage", "run", "runs", "wall_s", "source"]
-    assert times["stage"].tolist().count("train") == 4 and times["stage"].tolist().count("evaluate") == 4
+    n_runs = len(VARIANTS) * len(SEEDS)
+    assert times["stage"].tolist().count("train") == n_runs and times["stage"].tolist().count("evaluate") == n_runs
     assert times.loc[times["stage"] == "prepare", "wall_s"].iloc[0] == 12.0
 
     md = (res / "REPORT.md").read_text()
@@ -162,14 +185,22 @@ def test_report_writes_every_file_and_row(tmp_path):
 
 
 def test_failed_validity_is_marked_failed(tmp_path, capsys):
-    # window recalls far facts it cannot reach (leak) and cmr never learns: both checks must fail
-    cfg, evals, trains = make_study(tmp_path, window_far=lambda n: 0.9, cmr_far=lambda n: 0.3)
+    # window recalls far facts it cannot reach (leak) and no model learned on validation: the checks fail
+    cfg, evals, trains = make_study(tmp_path, window_far=lambda n: 0.9, cmr_far=lambda n: 0.3, learned=False)
     s = build_report(cfg, evals, trains, tmp_path / "results")
-    assert s["validity"]["learnable"]["status"] == "FAILED" and s["validity"]["learnable"]["passed"] is False
-    assert s["validity"]["window_near_chance"]["status"] == "FAILED"
+    for check in ("ceiling", "cmr_learned", "window_near_chance", "numeric_learnable"):
+        assert s["validity"][check]["status"] == "FAILED" and s["validity"][check]["passed"] is False, check
+    assert "s0 0.500" in s["validity"]["ceiling"]["detail"]  # read and shown per seed
     md = (tmp_path / "results" / "REPORT.md").read_text()
-    assert "**learnable: FAILED**" in md and "**window_near_chance: FAILED**" in md
+    assert "**ceiling: FAILED**" in md and "**window_near_chance: FAILED**" in md
     assert "CMR does not beat window" in md
+    # a claim whose checks failed is not testable (never "not supported"); overhead does not depend on them
+    v = {x["name"]: x for x in s["verdicts"]}
+    for name in ("recall", "rare", "dialogue", "numeric"):
+        assert v[name]["verdict"] == "not testable" and "ceiling: FAILED" in v[name]["cmr_loses"], v[name]
+        assert v[name]["would_be"] in ("supported", "not supported", "mixed")
+    assert v["overhead"]["verdict"] != "not testable"
+    assert "**not testable**" in md
     assert "FAILED" in capsys.readouterr().out
     assert main(["--params", str(_write_params(tmp_path, cfg)), "--strict"]) == 1
 
@@ -182,10 +213,12 @@ def _write_params(tmp_path, cfg):
     return p
 
 
-def test_learnable_not_run_without_full_or_cmr(tmp_path):
+def test_checks_not_run_without_the_variants_they_read(tmp_path):
     cfg, evals, trains = make_study(tmp_path)
-    s = build_report(cfg, [e for e in evals if e.parent.name == "window"], trains, tmp_path / "results")
-    assert s["validity"]["learnable"]["status"] == "NOT RUN"
+    window_only = [e for e in evals if e.parent.name == "window"]
+    s = build_report(cfg, window_only, [t for t in trains if t.parent.name == "window"], tmp_path / "results")
+    for check in ("ceiling", "cmr_learned", "binding", "xl_reach"):
+        assert s["validity"][check]["status"] == "NOT RUN", check
     assert "Not assessed" in (tmp_path / "results" / "REPORT.md").read_text()
 
 
@@ -249,18 +282,62 @@ def test_xl_comparison_joins_the_holm_family(tmp_path):
     assert "Holm-corrected over all cmr-vs-window and cmr-vs-xl cells" in (tab / "recall.md").read_text()
 
 
-def test_learnable_uses_full_within_its_training_length():
-    """`full` at the shortest eval N is extrapolating; its validation recall (training length) counts."""
-    from pipeline.report import ReportConfig, validity_checks
+def test_checks_read_every_seed():
+    from pipeline.report import ReportConfig
+    from pipeline.report.checks import ceiling, cmr_learned, numeric_learnable
 
-    rows = [{"variant": v, "seed": 0, "split": "recall_500", "task": "recall", "length": 500, "doc_id": f"d{i}", "query_idx": 0,
-             "query_type": "far", "answer": i % 7, "correct": False} for v in ("full", "cmr", "window")
-            for i in range(6)]
-    preds = pd.DataFrame(rows)
-    low = validity_checks(preds, ReportConfig(), 0.02, {"full-s0": {"val_recall": 0.5}})
-    assert low["learnable"]["status"] == "FAILED" and low["learnable"]["full_val"] == 0.5
-    high = validity_checks(preds, ReportConfig(), 0.02, {"full-s0": {"val_recall": 0.95}, "cmr-s0": {"val_recall": 0.1}})
-    assert high["learnable"]["status"] == "PASSED" and high["learnable"]["full_all"] == 0.0
+    rc = ReportConfig()
+    train = {"full-s0": {"val_recall_far": 0.99, "val_best": {"val/recall_numeric": 0.95}},
+             "full-s1": {"val_recall_far": 0.90, "val_best": {"val/recall_numeric": 0.97}},
+             "cmr-s0": {"val_long_recall_far": 0.96}, "cmr-s1": {"val_long_recall_far": None}}
+    c = ceiling(train, rc)
+    assert c["status"] == "FAILED" and c["per_seed"] == {"0": 0.99, "1": 0.90}  # one seed below 0.95 fails it
+    assert numeric_learnable(train, rc)["status"] == "PASSED"
+    assert cmr_learned(train, rc)["status"] == "FAILED" and "s1 n/a" in cmr_learned(train, rc)["detail"]
+    assert ceiling({"cmr-s0": {}}, rc)["status"] == "NOT RUN"
+
+
+def _doc(variant, seed, doc, answers, preds, types=None):
+    types = types or ["far"] * len(answers)
+    return [dict(variant=variant, seed=seed, split="recall_500", task="recall", length=500, doc_id=doc, query_idx=i,
+                 query_type=t, answer=a, pred=p, correct=a == p, distance=300)
+            for i, (a, p, t) in enumerate(zip(answers, preds, types))]
+
+
+def test_binding_table_and_check():
+    from pipeline.report import ReportConfig
+    from pipeline.report.checks import binding, binding_table
+
+    # doc values {1, 2, 3, 4}: `cmr` right 3 of 4; `window` answers only with values, picks the earlier
+    # query's answer (always wrong) or the right one at chance
+    rows = _doc("cmr", 0, "d", [1, 2, 3, 4], [1, 2, 3, 9]) + _doc("window", 0, "d", [1, 2, 3, 4], [2, 1, 1, 4])
+    t = binding_table(pd.DataFrame(rows)).set_index("variant")
+    assert t.loc["cmr", "in_doc_values"] == 0.75 and t.loc["cmr", "acc_when_in_values"] == 1.0
+    assert t.loc["cmr", "uniform_pick"] == 0.25 and t.loc["cmr", "binding_gap"] == 0.75
+    assert t.loc["window", "copies_earlier_answer"] == 0.5  # queries 2 and 3 repeat query 1's answer
+    assert t.loc["window", "acc_when_in_values"] == 0.25 and t.loc["window", "binding_gap"] == 0.0
+    assert binding(t.reset_index(), ReportConfig())["status"] == "PASSED"
+    unbound = binding_table(pd.DataFrame(_doc("cmr", 0, "d", [1, 2, 3, 4], [2, 1, 4, 4])))
+    assert binding(unbound, ReportConfig())["status"] == "FAILED"  # 1 of 4 among values = a uniform pick
+
+
+def test_xl_reach_and_claim_blocking():
+    from pipeline.report import ReportConfig
+    from pipeline.report.checks import CLAIM_CHECKS, blocking, xl_reach
+
+    near = [dict(variant="xl", seed=0, split="r", doc_id=f"n{i}", query_type="far", distance_segments=1,
+                 correct=i < 19) for i in range(20)]
+    far = [dict(variant="xl", seed=0, split="r", doc_id=f"f{i}", query_type="far", distance_segments=8,
+                correct=i == 0) for i in range(40)]
+    ok = xl_reach(pd.DataFrame(near + far), ReportConfig(), 0.02, reach_segments=2)
+    assert ok["status"] == "PASSED" and ok["near"] == {"0": 0.95} and ok["beyond"] == {"0": 0.025}
+    leaky = [dict(r, correct=True) for r in far]
+    assert xl_reach(pd.DataFrame(near + leaky), ReportConfig(), 0.02, 2)["status"] == "FAILED"
+    validity = {c: {"status": "PASSED"} for deps in CLAIM_CHECKS.values() for c in deps}
+    assert blocking("recall", validity) == []
+    validity["binding"] = {"status": "FAILED"}
+    assert blocking("recall", validity) == ["binding: FAILED"] and blocking("numeric", validity) == []
+    assert blocking("overhead", {"ceiling": {"status": "FAILED"}}) == []
 
 
 def test_distance_table_and_datasets_from_its_stage(tmp_path):
@@ -344,8 +421,9 @@ def test_three_seeds_pool_paired_outcomes_by_seed_doc_query(tmp_path):
 
 def test_verdicts_follow_the_rules(tmp_path):
     # window's far recall falls with N, cmr's stays: recall supported; numeric/rare/dialogue identical -> not supported
-    cfg, evals, trains = make_study(tmp_path, window_far=lambda n: {500: 0.5, 1000: 0.25, 1500: 0.0}[n],
+    cfg, evals, trains = make_study(tmp_path, window_far=lambda n: {500: 0.3, 1000: 0.1, 1500: 0.0}[n],
                                     cmr_far=lambda n: 0.97)
+    cfg["report"]["chance_margin"] = 0.2  # window's mean far recall (0.13) still counts as near chance here
     s = build_report(cfg, evals, trains, tmp_path / "results")
     v = {x["claim"]: x for x in s["verdicts"]}
     assert [x["claim"] for x in s["verdicts"]] == [1, 2, 3, 4, 5, 6]
@@ -394,23 +472,8 @@ def test_setup_section_uses_recorded_tokens_and_hardware(tmp_path):
     assert s["setup"]["variants"]["cmr"]["memory_floats"] == 2048 and s["setup"]["seeds"] == list(SEEDS)
     md = (tmp_path / "results" / "REPORT.md").read_text()
     setup = md.split("## Setup")[1].split("## Data")[0]
-    assert "TestCPU" in setup and "training hardware: n/a (window-s0, window-s1)" in setup
+    assert "TestCPU" in setup and "training hardware: n/a (full-s0, full-s1, window-s0, window-s1)" in setup
     assert "123456" in setup and "n/a" in setup and "wall time:" in setup and "seeds: [0, 1]" in setup
-
-
-def test_learnable_ignores_full_beyond_its_training_length():
-    from pipeline.report import ReportConfig, validity_checks
-
-    rows = [{"variant": v, "seed": 0, "split": "recall_500", "task": "recall", "length": 500, "doc_id": f"d{i}",
-             "query_idx": 0, "query_type": "far", "answer": i % 7, "correct": v == "full"}
-            for v in ("full", "cmr", "window") for i in range(6)]
-    preds = pd.DataFrame(rows)
-    tm = {"full-s0": {"val_recall": 0.5}}
-    beyond = validity_checks(preds, ReportConfig(), 0.02, tm, train_tokens=96)
-    assert beyond["learnable"]["status"] == "FAILED" and beyond["learnable"]["full_all"] == 1.0
-    assert "full_all" not in beyond["learnable"]["counted"] and "not counted" in beyond["learnable"]["detail"]
-    within = validity_checks(preds, ReportConfig(), 0.02, tm, train_tokens=512)
-    assert within["learnable"]["status"] == "PASSED" and "full_all" in within["learnable"]["counted"]
 
 
 # ------------------------------------------------------------------------------------------- attention

@@ -5,7 +5,7 @@ study's runs at experiments/eval/<variant>/s<seed>/ (pipeline/paths.py; `--all`:
 experiments/eval/*/s*/), and writes results/. Only pandas / scipy / matplotlib are imported
 (no torch), so the stage starts in about a second.
 
-The paper's "baseline model" is our `window` variant; the paper's numbers (pipeline/paper_numbers.yaml)
+The paper's "baseline model" is our `window` variant; the paper's numbers (pipeline/report/paper_numbers.yaml)
 stand beside ours in every table. Accuracy cells: mean over seeds of the per-seed accuracy (each seed's
 accuracy = mean over documents of the per-document accuracy), a bootstrap CI over documents (each
 document's accuracy averaged over seeds), and n (queries, documents, seeds). cmr-vs-window and
@@ -45,15 +45,18 @@ from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipeline.paths import experiments_dir, run_dir, run_name
 from pipeline.report_config import ReportConfig, report_config
+from pipeline.report import checks
+from pipeline.report.curves import write_curves
+from pipeline.report.memory import write_memory
+from pipeline.report.common import (FAILED, MIXED, NOT_RUN, NOT_SUPPORTED, NOT_TESTABLE, NOT_TESTED, PASSED,
+                                    SUPPORTED, VARIANT_ORDER, distance_bin)
+from pipeline.report.common import doc_mean_over_seeds as _doc_mean_over_seeds
 from pipeline.stats import (align_pairs, bootstrap_ci, bootstrap_diff_ci, bootstrap_ratio_ci, holm,
                             mcnemar_from_outcomes)
 
 PAPER_NUMBERS_PATH = Path(__file__).with_name("paper_numbers.yaml")
-VARIANT_ORDER = ("window", "xl", "full", "cmr")
 REQUIRED_COLUMNS = ("variant", "seed", "split", "task", "length", "doc_id", "query_idx", "query_type",
                     "answer", "pred", "correct")
-PASSED, FAILED, NOT_RUN = "PASSED", "FAILED", "NOT RUN"
-SUPPORTED, NOT_SUPPORTED, MIXED, NOT_TESTED = "supported", "not supported", "mixed", "not tested"
 BASELINE_CAPTION = "Paper baseline = the paper's baseline model, which is our `window` variant."
 ATTENTION_FILE = "attention.parquet"
 ATTENTION_METRICS = ("entropy", "mass_fact", "mass_memory", "mass_fact_slots")
@@ -285,12 +288,6 @@ def cell_stats(sub: pd.DataFrame, rc: ReportConfig) -> dict:
     }
 
 
-def _doc_mean_over_seeds(sub: pd.DataFrame) -> float:
-    if sub.empty:
-        return math.nan
-    return float(sub.groupby(["seed", "split", "doc_id"])["correct"].mean().groupby(level="seed").mean().mean())
-
-
 def doc_gaps(pairs: pd.DataFrame) -> np.ndarray:
     """Per-document accuracy gap (a - b) from paired outcomes, each document averaged over seeds."""
     d = pairs.assign(_d=pairs["correct_a"].astype(float) - pairs["correct_b"].astype(float))
@@ -446,12 +443,6 @@ def overhead_table(runs: list[dict], train_metrics: Mapping[str, dict], paper: P
     return t.reset_index(drop=True)
 
 
-def distance_bin(segments: pd.Series) -> pd.Series:
-    """Lower edge of the power-of-two bin of a distance in segments: 0, 1, 2, 4, 8, ..."""
-    seg = segments.clip(lower=0).astype("int64")
-    return seg.where(seg < 1, 2 ** np.floor(np.log2(seg.clip(lower=1))).astype("int64"))
-
-
 def distance_vs_training(lower_edge: int, train_segments: int | None) -> str:
     """Whether a distance bin [lo, 2 lo) lies within the longest training document, straddles it, or is beyond."""
     if not train_segments:
@@ -460,78 +451,6 @@ def distance_vs_training(lower_edge: int, train_segments: int | None) -> str:
     if lower_edge >= train_segments:
         return "beyond"
     return "straddles" if upper > train_segments else "within"
-
-
-def validity_checks(preds: pd.DataFrame, rc: ReportConfig, chance_from_data: float | None = None,
-                    train_metrics: Mapping[str, dict] | None = None, train_tokens: int | None = None) -> dict:
-    """(1) the task is learnable (full or cmr >= threshold within reach); (2) window ~chance beyond its window.
-
-    "Within reach" for `full` means within its training length: its validation recall from the
-    training stage (documents as long as the training ones). Its recall at the shortest evaluation N
-    counts only if that N is within its training length (`train_tokens`); beyond it, `full` is
-    extrapolating to positions it never saw, so the number is shown but does not count.
-
-    Chance: report.chance if set, else the evaluation's `chance_recall` (1 / number of possible values,
-    from data/manifest.json), else 1 / the number of distinct answers in the recall predictions.
-    """
-    rec = preds[preds["task"] == "recall"]
-    out: dict[str, dict] = {}
-    if rec.empty:
-        out["learnable"] = {"status": NOT_RUN, "passed": None, "detail": "no recall predictions"}
-        out["window_near_chance"] = {"status": NOT_RUN, "passed": None, "detail": "no recall predictions"}
-        return out
-    n_min = int(rec["length"].min())
-    short = rec[rec["length"] == n_min]
-    full = short[short["variant"] == "full"]
-    cmr_far = short[(short["variant"] == "cmr") & (short["query_type"] == "far")]
-    full_val = [float(m["val_recall"]) for name, m in (train_metrics or {}).items()
-                if name.rsplit("-s", 1)[0] == "full" and isinstance((m or {}).get("val_recall"), (int, float))]
-    vals = {"full_val": sum(full_val) / len(full_val) if full_val else None,
-            "full_all": _doc_mean_over_seeds(full) if not full.empty else None,
-            "cmr_far": _doc_mean_over_seeds(cmr_far) if not cmr_far.empty else None}
-    full_within = bool(train_tokens) and n_min <= int(train_tokens or 0)
-    counted = {k: v for k, v in vals.items() if v is not None and (k != "full_all" or full_within)}
-    present = {k: v for k, v in vals.items() if v is not None}
-    if not counted:
-        out["learnable"] = {"status": NOT_RUN, "passed": None, "N": n_min, "threshold": rc.learnable_threshold,
-                            "detail": "neither `full` (validation recall) nor `cmr` (far queries) was evaluated "
-                                      "on recall"}
-    else:
-        passed = any(v >= rc.learnable_threshold for v in counted.values())
-        why_full = (f"full_all: full at N={n_min}, within its training length ({train_tokens} tokens), counted"
-                    if full_within else
-                    f"full_all: full at N={n_min}, beyond its training length "
-                    f"({train_tokens if train_tokens else 'unknown'} tokens): shown, not counted")
-        out["learnable"] = {
-            "status": PASSED if passed else FAILED, "passed": passed, "N": n_min,
-            "threshold": rc.learnable_threshold, "counted": sorted(counted), **vals,
-            "detail": (", ".join(f"{k}={v:.3f}" for k, v in present.items())
-                       + f" (full_val: full's validation recall within its training length; cmr_far: cmr's far "
-                       f"queries at N={n_min}; {why_full}) (need >= {rc.learnable_threshold:.2f} for at least one "
-                       f"counted value)"),
-        }
-    n_answers = int(rec["answer"].nunique())
-    if rc.chance is not None:
-        chance, chance_src = rc.chance, "report.chance"
-    elif chance_from_data:
-        chance, chance_src = float(chance_from_data), "eval metrics chance_recall (1/possible values)"
-    else:
-        chance, chance_src = 1.0 / max(n_answers, 1), f"1/{n_answers} distinct recall answers"
-    wfar = rec[(rec["variant"] == "window") & (rec["query_type"] == "far")]
-    if wfar.empty:
-        out["window_near_chance"] = {"status": NOT_RUN, "passed": None, "chance": chance,
-                                     "detail": "`window` far-query recall was not evaluated"}
-    else:
-        acc = _doc_mean_over_seeds(wfar)
-        limit = chance + rc.chance_margin
-        passed = acc <= limit
-        out["window_near_chance"] = {
-            "status": PASSED if passed else FAILED, "passed": passed, "accuracy": acc, "chance": chance,
-            "margin": rc.chance_margin, "limit": limit, "n_queries": int(len(wfar)),
-            "detail": (f"window far-query accuracy {acc:.3f} vs chance {chance:.3f} ({chance_src}) "
-                       f"+ margin {rc.chance_margin:.2f} = {limit:.3f}"),
-        }
-    return out
 
 
 # -------------------------------------------------------------------------------------------- attention
@@ -559,8 +478,10 @@ def attention_paths(cfg: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -
     return paths
 
 
-def build_attention(paths: Sequence[Path], rc: ReportConfig, tables_dir: Path, plots_dir: Path) -> pd.DataFrame:
-    """results/tables/attention.{csv,md,tex,png} and results/plots/attention.csv from the attention files."""
+def build_attention(paths: Sequence[Path], rc: ReportConfig, tables_dir: Path,
+                    plots_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """results/tables/attention.{csv,md,tex,png} and results/plots/attention.csv from the attention files;
+    returns (the table, the raw per-query rows)."""
     mod = _attention_module()
     raw = mod.load_attention(list(paths))
     table = mod.attention_table(raw, ci_level=rc.ci_level, n_resamples=rc.n_resamples, seed=rc.seed)
@@ -574,7 +495,7 @@ def build_attention(paths: Sequence[Path], rc: ReportConfig, tables_dir: Path, p
     plot = table.rename(columns={f"{m}_mean": m for m in ATTENTION_METRICS})
     cols = [c for c in ("variant", "layer", *ATTENTION_METRICS) if c in plot.columns]
     atomic_write_text(plots_dir / "attention.csv", plot[cols].to_csv(index=False))
-    return table
+    return table, raw
 
 
 # --------------------------------------------------------------------------------------------- verdicts
@@ -756,16 +677,24 @@ def attention_verdict(claim: Claim, table: pd.DataFrame | None, rc: ReportConfig
 
 
 def verdicts(results: Mapping[str, AccuracyResult], oh: pd.DataFrame, attention: pd.DataFrame | None,
-             rc: ReportConfig, attention_why: str = "") -> list[dict]:
-    """One verdict per claim in CLAIMS, in order."""
+             rc: ReportConfig, attention_why: str = "", validity: Mapping[str, dict] | None = None) -> list[dict]:
+    """One verdict per claim in CLAIMS, in order. A claim whose validity checks (checks.CLAIM_CHECKS)
+    did not all pass is "not testable": its evidence is still computed and shown, but no verdict is drawn."""
     out = []
     for claim in CLAIMS:
         if claim.name == "overhead":
-            out.append(overhead_verdict(claim, oh, rc))
+            v = overhead_verdict(claim, oh, rc)
         elif claim.name == "attention":
-            out.append(attention_verdict(claim, attention, rc, attention_why))
+            v = attention_verdict(claim, attention, rc, attention_why)
         else:
-            out.append(accuracy_verdict(claim, results.get(claim.name), rc))
+            v = accuracy_verdict(claim, results.get(claim.name), rc)
+        blocked = checks.blocking(claim.name, validity or {})
+        if blocked and v["verdict"] != NOT_TESTED:
+            v = {**v, "verdict": NOT_TESTABLE, "would_be": v["verdict"], "blocked_by": blocked,
+                 "cmr_loses": f"validity checks not passed: {'; '.join(blocked)}",
+                 "evidence": f"not testable (validity checks not passed: {'; '.join(blocked)}); the evidence "
+                             f"as measured: {v['evidence']}"}
+        out.append(v)
     return out
 
 
@@ -1122,24 +1051,50 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
             for v, g in oh.groupby("variant", sort=False)}
 
     att_paths = attention_paths(cfg, runs)
-    attention, att_why = None, ""
+    attention, att_why, memory_tables = None, "", None
     if att_paths is None:
         att_why = f"{experiments_dir(cfg) / 'attention'}/ does not exist (attention stage not run)"
         notes.append(f"attention not reported: {att_why}")
     else:
-        attention = build_attention(att_paths, rc, tables_dir, plots_dir)
+        attention, att_raw = build_attention(att_paths, rc, tables_dir, plots_dir)
         summary["attention"] = _jsonable(attention.to_dict("records"))
+        if window > 0:
+            memory_tables = write_memory(att_raw, window, tables_dir, plots_dir, write_table)
+            if memory_tables is not None:
+                summary["memory"] = {k: _jsonable(t.to_dict("records")) for k, t in memory_tables.items()}
+
+    target = float((cfg.get("train") or {}).get("target_recall") or 0.9)
+    learning = write_curves(train, tables_dir, plots_dir, target, write_table)
+    if learning is None:
+        notes.append("no training run recorded a validation curve: learning curves not shown")
+    else:
+        summary["steps_to_target"] = _jsonable(learning[1].to_dict("records"))
 
     chances = {float(r["metrics"]["chance_recall"]) for r in runs
                if r["metrics"] and isinstance(r["metrics"].get("chance_recall"), (int, float))}
     if len(chances) > 1:
         notes.append(f"runs disagree on chance_recall {sorted(chances)}; using the largest")
-    validity = validity_checks(preds, rc, max(chances) if chances else None, train, tl.tokens)
+    rec = preds[preds["task"] == "recall"]
+    binding = checks.binding_table(rec)
+    if not binding.empty:
+        write_table(binding, tables_dir / "binding",
+                    "Binding: far recall queries per variant and seed; in_doc_values = share of answers that are one "
+                    "of the document's fact values; acc_when_in_values = accuracy among those; uniform_pick = what a "
+                    "uniform pick among the document's values would score; copies_earlier_answer = share of answers "
+                    "repeating an earlier query's answer (always wrong)")
+        summary["binding"] = _jsonable(binding.to_dict("records"))
+    validity = checks.validity_checks(preds, rc, max(chances) if chances else None, train,
+                                      xl_reach_segments(cfg), binding)
     summary["validity"] = validity
     for name, chk in validity.items():
         print(f"validity check {name}: {chk['status']} - {chk['detail']}")
 
-    verdict_list = verdicts(results, oh, attention, rc, att_why)
+    per_seed = per_seed_recall(rec)
+    if not per_seed.empty:
+        write_table(per_seed, tables_dir / "recall_per_seed",
+                    "Far-query recall per variant and seed at each document length N (columns), the mean over the "
+                    "seed's documents; the tables above pool seeds")
+    verdict_list = verdicts(results, oh, attention, rc, att_why, validity)
     summary["verdicts"] = verdict_list
     for v in verdict_list:
         print(f"claim {v['claim']} ({v['source']}): {v['verdict']}")
@@ -1152,7 +1107,9 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
         summary["datasets"] = {str(r["split"]): {"documents": r.get("documents"), "mean_tokens": r.get("mean_tokens")}
                                for r in datasets.to_dict("records")}
 
-    times = [{"stage": "prepare", "run": "data", "runs": 1, "wall_s": _wall(manifest), "source": str(manifest_path)}]
+    prep = experiments_dir(cfg) / "prepare" / "stage.json"
+    times = [{"stage": "prepare", "run": "data", "runs": 1, "wall_s": _wall(_read_json(prep) if prep.is_file() else None),
+              "source": str(prep)}]
     times += stage_time_rows(cfg, runs, train, train_src)
     times.append({"stage": "report", "run": "report", "runs": 1, "wall_s": time.perf_counter() - t0,
                   "source": "measured by report"})
@@ -1171,10 +1128,34 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     atomic_write_text(results_dir / "REPORT.md",
                       render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes,
                                       datasets=datasets, setup=setup, verdict_list=verdict_list,
-                                      attention=attention, family_sizes=family_sizes, train_len=tl))
+                                      attention=attention, family_sizes=family_sizes, train_len=tl,
+                                      diagnostics={"learning": learning, "per_seed": per_seed, "binding": binding,
+                                                   "memory": memory_tables}))
     for n in notes:
         print(f"note: {n}")
     return summary
+
+
+def per_seed_recall(rec: pd.DataFrame) -> pd.DataFrame:
+    """Far recall per (variant, seed) and N: one column per N."""
+    far = rec[rec["query_type"] == "far"]
+    if far.empty:
+        return pd.DataFrame()
+    doc = far.groupby(["variant", "seed", "length", "split", "doc_id"])["correct"].mean()
+    t = doc.groupby(level=["variant", "seed", "length"]).mean().unstack("length")
+    t.columns = [f"N={int(c)}" for c in t.columns]
+    t = t.reset_index()
+    order = {v: i for i, v in enumerate(_variant_order(t["variant"]))}
+    return t.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c,
+                         kind="stable").reset_index(drop=True)
+
+
+def xl_reach_segments(cfg: Mapping[str, Any]) -> int | None:
+    """Segments back `xl` can see: n_layers x mem_len tokens (each layer's cache reaches one cache further)."""
+    b, xl = cfg.get("backbone") or {}, ((cfg.get("models") or {}).get("xl") or {})
+    if not (b.get("window") and b.get("n_layers") and xl.get("mem_len")):
+        return None
+    return int(b["n_layers"]) * int(xl["mem_len"]) // int(b["window"])
 
 
 # ------------------------------------------------------------------------------------------- REPORT.md
@@ -1208,7 +1189,8 @@ def _md_cell(s: Any) -> str:
 def render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes, *,
                     datasets: pd.DataFrame | None = None, setup: pd.DataFrame | None = None,
                     verdict_list: Sequence[dict] = (), attention: pd.DataFrame | None = None,
-                    family_sizes: Mapping[str, int] | None = None, train_len: TrainLength | None = None) -> str:
+                    family_sizes: Mapping[str, int] | None = None, train_len: TrainLength | None = None,
+                    diagnostics: Mapping[str, Any] | None = None) -> str:
     out = io.StringIO()
     w = lambda s="": out.write(s + "\n")  # noqa: E731
     variants = _variant_order({r["variant"] for r in runs})
@@ -1234,7 +1216,8 @@ def render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df
         for v in verdict_list:
             w(f"{v['claim']}. **{v['verdict']}** - {_md_cell(v['evidence'])}")
         w()
-        w("Rules (applied in code, `pipeline/report.py`):")
+        w("Rules (applied in code, `pipeline/report/`; a claim is **not testable** when a validity check it "
+          "depends on did not pass, see below):")
         w()
         for kind in dict.fromkeys(VERDICT_RULES):
             w(f"- {kind}: {_rule(kind, rc)}")
@@ -1274,8 +1257,9 @@ def render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df
             hw = m.get("hardware") if isinstance(m.get("hardware"), dict) else {}
             tr.append({"run": name, "params": m.get("params"), "steps": m.get("steps"),
                        "tokens trained": m.get("tokens_trained", "n/a"), "wall_s": m.get("wall_s"),
-                       "train tokens/s": m.get("train_tokens_per_s"), "val recall": m.get("val_recall"),
-                       "steps to 90%": m.get("steps_to_90"), "device": hw.get("device", "n/a")})
+                       "train tokens/s": m.get("train_tokens_per_s"), "val far": m.get("val_recall_far"),
+                       "val_long far": m.get("val_long_recall_far"), "checkpoint": f"{m.get('monitor')} @ "
+                       f"{m.get('best_step')}", "steps to 90%": m.get("steps_to_90"), "device": hw.get("device", "n/a")})
         w("Training runs:")
         w()
         w(pd.DataFrame(tr).map(_fmt).to_markdown(index=False))
@@ -1294,9 +1278,14 @@ def render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df
     w()
     w("## Validity checks")
     w()
-    for name, chk in validity.items():
-        w(f"- **{name}: {chk['status']}** - {chk['detail']}")
+    w("Whether the models learned the task where it is within their reach (`pipeline/report/checks.py`), each read "
+      "on every seed. A claim is drawn only where the checks it depends on passed; otherwise it is **not "
+      "testable**: " + "; ".join(f"{c}: {', '.join(d) or 'none'}" for c, d in checks.CLAIM_CHECKS.items()) + ".")
     w()
+    for name, chk in validity.items():
+        w(f"- **{name}: {chk['status']}** - {_md_cell(chk['detail'])}")
+    w()
+    render_diagnostics(w, diagnostics or {})
     w(f"Statistics: every accuracy cell is the mean over seeds of the per-seed accuracy, with a "
       f"{int(rc.ci_level * 100)}% {rc.ci_method} bootstrap CI (scipy.stats.bootstrap, {rc.n_resamples} resamples, "
       f"seed {rc.seed}) over documents, each document's accuracy averaged over seeds, and n (queries, documents, "
@@ -1382,6 +1371,51 @@ def render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df
             w(f"- {n}")
         w()
     return out.getvalue()
+
+
+def render_diagnostics(w, diag: Mapping[str, Any]) -> None:
+    """REPORT.md sections that say why a check passes or fails: per-seed learning curves and recall,
+    binding, and cmr's misses by stage."""
+    learning = diag.get("learning")
+    if learning is not None:
+        w("## Learning curves (per seed)")
+        w()
+        w(learning[1].map(_fmt).to_markdown(index=False))
+        w()
+        w("Curves: `plots/learning_curves.csv` (DVC plot), `tables/learning_curves.png`; table: "
+          "`tables/steps_to_target.csv`.")
+        w()
+        w("![learning curves](tables/learning_curves.png)")
+        w()
+    per_seed = diag.get("per_seed")
+    if per_seed is not None and not per_seed.empty:
+        w("## Far recall per seed")
+        w()
+        w(per_seed.map(_fmt).to_markdown(index=False))
+        w()
+    binding = diag.get("binding")
+    if binding is not None and not binding.empty:
+        w("## Binding: right value, or just a value of the document?")
+        w()
+        w(binding.map(_fmt).to_markdown(index=False))
+        w()
+        w("in_doc_values: share of far answers that are one of the document's fact values; acc_when_in_values: "
+          "accuracy among those; uniform_pick: what a uniform pick among the document's values would score there; "
+          "copies_earlier_answer: share repeating an earlier query's answer in the query block (always wrong).")
+        w()
+    memory = diag.get("memory")
+    if memory is not None:
+        w("## CMR's misses taken apart")
+        w()
+        w("Each far query of the attention stage's documents is charged to the first stage it failed: scorer (no "
+          "token of the fact ever captured), eviction (captured, gone before the query), read (retained, but the "
+          "query's highest-attention slot is another), binding (top slot on the fact, wrong answer).")
+        w()
+        for by, t in memory.items():
+            w(t.map(_fmt).to_markdown(index=False))
+            w()
+        w("![memory](tables/memory.png)")
+        w()
 
 
 # ------------------------------------------------------------------------------------------ entry point
