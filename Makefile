@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup study study-ci test params bench ablations clean-runs
+.PHONY: setup study study-ci test params bench ablations sanity clean-runs
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
@@ -46,3 +46,9 @@ ablations: setup
 	dvc repro prepare
 	for a in $(ABLATIONS); do $(BIN)/python -m pipeline.sweep -m experiment=ablation_$$a || exit 1; done
 	$(BIN)/python -m pipeline.ablations $$(for a in $(ABLATIONS); do ls -d multirun/ablation_$$a/*/ | tail -n 1; done)
+
+## The implementation's sanity check (conf/experiment/sanity_recall.yaml: window, xl, cmr x 3 seeds on the
+## regime where CMR is known to work; ~35 min on 2 cores), then results/sanity/ from that run.
+sanity: setup
+	$(BIN)/python -m pipeline.sweep -m experiment=sanity_recall
+	$(BIN)/python -m pipeline.sanity $$(ls -d multirun/sanity_recall/*/ | tail -n 1)

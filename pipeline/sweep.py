@@ -2,8 +2,9 @@
 
 Each job composes conf/ (Hydra), validates it like a DVC stage does, then runs the same functions
 the DVC stages run: `pipeline.train.train` and `pipeline.evaluate.evaluate`, writing into the
-Hydra job's own output folder. Data come from `paths.data_dir` (prepare them once with
-`dvc repro prepare`); a sweep over data settings should run the DVC pipeline instead.
+Hydra job's own output folder. Data come from `paths.data_dir`, which the first job prepares when it
+is missing (`ensure_data`); a folder prepared with other data settings is refused, so a sweep over
+data settings needs a `paths.data_dir` per setting (or the DVC pipeline).
 Ready-made sweeps live in conf/experiment/ (`python -m pipeline.sweep -m experiment=ablation_k`);
 `python -m pipeline.ablations <sweep dir>` aggregates them.
 
@@ -38,9 +39,7 @@ def run_job_metrics(cfg: DictConfig, job_dir: Path, group: str) -> dict[str, Any
     from pipeline.paths import run_dir
 
     cfg = validate(cfg)
-    if not (Path(cfg.paths.data_dir) / "manifest.json").is_file():
-        raise DataError(f"{cfg.paths.data_dir}: no prepared data; run `dvc repro prepare` "
-                        f"(or python -m pipeline.data.prepare) before sweeping")
+    ensure_data(cfg)
     from pipeline.evaluate import evaluate  # torch and lightning: seconds to import, so after the checks
     from pipeline.train import train
 
@@ -58,6 +57,31 @@ def run_job_metrics(cfg: DictConfig, job_dir: Path, group: str) -> dict[str, Any
         "train_dir": str(run_dir(cfg, "train", variant, seed)),
         "eval_dir": str(out),
     }
+
+
+def ensure_data(cfg: DictConfig) -> None:
+    """The job's data: prepared here when `paths.data_dir` has none (an experiment with its own data
+    settings names its own folder, e.g. data/sanity_recall); refused when the folder was prepared
+    with other data settings than the job's, which would silently train on the wrong documents."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from pipeline.data.config import as_data_config
+    from pipeline.data.prepare import prepare
+    from pipeline.data.store import read_manifest
+
+    data_dir = Path(cfg.paths.data_dir)
+    want = dataclasses.asdict(as_data_config(OmegaConf.to_container(cfg.data, resolve=True)))
+    if not (data_dir / "manifest.json").is_file():
+        prepare(cfg, data_dir)
+        return
+    have = read_manifest(data_dir).get("generator") or {}
+    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if diff:
+        raise DataError(f"{data_dir} was prepared with other data settings than this job's (data.{diff[0]}: "
+                        f"{have.get(diff[0])!r} there, {want.get(diff[0])!r} here); point paths.data_dir at "
+                        "another folder or delete this one (the sweep prepares a missing folder itself)")
 
 
 def run_job(cfg: DictConfig, job_dir: Path, group: str) -> float:

@@ -13,7 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from pipeline.config import CONF_DIR, REPO_ROOT, compose
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 from pipeline.paths import run_dir
 from pipeline.sweep import sweep_options
 
@@ -40,11 +40,20 @@ def test_unknown_sweep_variant_is_a_config_error():
         compose(["sweep.variant=lstm"])
 
 
-def test_sweep_without_prepared_data_fails_clearly(tmp_path):
-    cmd = [sys.executable, "-m", "pipeline.sweep", "profile=ci", f"paths.data_dir={tmp_path / 'none'}",
-           f"hydra.run.dir={tmp_path / 'run'}", "logger=none"]
+def test_sweep_prepares_missing_data_and_refuses_data_of_other_settings(tmp_path):
+    from pipeline.sweep import ensure_data
+
+    cfg = compose(["profile=ci", f"paths.data_dir={tmp_path / 'data'}"])
+    ensure_data(cfg)  # missing: prepared here
+    assert (tmp_path / "data" / "manifest.json").is_file()
+    ensure_data(cfg)  # same settings: reused
+    other = compose(["profile=ci", f"paths.data_dir={tmp_path / 'data'}", "data.n_train_docs=700"])
+    with pytest.raises(DataError, match=r"prepared with other data settings.*data.n_train_docs: 600 there, 700 here"):
+        ensure_data(other)
+    cmd = [sys.executable, "-m", "pipeline.sweep", "profile=ci", f"paths.data_dir={tmp_path / 'data'}",
+           "data.n_train_docs=700", f"hydra.run.dir={tmp_path / 'run'}", "logger=none"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and "no prepared data" in proc.stderr
+    assert proc.returncode == 2 and "prepared with other data settings" in proc.stderr
 
 
 def test_every_ablation_named_in_the_method_has_a_sweep():
