@@ -94,9 +94,22 @@ def test_ci_profile_produces_every_table(ci_study):
     assert set(attention["variant"]) == variants
     assert (results / "tables" / "attention.png").is_file()
     assert (results / "tables" / "recall_by_distance.png").is_file()
+    # the diagnostics: learning curves per seed (val and val_long), cmr's misses by stage, binding
+    curves = pd.read_csv(results / "plots" / "learning_curves.csv")
+    assert {(v, s) for v, s in zip(curves["variant"], curves["seed"])} == {(v, s) for v in variants for s in seeds}
+    assert curves["val_long_recall_far"].notna().all()
+    memory = pd.read_csv(results / "tables" / "memory_by_length.csv")
+    assert set(memory["length"]) == lengths and (memory["n"] > 0).all()
+    for name in ("learning_curves.png", "memory.png", "binding.csv", "recall_per_seed.csv", "steps_to_target.csv"):
+        assert (results / "tables" / name).is_file(), name
 
     summary = json.loads((results / "summary.json").read_text())
     assert "validity" in summary and "recall" in summary
+    assert set(summary["validity"]) == {"ceiling", "cmr_learned", "window_near_chance", "xl_reach", "binding",
+                                        "numeric_learnable"}
+    # the ci profile learns nothing in 40 steps: its checks fail and the claims they gate are not testable
+    by_name = {v["name"]: v for v in summary["verdicts"]}
+    assert by_name["recall"]["verdict"] == "not testable", by_name["recall"]
     assert summary["verdicts"], "no verdict per claim"
     assert (results / "REPORT.md").is_file()
     assert (results / "stage_times.csv").is_file()
