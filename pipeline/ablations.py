@@ -364,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         df = aggregate(args.sweep_dirs)
         for p in write_outputs(df, args.out):
             print(f"wrote {p}")
-    except PipelineError as err:
+    except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

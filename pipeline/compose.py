@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         text = to_params_yaml(compose(args.overrides))
-    except PipelineError as err:
+    except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return write_or_check(args.output, text, check=args.check,

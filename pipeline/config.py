@@ -187,8 +187,9 @@ def to_params_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> DictConfig:
-    """Load a composed params.yaml (as DVC stages do) and validate it."""
+def load_params(path: str | Path = PARAMS_FILE, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a composed params.yaml (as DVC stages do), apply `key=value` overrides, and validate
+    the result (an override is checked exactly like the file: `train.lr=abc` is a ConfigError)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file; compose one with `python -m pipeline.compose`")
@@ -196,6 +197,15 @@ def load_params(path: str | Path = PARAMS_FILE) -> DictConfig:
         raw = OmegaConf.load(path)
     except Exception as err:  # yaml errors come in several types
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    overrides = list(overrides)
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must be key=value, got {bad}")
+        try:
+            raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(overrides))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"bad override {overrides}: {str(err).splitlines()[0]}") from None
     return validate(raw)
 
 

@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = (yaml.safe_load(p.read_text()) or {}).get("paths") or {}
         results = Path(paths.get("results_dir", "results"))
         df = write_datasets(Path(paths.get("data_dir", "data")) / "manifest.json", results)
-    except PipelineError as e:
+    except (PipelineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Table I: {len(df)} splits -> {results}/datasets/datasets.(csv|md|tex|png), {results}/plots/datasets.csv")

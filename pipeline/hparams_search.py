@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(names) != 1:
             raise ConfigError(f"give exactly one hparams_search=<name>; available: {', '.join(available())}")
         study = run_search(names[0], rest)
-    except PipelineError as err:
+    except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     done = [t for t in study.trials if t.value is not None]

@@ -142,7 +142,7 @@ def main(cfg: DictConfig) -> float:
     start = time.perf_counter()
     try:
         metrics = run_job_metrics(cfg, job_dir, group)
-    except PipelineError as err:
+    except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     write_job_record(job_dir, group=group, variant=str(cfg.sweep.variant), seed=int(cfg.sweep.seed),

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         prepare(cfg, args.out)
         write_stage_time(experiments_dir(cfg) / "prepare", t0)
-    except PipelineError as err:
+    except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

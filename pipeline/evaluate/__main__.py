@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         for out in map_seeds(evaluate, cfg, args.variant, seeds, jobs):
             print(f"wrote {out}")
         write_stage_time(variant_dir(cfg, "eval", args.variant), t0, seeds=seeds, jobs=jobs)
-    except PipelineError as err:
+    except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

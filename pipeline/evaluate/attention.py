@@ -460,26 +460,6 @@ def plot_attention(df, png_path) -> Path:
 
 
 # ------------------------------------------------------------------------------- CLI
-def load_config(params: str | Path, overrides: Sequence[str] = ()):
-    """params.yaml (validated) with `key=value` overrides applied, validated again."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from pipeline.config import load_params, validate
-
-    cfg = load_params(params)
-    if not overrides:
-        return cfg
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must be key=value, got {bad}")
-    try:
-        merged = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg)), OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"bad override {list(overrides)}: {str(err).splitlines()[0]}") from None
-    return validate(merged)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.attention",
                                      description="Attention allocation of trained models at recall queries.")
@@ -494,10 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = overrides
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    from pipeline.config import load_params
     from pipeline.errors import PipelineError
 
     try:
-        cfg = load_config(args.params, args.overrides)
+        cfg = load_params(args.params, args.overrides)
         seeds = args.seeds if args.seeds is not None else [int(s) for s in cfg.study.seeds]
         from pipeline import paths
         from pipeline.io import write_stage_time
@@ -506,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in seeds:
             print(f"wrote {evaluate_attention(cfg, args.variant, s)}")
         write_stage_time(paths.variant_dir(cfg, "attention", args.variant), t0, seeds=[int(s) for s in seeds])
-    except PipelineError as err:
+    except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

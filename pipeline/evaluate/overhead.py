@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for out in run_stage(load_params(args.params)):
             print(f"wrote {out}")
-    except PipelineError as err:
+    except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
