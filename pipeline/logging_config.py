@@ -21,6 +21,7 @@ class WandbConfig:
     entity: Optional[str] = None
     group: Optional[str] = None  # null = the profile name
     tags: List[str] = field(default_factory=list)
+    init_timeout: float = 10.0  # seconds an online run may take to reach the server before it logs offline
 
 
 @dataclass
@@ -35,3 +36,6 @@ def validate(logger_cfg: Any, full_cfg: Any = None) -> None:
     mode = wb.get("mode") if wb is not None else None
     if mode is not None and str(mode) not in WANDB_MODES:
         raise ConfigError(f"logger.wandb.mode={mode!r} is not allowed; allowed: {', '.join(WANDB_MODES)}")
+    timeout = wb.get("init_timeout") if wb is not None else None
+    if timeout is not None and not float(timeout) > 0:
+        raise ConfigError(f"logger.wandb.init_timeout must be > 0 seconds, got {timeout}")

@@ -1,7 +1,8 @@
 """Weights & Biases runs for pipeline stages.
 
-The mode is decided before `wandb.init` (with an API key but no network, an online init blocks
-for ~100 s): offline unless the config or the WANDB_MODE env var says otherwise. Each stage's run
+The mode is decided before `wandb.init`: offline unless the config or the WANDB_MODE env var says
+otherwise. An online run that cannot reach the server within logger.wandb.init_timeout seconds (or
+has no API key) logs offline instead, with one warning: it never blocks a stage for minutes. Each stage's run
 lives under that stage's own output folder so a DVC stage owns its wandb files, and every run is
 finished even when the stage fails (otherwise the next Hydra multirun job logs into it).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -54,20 +56,26 @@ def start_wandb(cfg: Any, job_type: str, name: str, run_dir: str | os.PathLike,
     run_dir.mkdir(parents=True, exist_ok=True)
     group = _get(wb, "group") or _get(cfg, "profile_name") or None
     tags = [str(t) for t in (_get(wb, "tags") or [])]
-    config = dict(extra_config or {})
-    return wandb.init(
-        mode=mode,
+    timeout = float(_get(wb, "init_timeout", 10.0) or 10.0)
+    kwargs = dict(
         project=str(_get(wb, "project", "cmr-repro") or "cmr-repro"),
         entity=_get(wb, "entity"),
         group=str(group) if group else None,
         job_type=job_type,
         name=name,
         tags=tags or None,
-        config=config,
+        config=dict(extra_config or {}),
         dir=str(run_dir),  # wandb writes <dir>/wandb/
         reinit="finish_previous",
-        settings=wandb.Settings(silent=True),
     )
+    if mode == "online":
+        try:
+            settings = wandb.Settings(silent=True, init_timeout=timeout, login_timeout=timeout)
+            return wandb.init(mode="online", settings=settings, **kwargs)
+        except Exception as err:  # no key (UsageError), unreachable server (CommError), ...
+            print(f"warning: wandb online unavailable ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+                  f"logging offline to {run_dir / 'wandb'} (`wandb sync` it later)", file=sys.stderr)
+    return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
 
 
 def finish_wandb(run: Any, exit_code: int = 0) -> None:
