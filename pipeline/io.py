@@ -64,6 +64,31 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def staged_outputs(dest: str | os.PathLike, names: list[str], shared: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `dest` for a stage to write its outputs into; on success
+    each of `names` replaces its namesake in `dest` (one the stage did not write is removed there) and
+    each file under a `shared` folder (one other stages also write into) replaces its namesake; on
+    error the folder is removed and `dest` keeps every old output: never half old, half new."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+    try:
+        yield tmp
+        moves = [(tmp / n, dest / n) for n in names]
+        moves += [(f, dest / d / f.name) for d in shared for f in sorted((tmp / d).glob("*"))]
+        for i, (new, cur) in enumerate(moves):  # renames only, after everything was written
+            if cur.exists():
+                os.replace(cur, old / f"{i}")
+            if new.exists():
+                cur.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(new, cur)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_or_check(path: str | os.PathLike, text: str, *, check: bool, fix_hint: str) -> int:
     """Generated files kept in git: with `check`, exit code 1 (and `fix_hint`) if `path` does not hold
     `text` already; otherwise write it atomically. Returns a process exit code."""

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError, DataError, PipelineError
-from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text, staged_outputs
 from pipeline.paths import experiments_dir, run_dir, run_name
 from pipeline.report_config import ReportConfig, report_config
 from pipeline.report import checks
@@ -58,6 +58,10 @@ PAPER_NUMBERS_PATH = Path(__file__).with_name("paper_numbers.yaml")
 REQUIRED_COLUMNS = ("variant", "seed", "split", "task", "length", "doc_id", "query_idx", "query_type",
                     "answer", "pred", "correct")
 BASELINE_CAPTION = "Paper baseline = the paper's baseline model, which is our `window` variant."
+# What the report stage writes under results/ (its DVC outs), swapped in together when it succeeds;
+# results/plots/ is shared with the datasets stage, so there the report replaces only its own files.
+REPORT_OUTPUTS = ["tables", "REPORT.md", "summary.json", "stage_times.csv"]
+REPORT_SHARED = ("plots",)
 ATTENTION_FILE = "attention.parquet"
 ATTENTION_METRICS = ("entropy", "mass_fact", "mass_memory", "mass_fact_slots")
 
@@ -926,8 +930,10 @@ def hardware_lines(runs: Sequence[Mapping[str, Any]], train: Mapping[str, dict])
 
 
 def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence[str | Path],
-                 results_dir: str | Path) -> dict:
-    """Aggregate the given evaluation (and training) runs into results_dir; return summary.json's content."""
+                 results_dir: str | Path, datasets_csv: str | Path | None = None) -> dict:
+    """Aggregate the given evaluation (and training) runs into results_dir; return summary.json's content.
+
+    Table I comes from `datasets_csv` (default: results_dir/datasets/datasets.csv, the datasets stage's out)."""
     t0 = time.perf_counter()
     cfg = _plain(cfg)
     rc = report_config(cfg)
@@ -1099,7 +1105,7 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     for v in verdict_list:
         print(f"claim {v['claim']} ({v['source']}): {v['verdict']}")
 
-    ds_csv = results_dir / "datasets" / "datasets.csv"
+    ds_csv = Path(datasets_csv) if datasets_csv is not None else results_dir / "datasets" / "datasets.csv"
     datasets = pd.read_csv(ds_csv) if ds_csv.is_file() else None
     if datasets is None:
         notes.append(f"{ds_csv} missing: Table I not shown (run `python -m pipeline.datasets_table`)")
@@ -1453,8 +1459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = yaml.safe_load(p.read_text()) or {}
         evals, trains = _study_dirs(cfg, args.all_runs)
         results = Path((cfg.get("paths") or {}).get("results_dir", "results"))
-        summary = build_report(cfg, evals, trains, results)
-    except PipelineError as e:
+        with staged_outputs(results, REPORT_OUTPUTS, REPORT_SHARED) as tmp:  # a failed report leaves the old one whole
+            summary = build_report(cfg, evals, trains, tmp, datasets_csv=results / "datasets" / "datasets.csv")
+    except (PipelineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report written to {results}/ (REPORT.md, summary.json, tables/<table>.csv/.md/.tex/.png, plots/, "
