@@ -47,7 +47,7 @@ def test_load_params_roundtrip(tmp_path):
         (["study.variants=[window,lstm]"], ["study.variants", "lstm", "allowed"]),
         (["models.cmr.k=32", "backbone.window=16"], ["k", "window"]),
         (["models.cmr.capacity=4", "models.cmr.k=8"], ["capacity"]),
-        (["backbone.max_positions=1000"], ["max_positions"]),
+        (["backbone.positions=learned", "backbone.max_positions=1000"], ["max_positions"]),
         (["models.cmr.eviction=random"], ["eviction", "salience", "oldest"]),
         (["backbone.d_model=abc"], ["backbone.d_model"]),
         (["profile=huge"], ["profile/huge", "ci", "default", "paper"]),

@@ -316,7 +316,7 @@ def test_config_defaults_validate_and_bad_values_name_the_key():
     bad.eval.overhead.repeats = 0
     with pytest.raises(ConfigError, match="eval.overhead.repeats"):
         ecfg.validate(bad)
-    toolong = OmegaConf.create({"data": {"rare_counts": [10]}, "backbone": {"max_positions": 1000},
+    toolong = OmegaConf.create({"data": {"rare_counts": [10]}, "backbone": {"max_positions": 1000, "positions": "learned"},
                                 "study": {"variants": ["window", "full"]},
                                 "eval": OmegaConf.structured(ecfg.EvalConfig)})
     with pytest.raises(ConfigError, match="eval.overhead.lengths.*max_positions"):

@@ -408,7 +408,7 @@ def test_validate_accepts_defaults_and_omegaconf():
         ({"models.cmr.bptt_segments": -1}, "models.cmr.bptt_segments"),
         ({"models.cmr.mem_heads": 3}, "models.cmr.mem_heads"),
         ({"models.xl.mem_len": 0}, "models.xl.mem_len"),
-        ({"backbone.max_positions": 1000}, "backbone.max_positions"),
+        ({"backbone.max_positions": 1000, "backbone.positions": "learned"}, "backbone.max_positions"),
         ({"backbone.n_heads": 3}, "backbone.n_heads"),
         ({"backbone.positions": "alibi"}, "backbone.positions"),
         ({"backbone.conv_kernel": 17}, "backbone.conv_kernel"),
@@ -427,9 +427,16 @@ def test_validate_flat_mode_allows_reweave_at_layer_zero():
     validate(_cfg(**{"models.cmr.reweave_layers": [0], "models.cmr.mode": "flat"}))
     # full's limit counts the longest training document too
     with pytest.raises(ConfigError, match="max_positions"):
-        validate(_cfg(**{"data.eval_lengths": [100], "data.train_max_segments": 300}))
-    # and only when full is studied
-    validate(_cfg(**{"backbone.max_positions": 1000, "study.variants": ["window", "cmr"]}))
+        validate(_cfg(**{"data.eval_lengths": [100], "data.train_max_segments": 300, "backbone.positions": "learned"}))
+    # and only when full is studied, with a learned position table (rotary positions have no limit)
+    validate(_cfg(**{"backbone.max_positions": 1000, "backbone.positions": "learned",
+                     "study.variants": ["window", "cmr"]}))
+    validate(_cfg(**{"backbone.max_positions": 1000}))
+
+
+def test_full_with_rotary_positions_reads_past_max_positions():
+    m = make("full", dataclasses.replace(TINY, max_positions=10))
+    assert m(ids(1, 24)).logits.shape[:2] == (1, 24)
 
 
 def test_model_config_has_no_torch_import():

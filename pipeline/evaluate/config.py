@@ -119,7 +119,8 @@ def validate(cfg: Any, full_cfg: Any = None) -> None:
     # (the models' own check covers data.eval_lengths, not these).
     max_pos = _get(_get(full_cfg, "backbone"), "max_positions")
     variants = list(_get(_get(full_cfg, "study"), "variants", None) or list(_get(full_cfg, "models", None) or []))
-    if "full" in variants and max_pos is not None and max(lengths) > int(max_pos):
+    learned = _get(_get(full_cfg, "backbone"), "positions", "rotary") == "learned"
+    if "full" in variants and learned and max_pos is not None and max(lengths) > int(max_pos):
         raise ConfigError(f"eval.overhead.lengths: {max(lengths)} exceeds backbone.max_positions={max_pos}, "
                           "the longest input the `full` variant accepts; lower the length or raise max_positions")
     if "rare" in tasks and full_cfg is not None and _get(full_cfg, "data") is not None:

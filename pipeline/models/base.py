@@ -146,7 +146,7 @@ class MemoryLM(nn.Module):
         head over every token is a third of a small model's training FLOPs)."""
         B, N = input_ids.shape  # input_ids: [B, N]
         b = self.backbone_cfg
-        if self.memory.whole_sequence and N > b.max_positions:
+        if self.memory.whole_sequence and b.positions == "learned" and N > b.max_positions:
             raise ConfigError(f"input of {N} tokens exceeds backbone.max_positions = {b.max_positions} for `full`")
         T = N if (self.memory.whole_sequence or N <= b.window) else b.window
         S = math.ceil(N / T)

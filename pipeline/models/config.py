@@ -30,7 +30,7 @@ class BackboneConfig:
     positions: str = "rotary"  # rotary | learned
     rope_base: float = 10000.0
     dropout: float = 0.0
-    max_positions: int = 4096  # longest input `full` accepts (and its learned table size)
+    max_positions: int = 4096  # size of the learned position table: with positions=learned, `full`'s longest input
     tie_embeddings: bool = True
     conv_kernel: int = 4  # causal depthwise short convolution (taps) on each attention input; 0: none
 
@@ -271,7 +271,7 @@ def validate(cfg: Any, full_cfg: Any = None) -> None:
         if mem.name != v:
             raise ConfigError(f"models.{v}.name = {mem.name!r} must equal its key {v!r}")
         check_model(backbone, mem)
-        if v == "full":
+        if v == "full" and backbone.positions == "learned":  # rotary positions have no table to outgrow
             need = longest_input(root)
             if backbone.max_positions < need:
                 raise ConfigError(
