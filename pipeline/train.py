@@ -5,7 +5,7 @@ One LightningModule trains every memory variant (the variants differ only inside
 curriculum over document length, and `train(cfg, variant, seed)` is the single function both
 the DVC stage (this module's `main`) and Hydra sweeps call.
 
-Writes experiments/train/<variant>-s<seed>/:
+Writes experiments/train/<variant>/s<seed>/:
   checkpoints/last.ckpt, checkpoints/best.ckpt (max of train.monitor), metrics.json, csv/, wandb/
 """
 
@@ -284,6 +284,7 @@ class MemoryLMModule(L.LightningModule):
         self.val_names: list[str] = ["val"]  # split of each validation dataloader (set by train())
         self.monitor = str(self.tcfg.monitor)  # resolved by train() when `auto`
         self._val_sums: Optional[torch.Tensor] = None
+        self.fingerprint: dict[str, str] = {}  # run_fingerprint, set by train(), saved in every checkpoint
 
     def forward(self, input_ids: torch.Tensor, **kw: Any):
         return self.model(input_ids, **kw)
@@ -371,6 +372,7 @@ class MemoryLMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["val_history"] = list(self.val_history)
+        checkpoint["fingerprint"] = dict(self.fingerprint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_history = list(checkpoint.get("val_history", []))
@@ -450,6 +452,57 @@ class ThroughputMonitor(L.Callback):
 
 def run_dir_for(cfg: Any, variant: str, seed: int) -> Path:
     return paths.run_dir(cfg, "train", variant, seed)
+
+
+# `train` keys that change how a run is executed or shown, not what it learns: a resume may change them.
+RUNTIME_KEYS = ("threads", "progress_bar", "progress_refresh_rate", "log_every_n_steps", "resume")
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def run_fingerprint(cfg: dict, variant: str, seed: int, data_dir: str | Path) -> dict[str, str]:
+    """What a checkpoint must have been trained with for a run to continue it, one hash per part so a
+    mismatch can be named: the run's identity, its training, backbone and model config, the data
+    (manifest) and the code that defines model and training (an edited model is a new run)."""
+    here = Path(__file__).resolve().parent
+    sources = sorted((here / "models").glob("*.py")) + [here / "train.py", here / "train_config.py"]
+    parts = {"variant": variant, "seed": int(seed), "backbone": cfg["backbone"], "model": cfg["models"][variant],
+             "train": {k: v for k, v in cfg["train"].items() if k not in RUNTIME_KEYS}}
+    fp = {k: _sha(json.dumps(v, sort_keys=True, default=str).encode()) for k, v in parts.items()}
+    manifest = Path(data_dir) / "manifest.json"
+    fp["data"] = _sha(manifest.read_bytes()) if manifest.is_file() else "none"
+    fp["code"] = _sha(b"".join(p.read_bytes() for p in sources))
+    return fp
+
+
+def resumable(last: Path, fingerprint: dict[str, str]) -> Optional[str]:
+    """`last` if it is a readable checkpoint of a run with this fingerprint, else None (saying why)."""
+    if not last.exists():
+        return None
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        old = dict(state.get("fingerprint") or {})
+    except Exception as e:  # truncated or foreign file: torch raises several types
+        reason = f"is unreadable ({type(e).__name__})"
+    else:
+        changed = [k for k in fingerprint if old.get(k) != fingerprint[k]]
+        if not changed:
+            return str(last)
+        reason = f"was trained with a different {', '.join(changed)}"
+    print(f"warning: {last} {reason}: training from scratch", file=sys.stderr)
+    return None
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove a run's checkpoints and metrics, so nothing of an abandoned or failed run can be scored."""
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    (run_dir / "metrics.json").unlink(missing_ok=True)
 
 
 def check_monitor(monitor: str, val_sets: dict[str, DocumentSet]) -> None:
@@ -554,8 +607,9 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
           extra_callbacks: Optional[list] = None) -> dict:
     """Train `variant` with `seed` on the composed config `cfg`; returns (and writes) metrics.json.
 
-    Resumes from <run_dir>/checkpoints/last.ckpt when present (train.resume); a finished run is a
-    quick no-op that rewrites metrics.json from the checkpoint's history.
+    Resumes from <run_dir>/checkpoints/last.ckpt when it was trained with the same run_fingerprint
+    (train.resume), else starts from scratch; a finished run is a quick no-op that rewrites metrics.json
+    from the checkpoint's history. A diverged run raises TrainingError and leaves no checkpoint.
     """
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
@@ -584,8 +638,12 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
     cfg_dict = _to_container(cfg)
     module = MemoryLMModule(cfg_dict, variant, int(seed), vocab_size)
     module.val_names, module.monitor = dm.val_names, monitor
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if bool(t.resume) and last.exists() else None
+    module.fingerprint = run_fingerprint(cfg_dict, variant, seed, data_dir)
+    ckpt_path = resumable(run_dir / "checkpoints" / "last.ckpt", module.fingerprint) if bool(t.resume) else None
+    if ckpt_path is None:
+        clear_run(run_dir)
+    else:
+        (run_dir / "metrics.json").unlink(missing_ok=True)  # a run in progress has none; written when it ends
 
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
@@ -604,10 +662,8 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
         trainer = build_trainer(t, run_dir, loggers, [thr, *(extra_callbacks or [])], monitor)
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-        except RuntimeError as e:
-            if ckpt_path and "state_dict" in str(e):
-                raise TrainingError(f"cannot resume from {ckpt_path} (config changed?): {e}. "
-                                    "Delete the run folder or set train.resume=false.") from e
+        except TrainingError:
+            clear_run(run_dir)  # a diverged run leaves nothing to resume or score
             raise
         metrics = summarize(module, thr, t, variant, seed, trainer.global_step)
         atomic_write_json(run_dir / "metrics.json", metrics)
@@ -627,7 +683,11 @@ def load_trained(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Mod
     if not path.exists():
         raise DataError(f"no checkpoint at {path}; run `python -m pipeline.train` for this variant/seed first")
     # weights_only=False: our own Lightning checkpoint (loop and callback state are plain Python objects)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file: torch raises several types
+        raise DataError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:120]}); "
+                        "retrain this run") from None
     hp = dict(state["hyper_parameters"])
     model = _build_model(hp["cfg"], hp["variant"], hp["vocab_size"])
     sd = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
@@ -657,9 +717,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.max_steps=100")
     args = ap.parse_args(argv)
     try:
-        cfg = load_params(args.params)
-        if args.overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
+        cfg = load_params(args.params, args.overrides)
         seeds = [int(s) for s in (args.seeds if args.seeds is not None else cfg.study.seeds)]
         if args.run_dir is not None:
             if len(seeds) != 1:
@@ -671,7 +729,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             t0 = time.perf_counter()
             results = train_seeds(cfg, args.variant, seeds, jobs)
             write_stage_time(paths.variant_dir(cfg, "train", args.variant), t0, seeds=seeds, jobs=jobs)
-    except PipelineError as e:
+    except (PipelineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for metrics in results:

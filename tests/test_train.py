@@ -134,21 +134,56 @@ def test_same_seed_is_bit_identical(env, tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
-def test_rerun_resumes_from_last_checkpoint(env, tmp_path):
+def test_rerun_resumes_only_a_run_of_the_same_config(env, tmp_path, capsys):
     straight = T.train(_with(env, max_steps=10), "window", 0, run_dir=tmp_path / "straight")
     first = T.train(_with(env, max_steps=5), "window", 0, run_dir=tmp_path / "resumed")
     assert first["steps"] == 5
-    # the same run asked for 10 steps continues at step 5 (the cosine schedule depends on max_steps,
-    # so compare with a straight run only on the step counter and history, then weights exactly
-    # against a straight run that had the same schedule from the start)
+    # asking the 5-step run for 10 steps is another run (the cosine schedule depends on max_steps):
+    # it starts from scratch, says why, and equals the straight run
+    capsys.readouterr()
     second = T.train(_with(env, max_steps=10), "window", 0, run_dir=tmp_path / "resumed")
-    assert second["steps"] == 10
-    assert [e["step"] for e in second["val_curve"]] == [5, 10]
-    assert second["val_curve"][0] == first["val_curve"][0]
-    # a finished run is a no-op resume: same metrics, no new training
-    again = T.train(_with(env, max_steps=10), "window", 0, run_dir=tmp_path / "resumed")
-    assert again["val_curve"] == second["val_curve"] and again["steps"] == 10
-    assert straight["steps"] == 10
+    assert "different train: training from scratch" in capsys.readouterr().err
+    assert second["val_curve"] == straight["val_curve"] and second["steps"] == 10
+    # a finished run of the same config is a no-op resume: same metrics, no new training
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    stamp = last.stat().st_mtime_ns
+    again = T.train(_with(env, max_steps=10, progress_bar="tqdm"), "window", 0, run_dir=tmp_path / "resumed")
+    assert again["val_curve"] == second["val_curve"] and last.stat().st_mtime_ns == stamp
+    assert "from scratch" not in capsys.readouterr().err
+    # a new learning rate does not report the old run's metrics
+    other = T.train(_with(env, max_steps=10, lr=3e-3), "window", 0, run_dir=tmp_path / "resumed")
+    assert other["val_curve"] != second["val_curve"]
+    assert "different train" in capsys.readouterr().err
+
+
+def test_fingerprint_names_what_changed(env, tmp_path):
+    from pipeline.config import as_plain
+
+    cfg = as_plain(env)
+    fp = T.run_fingerprint(cfg, "cmr", 0, env.paths.data_dir)
+    assert fp == T.run_fingerprint(cfg, "cmr", 0, env.paths.data_dir)
+    cfg2 = as_plain(env)
+    cfg2["models"]["cmr"]["k"] = 2
+    cfg2["train"]["threads"] = 2  # runtime only
+    changed = {k for k, v in T.run_fingerprint(cfg2, "cmr", 0, env.paths.data_dir).items() if fp[k] != v}
+    assert changed == {"model"}
+    changed = {k for k, v in T.run_fingerprint(cfg, "cmr", 1, tmp_path).items() if fp[k] != v}
+    assert changed == {"seed", "data"}
+
+
+def test_truncated_checkpoint_is_retrained_and_refused_by_load_trained(env, tmp_path, capsys):
+    from pipeline.errors import DataError
+
+    run = tmp_path / "run"
+    T.train(env, "window", 0, run_dir=run)
+    for name in ("last.ckpt", "best.ckpt"):
+        p = run / "checkpoints" / name
+        p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(DataError, match="best.ckpt is not a readable checkpoint"):
+        T.load_trained(run)
+    m = T.train(env, "window", 0, run_dir=run)
+    assert "unreadable" in capsys.readouterr().err and m["steps"] == 10
+    T.load_trained(run)
 
 
 def test_resume_matches_uninterrupted_run(env, tmp_path):
@@ -179,8 +214,11 @@ def test_nan_loss_raises_training_error(env, tmp_path):
                 with torch.no_grad():
                     next(module.model.parameters()).fill_(float("nan"))
 
+    T.train(env, "window", 0, run_dir=tmp_path / "nan")  # a finished run, then a diverging rerun
     with pytest.raises(TrainingError, match="step 3"):
-        T.train(env, "window", 0, run_dir=tmp_path / "nan", extra_callbacks=[Poison()])
+        T.train(_with(env, lr=2e-2), "window", 0, run_dir=tmp_path / "nan", extra_callbacks=[Poison()])
+    # nothing is left that a rerun would resume or evaluate would score
+    assert not (tmp_path / "nan" / "checkpoints").exists() and not (tmp_path / "nan" / "metrics.json").exists()
 
 
 def test_unknown_variant_and_bad_config(env):
@@ -201,6 +239,12 @@ def test_main_reports_config_errors(env, tmp_path, capsys):
     p.write_text(OmegaConf.to_yaml(env))
     assert T.main(["--variant", "nope", "--params", str(p)]) == 2
     assert "unknown variant 'nope'" in capsys.readouterr().err
+    # overrides are validated like the file: one line, exit 2, no traceback
+    assert T.main(["--variant", "window", "--params", str(p), "train.lr=abc"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train.lr" in err and "Traceback" not in err
+    assert T.main(["--variant", "window", "--params", str(p), "train.no_such=1"]) == 2
+    assert "train.no_such" in capsys.readouterr().err
 
 
 def test_curriculum_sampler_respects_limit_and_equal_lengths():
