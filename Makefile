@@ -24,9 +24,10 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml $(CONSTRAINTS)
 study: setup
 	dvc repro
 
-## The whole study on the tiny ci profile (a few minutes); writes params.yaml for that profile.
+## The whole study on the tiny ci profile (a few minutes), as a DVC experiment in a temporary copy: the
+## workspace (params.yaml, results/) keeps the study. `dvc exp show` lists it, `dvc exp apply` brings it in.
 study-ci: setup
-	dvc exp run -S profile=ci
+	dvc exp run --temp -S profile=ci
 
 ## The unit tests and the end-to-end ci-profile pipeline test.
 test: setup
