@@ -122,3 +122,44 @@ def test_second_repro_is_a_noop(ci_study):
     out = _run([str(BIN / "dvc"), "repro"], repo, env)
     assert "Running stage" not in out, out[-3000:]
     assert "up to date" in out
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_killed_repro_resumes_and_gives_the_same_predictions(ci_study):
+    """SIGKILL a `dvc repro` mid-training (after the first checkpoint), rerun it: training resumes
+    (train outs persist) and the evaluation equals the uninterrupted run's, bit for bit."""
+    import signal
+    import time
+
+    repo, env, _ = ci_study
+    exp = repo / "experiments"
+    before = {p.relative_to(exp): p.read_bytes() for p in (exp / "eval" / "window").glob("s*/predictions.parquet")}
+    import torch
+
+    def weights():
+        ckpt = exp / "train" / "window" / "s0" / "checkpoints" / "best.ckpt"
+        return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+    weights_before = weights()
+    assert before
+    shutil.rmtree(exp / "train" / "window")
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro", "train@window"], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = exp / "train" / "window" / "s0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert not (exp / "train" / "window" / "s0" / "metrics.json").exists()  # it was mid-run
+    out = _run([str(BIN / "dvc"), "repro"], repo, env)
+    assert "Running stage 'train@window'" in out
+    # the rerun continued the interrupted checkpoint (or, killed while writing it, said it was unreadable)
+    assert "Restored all states" in out or "is unreadable" in out, out[-3000:]
+    after = {p.relative_to(exp): p.read_bytes() for p in (exp / "eval" / "window").glob("s*/predictions.parquet")}
+    assert after == before
+    w = weights()
+    assert w.keys() == weights_before.keys() and all(torch.equal(w[k], weights_before[k]) for k in w)
+    assert "up to date" in _run([str(BIN / "dvc"), "status"], repo, env)
