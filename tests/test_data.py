@@ -327,7 +327,7 @@ def test_prepare_cli_with_params_file(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(to_params_yaml(compose(["profile=ci", "data.n_train_docs=200"])))
     cmd = [sys.executable, "-m", "pipeline.data.prepare", "--params"]
-    cwd = Path(__file__).resolve().parents[1]
+    cwd = tmp_path  # the stage writes experiments/prepare/stage.json under the cwd: never into the repo
     r = subprocess.run([*cmd, str(params), "--out", str(tmp_path / "data")], capture_output=True, text=True,
                        cwd=cwd, timeout=120)
     assert r.returncode == 0, r.stderr
