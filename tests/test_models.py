@@ -200,6 +200,23 @@ def test_cmr_salience_eviction_keeps_highest_scores():
     assert len(kept) == 3 and all(p >= 16 for p in kept)  # 2 of segment 5 and 1 of segment 4
 
 
+@pytest.mark.parametrize("score_input", ["block_input", "output"])
+def test_cmr_scorer_input(score_input):
+    """block_input: at capture layer 0 a token's salience is a function of that token alone (the
+    block's input is its embedding), so editing another token of the segment leaves it unchanged;
+    output: the scorer reads the block's output, which attention mixes with the tokens before it."""
+    m = make("cmr", k=2, capacity=5, score_input=score_input)
+    seen = []
+    m.memory.scorer["0"].register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
+    a = ids(1, 12, seed=5)
+    b = a.clone()
+    b[0, 0] = (b[0, 0] + 1) % V  # first token of segment 0
+    m(a), m(b)
+    za, zb = seen[0].flatten(), seen[1].flatten()  # salience logits of segments 0..1 (the last is never read)
+    assert not torch.equal(za[0], zb[0])
+    assert torch.equal(za[1:], zb[1:]) == (score_input == "block_input")
+
+
 def test_cmr_banks_reset_between_documents():
     m = loud(make("cmr", k=2, capacity=5))
     a, b = ids(1, 30, seed=3), ids(1, 30, seed=4)
@@ -405,6 +422,7 @@ def test_validate_accepts_defaults_and_omegaconf():
         ({"models.cmr.selection": "best"}, "models.cmr.selection"),
         ({"models.cmr.eviction": "lru"}, "models.cmr.eviction"),
         ({"models.cmr.mode": "deep"}, "models.cmr.mode"),
+        ({"models.cmr.score_input": "embedding"}, "models.cmr.score_input"),
         ({"models.cmr.bptt_segments": -1}, "models.cmr.bptt_segments"),
         ({"models.cmr.mem_heads": 3}, "models.cmr.mem_heads"),
         ({"models.xl.mem_len": 0}, "models.xl.mem_len"),

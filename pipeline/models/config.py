@@ -16,6 +16,7 @@ POSITIONS = ("rotary", "learned")
 SELECTIONS = ("learned", "norm", "random", "recent")
 EVICTIONS = ("salience", "oldest")
 MODES = ("hierarchical", "flat")
+SCORE_INPUTS = ("block_input", "output")
 
 
 @dataclass
@@ -81,6 +82,8 @@ class CMRConfig(MemoryConfig):
     gate: bool = True  # false: plain residual add (ablation)
     gate_bias: float = -4.0
     bptt_segments: int = 4  # segments gradients flow back through the banks (0: detached)
+    score_input: str = "block_input"  # what the scorer reads: block_input (the token as it enters the
+    # capture layer, before the block mixes tokens) | output (the captured state itself)
 
 
 MEMORY_CONFIGS: dict[str, type] = {
@@ -185,6 +188,7 @@ def _check_cmr(b: BackboneConfig, m: CMRConfig) -> None:
         ("selection", m.selection, SELECTIONS),
         ("eviction", m.eviction, EVICTIONS),
         ("mode", m.mode, MODES),
+        ("score_input", m.score_input, SCORE_INPUTS),
     ):
         if val not in allowed:
             raise ConfigError(f"{p}.{key} = {val!r}; allowed: {list(allowed)}")
