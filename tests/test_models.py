@@ -100,10 +100,17 @@ def test_causal_across_segments(name, positions):
         assert not torch.allclose(out[:, t + 1 :], base[:, t + 1 :]), "change had no effect at all"
 
 
+# The reading-order tests below give cmr a scorer that reads the block output: with the default
+# (block input), copies of one token score exactly the same at layer 0, and which copy torch.topk keeps
+# may differ between reading orders. test_cmr_block_input_streaming_equals_batched covers the default
+# on documents whose tokens are all different.
+OUTPUT_SCORER = {"score_input": "output"}
+
+
 @pytest.mark.parametrize("name", ["window", "xl", "cmr"])
 def test_streaming_equals_batched(name):
     """Segment-by-segment reading (chunk=1) equals the layer-wise batched path."""
-    m = make(name, **VARIANT_KW[name])
+    m = make(name, **VARIANT_KW[name], **(OUTPUT_SCORER if name == "cmr" else {}))
     if name == "cmr":
         loud(m)
     x = ids(2, 31)
@@ -113,9 +120,17 @@ def test_streaming_equals_batched(name):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_cmr_block_input_streaming_equals_batched():
+    m = loud(make("cmr", **VARIANT_KW["cmr"]))
+    x = torch.stack([torch.randperm(V, generator=torch.Generator().manual_seed(s))[:31] for s in (1, 2)])
+    a = m(x).logits
+    for chunk in (1, 3):
+        torch.testing.assert_close(a, m(x, chunk_segments=chunk).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_cmr_long_chunks_equal_batched():
     """Chunks longer than prefix_topk's block (8 segments), carried across chunk boundaries."""
-    m = loud(make("cmr", k=2, capacity=3))
+    m = loud(make("cmr", k=2, capacity=3, **OUTPUT_SCORER))
     x = ids(1, 4 * 45 + 1)
     a, b = m(x), m(x, chunk_segments=20)
     torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
@@ -125,7 +140,7 @@ def test_cmr_long_chunks_equal_batched():
 @pytest.mark.parametrize("eviction", ["salience", "oldest"])
 @pytest.mark.parametrize("selection", ["learned", "norm", "recent"])
 def test_cmr_bank_rules_streaming_equals_batched(eviction, selection):
-    m = loud(make("cmr", k=2, capacity=3, eviction=eviction, selection=selection))
+    m = loud(make("cmr", k=2, capacity=3, eviction=eviction, selection=selection, **OUTPUT_SCORER))
     x = ids(2, 40)
     a, b = m(x), m(x, chunk_segments=1)
     torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)

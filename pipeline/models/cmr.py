@@ -3,12 +3,14 @@
 Capture (after block l, for l in capture_layers): salience a = sigmoid(z), z = w_l . LN(u) + b_l per
 token (LN without affine: its scale/shift fold into w_l, b_l), where u is what the scorer reads
 (`score_input`): the token as it enters block l (default) or block l's output h. The top-k tokens of
-each segment by the selection score (learned: z; norm: |h|; random; recent: position; equal scores
-go to the newer token) are written to bank l as a * P_l(h) in R^{d_mem}. Why the block input: a scorer
-that reads h ranks a token by what attention mixed into it, and in training (no bank ever overflows)
-nothing teaches it to rank a fact above filler that had attended to one; its ranking drifted and
-long-document recall rose and collapsed. Reading the token before the mix, it learns which tokens
-are worth keeping (README, "How the default recipe was found"). The same score decides eviction: a bank holds at most K slots and, after
+each segment by the selection score (learned: z; norm: |h|; random; recent: position) are written
+to bank l as a * P_l(h) in R^{d_mem}. Why the block input: a scorer that reads h ranks a token by
+what attention mixed into it, and in training (no bank overflows) nothing teaches it to rank a fact
+above filler that attended to one; its ranking drifted and long-document recall rose and fell.
+Reading the token before the mix, it learns which tokens are worth keeping (README, "How the
+default recipe was found"). With the block input at layer 0, copies of one token score exactly the
+same; torch.topk breaks the tie.
+The same score decides eviction: a bank holds at most K slots and, after
 each write, keeps the K highest-scoring of (old slots + new captures) -- or, with
 `eviction: oldest`, the K most recent. Because "keep the top K" composes, the bank that segment s
 reads is simply the top K of all captures from segments < s; that is how the batched path
@@ -144,19 +146,14 @@ class CMRMemory(Memory):
         z = self.scorer[str(l)](F.layer_norm(hz, (D,))).squeeze(-1)  # salience logits [B, cs, T]
         a = torch.sigmoid(z)
         sel = self.cfg.selection
-        seg = torch.arange(step.c0, step.c0 + cs, device=h.device)  # [cs]
-        doc_pos = seg[:, None] * T + torch.arange(T, device=h.device)  # [cs, T]
         if sel == "learned":  # z, not a: no ties where the sigmoid saturates
-            score = z.detach().double()
+            score = z
         elif sel == "norm":
-            score = hs.detach().norm(dim=-1).double()
+            score = hs.detach().norm(dim=-1)
         elif sel == "random":
-            score = torch.rand(B, cs, T, device=h.device, dtype=torch.float64)
-        else:  # recent: by position, within the segment and across segments
-            score = doc_pos.double().expand(B, cs, T)
-        # equal scores (the same token twice, when salience reads the token alone) go to the newer
-        # position, in the segment and in the bank, so every reading order keeps the same slots
-        score = score + 1e-12 * doc_pos
+            score = torch.rand(B, cs, T, device=h.device)
+        else:  # recent
+            score = torch.arange(T, device=h.device, dtype=h.dtype).expand(B, cs, T)
         idx = score.topk(k, dim=-1).indices  # [B, cs, k]
         if self.cfg.eviction == "oldest":
             idx = idx.sort(dim=-1).values  # capture order = position order
@@ -164,8 +161,12 @@ class CMRMemory(Memory):
         h_sel = hs.reshape(B * cs * T, D).index_select(0, flat).view(B, cs, k, D)  # [B, cs, k, D]
         a_sel = a.gather(2, idx)
         value = a_sel[..., None] * self.write[str(l)](h_sel)  # [B, cs, k, d_mem]
+        seg = torch.arange(step.c0, step.c0 + cs, device=h.device)  # [cs]
         pos = seg[None, :, None] * T + idx  # document positions [B, cs, k]
-        ev = score.gather(2, idx)  # eviction: the same score
+        if sel == "recent":  # evict by recency across segments too
+            ev = pos.double()
+        else:  # eviction: the same score (copies of one token tie; topk breaks the tie)
+            ev = score.gather(2, idx).double()
         if step.return_attention:  # every capture, evicted or not (the memory diagnostics' "captured")
             state["captured"].setdefault(l, []).append(pos.reshape(B, cs * k))
         state["items"][l] = {
