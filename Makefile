@@ -49,8 +49,8 @@ ablations: setup
 	$(BIN)/python -m pipeline.ablations $$(for a in $(ABLATIONS); do ls -d multirun/ablation_$$a/*/ | tail -n 1; done)
 
 ## The implementation's sanity check (conf/experiment/sanity_recall.yaml: window, xl, cmr x 3 seeds on the
-## regime where CMR is known to work; 9 jobs of 8,000 steps, 8-12 min each: ~90 min one after the other, ~45 with
-## `sweep.variant=cmr` and `sweep.variant=window,xl` as two multiruns side by side), then results/sanity/ from the latest run.
+## regime where CMR is known to work; 9 jobs of 4,000 steps, 4-7 min each: ~50 min one after the other, ~25 with
+## two or three multiruns side by side, README), then results/sanity/ from the latest run.
 sanity: setup
 	$(BIN)/python -m pipeline.sweep -m experiment=sanity_recall
 	$(BIN)/python -m pipeline.sanity $$(ls -d multirun/sanity_recall/*/ | tail -n 1)

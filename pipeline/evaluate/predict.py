@@ -17,9 +17,10 @@ from pipeline.errors import DataError
 # Columns of predictions.parquet (CONTRACT.md), in this order.
 PRED_COLUMNS = [
     "variant", "seed", "split", "task", "length", "doc_id", "query_idx", "query_type",
-    "answer", "pred", "correct", "distance", "answer_train_count", "n_turns",
+    "answer", "pred", "correct", "distance", "query_pos", "answer_train_count", "n_turns",
 ]
-_INT_COLUMNS = ["seed", "length", "query_idx", "answer", "pred", "distance", "answer_train_count", "n_turns"]
+_INT_COLUMNS = ["seed", "length", "query_idx", "answer", "pred", "distance", "query_pos", "answer_train_count",
+                "n_turns"]
 REQUIRED_SPLIT_COLUMNS = ["doc_id", "task", "input_ids", "query_pos", "answers", "query_type", "distance", "n_turns"]
 
 
@@ -142,6 +143,7 @@ def predict_split(
             rows["pred"].append(int(p))
             rows["correct"].append(int(a) == int(p))
             rows["distance"].append(int(cols["distance"][i][j]))
+            rows["query_pos"].append(int(cols["query_pos"][i][j]))
             rows["answer_train_count"].append(counts.get(int(a), 0))
             rows["n_turns"].append(n_turns)
     return _typed(pd.DataFrame(rows))

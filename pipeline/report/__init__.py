@@ -49,7 +49,7 @@ from pipeline.report import checks
 from pipeline.report.curves import write_curves
 from pipeline.report.memory import write_memory
 from pipeline.report.common import (FAILED, MIXED, NOT_RUN, NOT_SUPPORTED, NOT_TESTABLE, NOT_TESTED, PASSED,
-                                    SUPPORTED, VARIANT_ORDER, distance_bin)
+                                    SUPPORTED, VARIANT_ORDER, distance_bin, segment_distance)
 from pipeline.report.common import doc_mean_over_seeds as _doc_mean_over_seeds
 from pipeline.stats import (align_pairs, bootstrap_ci, bootstrap_diff_ci, bootstrap_ratio_ci, holm,
                             mcnemar_from_outcomes)
@@ -796,7 +796,7 @@ def plot_accuracy(table: pd.DataFrame, spec: AccuracySpec, paper: PaperTable | N
         ax.set_xlim(-0.3, max(float(table[spec.key].max()), 1.0) * 1.5)
     ax.set_xlabel({"N": "document length N (tokens)", "bucket": "answer's count in training split",
                    "turns": "dialogue turns",
-                   "distance_segments": "fact-to-query distance (segments of W tokens, bin lower edge)"
+                   "distance_segments": "segments from the fact's to the query's (bin lower edge)"
                    }.get(spec.key, spec.key))
     ax.set_ylabel("accuracy (95% CI over documents)")
     ax.set_ylim(-0.02, 1.02)
@@ -959,7 +959,7 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     preds = pd.concat(frames, ignore_index=True)
     window = int((cfg.get("backbone") or {}).get("window") or 0)
     if window > 0:
-        preds["distance_segments"] = distance_bin(preds["distance"] // window)
+        preds["distance_segments"] = distance_bin(segment_distance(preds, window))
 
     train: dict[str, dict] = {}
     train_src: dict[str, str] = {}

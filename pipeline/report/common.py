@@ -37,3 +37,11 @@ def distance_bin(segments: pd.Series) -> pd.Series:
     """Lower edge of the power-of-two bin of a distance in segments: 0, 1, 2, 4, 8, ..."""
     seg = segments.clip(lower=0).astype("int64")
     return seg.where(seg < 1, 2 ** np.floor(np.log2(seg.clip(lower=1))).astype("int64"))
+
+
+def segment_distance(preds: pd.DataFrame, window: int) -> pd.Series:
+    """Segments between the fact's and the query's (what a segment reader's reach is counted in; a
+    fact 20 tokens back may sit two segments back). Predictions without query_pos: distance // window."""
+    if "query_pos" not in preds:
+        return preds["distance"] // window
+    return preds["query_pos"] // window - (preds["query_pos"] - preds["distance"]) // window

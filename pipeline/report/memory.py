@@ -35,10 +35,11 @@ def far_queries(attention: pd.DataFrame, window: int) -> pd.DataFrame:
     reweave = a.groupby("layer")["n_slots"].max()
     a = a[a["layer"].isin(reweave[reweave > 0].index)]
     key = ["seed", "length", "doc_id", "query_idx"]
+    seg = "distance_segments" if "distance_segments" in a else "distance"  # the attention stage's own count
     q = a.groupby(key, sort=True).agg(
-        distance=("distance", "first"), mass_fact_slots=("mass_fact_slots", "max"),
+        distance=("distance", "first"), seg=(seg, "first"), mass_fact_slots=("mass_fact_slots", "max"),
         **{f: (f, "max") for f in RATES}).reset_index()
-    q["distance_segments"] = distance_bin(q["distance"] // window)
+    q["distance_segments"] = distance_bin(q.pop("seg") if seg == "distance_segments" else q.pop("seg") // window)
     q["lost_at"] = np.select(
         [~q["captured_any"], ~q["fact_in_memory"], ~q["top_slot_on_fact"], ~q["correct"]],
         list(STAGES[:4]), default="correct")
