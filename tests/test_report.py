@@ -582,3 +582,12 @@ def test_stage_times_use_the_stage_clock_when_seeds_ran_side_by_side(tmp_path):
     (tmp_path / "experiments" / "train" / "cmr" / "stage.json").write_text(json.dumps({"wall_s": 130.0}))
     rows = stage_time_rows(cfg, runs, train, {})
     assert [(r["stage"], r["run"], r["runs"], r["wall_s"]) for r in rows][0] == ("train", "cmr", 2, 130.0)
+
+
+def test_segment_distance_counts_segments_not_tokens():
+    """A fact 20 tokens before a query early in its segment sits two segments back (W=16), not one."""
+    from pipeline.report.common import segment_distance
+
+    preds = pd.DataFrame({"query_pos": [34, 45, 34], "distance": [20, 20, 2]})
+    assert segment_distance(preds, 16).tolist() == [2, 1, 0]  # fact at 14 (seg 0), 25 (seg 1), 32 (seg 2)
+    assert segment_distance(preds.drop(columns="query_pos"), 16).tolist() == [1, 1, 0]  # old predictions
