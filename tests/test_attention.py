@@ -333,7 +333,7 @@ def test_cmr_rows_record_the_memory_funnel(tmp_path):
     assert (l1["fact_in_memory"] | ~l1["top_slot_on_fact"]).all()  # the read can only find what is there
     from pipeline.report.memory import STAGES, far_queries, funnel
 
-    fq = far_queries(df, W)
+    fq = far_queries(df)
     assert set(fq["lost_at"]) <= set(STAGES) and len(fq) == (df[df["layer"] == 1]["query_type"] == "far").sum()
     t = funnel(fq, "length")
     shares = t[[c for c in t if c.startswith("lost_")] + ["answered"]].sum(axis=1)

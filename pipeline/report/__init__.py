@@ -1065,7 +1065,7 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
         attention, att_raw = build_attention(att_paths, rc, tables_dir, plots_dir)
         summary["attention"] = _jsonable(attention.to_dict("records"))
         if window > 0:
-            memory_tables = write_memory(att_raw, window, tables_dir, plots_dir, write_table)
+            memory_tables = write_memory(att_raw, tables_dir, plots_dir, write_table)
             if memory_tables is not None:
                 summary["memory"] = {k: _jsonable(t.to_dict("records")) for k, t in memory_tables.items()}
 

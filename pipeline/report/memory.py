@@ -26,7 +26,7 @@ STAGES = ("scorer", "eviction", "read", "binding", "correct")
 RATES = ("captured_value", "captured_any", "value_in_memory", "fact_in_memory", "top_slot_on_fact", "correct")
 
 
-def far_queries(attention: pd.DataFrame, window: int) -> pd.DataFrame:
+def far_queries(attention: pd.DataFrame) -> pd.DataFrame:
     """One row per cmr far query (seed, length, doc, query): flags pooled over the reweave layers (the
     layers that read a bank: retained/read anywhere counts), and the stage it was lost at."""
     a = attention[(attention["variant"] == "cmr") & (attention["query_type"] == "far")]
@@ -35,11 +35,10 @@ def far_queries(attention: pd.DataFrame, window: int) -> pd.DataFrame:
     reweave = a.groupby("layer")["n_slots"].max()
     a = a[a["layer"].isin(reweave[reweave > 0].index)]
     key = ["seed", "length", "doc_id", "query_idx"]
-    seg = "distance_segments" if "distance_segments" in a else "distance"  # the attention stage's own count
     q = a.groupby(key, sort=True).agg(
-        distance=("distance", "first"), seg=(seg, "first"), mass_fact_slots=("mass_fact_slots", "max"),
-        **{f: (f, "max") for f in RATES}).reset_index()
-    q["distance_segments"] = distance_bin(q.pop("seg") if seg == "distance_segments" else q.pop("seg") // window)
+        distance=("distance", "first"), distance_segments=("distance_segments", "first"),
+        mass_fact_slots=("mass_fact_slots", "max"), **{f: (f, "max") for f in RATES}).reset_index()
+    q["distance_segments"] = distance_bin(q["distance_segments"])  # the attention stage counts segments
     q["lost_at"] = np.select(
         [~q["captured_any"], ~q["fact_in_memory"], ~q["top_slot_on_fact"], ~q["correct"]],
         list(STAGES[:4]), default="correct")
@@ -93,10 +92,10 @@ def plot_funnel(tables: dict[str, pd.DataFrame], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def write_memory(attention: pd.DataFrame, window: int, tables_dir: Path, plots_dir: Path, write_table):
+def write_memory(attention: pd.DataFrame, tables_dir: Path, plots_dir: Path, write_table):
     """tables/memory_by_length.*, tables/memory_by_distance.*, tables/memory.png, plots/memory.csv;
     None when the attention stage has no cmr far queries."""
-    q = far_queries(attention, window)
+    q = far_queries(attention)
     if q.empty:
         return None
     tables = {"length": funnel(q, "length"), "distance_segments": funnel(q, "distance_segments")}
