@@ -157,7 +157,7 @@ def reference_values(jobs: Sequence[Job], keys: Sequence[str]) -> dict[str, Any]
 
 
 def load_predictions(job: Job) -> pd.DataFrame:
-    from pipeline.report import load_eval_run
+    from pipeline.report.load import load_eval_run
 
     df, _, _ = load_eval_run(job.run_path("eval"))
     return df[df["task"] == "recall"].copy()
@@ -181,7 +181,7 @@ def _mean(values: Sequence[Any]) -> float:
 
 def aggregate(roots: Sequence[str | Path]) -> pd.DataFrame:
     """One row per (sweep, setting) over every job under `roots`."""
-    from pipeline.report import cell_stats
+    from pipeline.report.tables import cell_stats
     from pipeline.report_config import report_config
     from pipeline.stats import align_pairs, holm, mcnemar_from_outcomes
 

@@ -52,7 +52,7 @@ def datasets_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
 
 def plot_datasets(df: pd.DataFrame, path: Path) -> None:
     """Mean document length (tokens) per split, grouped by kind; the training length marked."""
-    from pipeline.report import pyplot, save_png
+    from pipeline.report.render import pyplot, save_png
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(df) + 1.5))
@@ -78,7 +78,7 @@ def plot_datasets(df: pd.DataFrame, path: Path) -> None:
 
 def write_datasets(manifest_path: Path, results_dir: Path) -> pd.DataFrame:
     """Read the manifest, write every output of the stage, return the table."""
-    from pipeline.report import write_table
+    from pipeline.report.render import write_table
 
     if not manifest_path.is_file():
         raise DataError(f"{manifest_path} missing (run the prepare stage: python -m pipeline.data.prepare)")

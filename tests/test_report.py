@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.paths import run_dir
-from pipeline.report import build_report, load_paper_numbers, main
+from pipeline.report import build_report, main
+from pipeline.report.paper import load_paper_numbers
 
 NS = (500, 1000, 1500)
 BUCKETS = (10, 100, 1000)
@@ -59,7 +60,7 @@ def train_metrics(v, learned=True):
               "val/loss": 0.1, "val_long/loss": 0.2, "val/recall_numeric": 0.95 if learned else 0.1}]
     return {"wall_s": 60.0, "train_tokens_per_s": 9000.0, "steps": 100, "val_recall": 0.9, "steps_to_90": 80,
             "params": 142000, "val_recall_far": far, "val_long_recall_far": far - 0.01, "val_best": curve[-1],
-            "val_curve": curve, "monitor": "val/recall_far" if v == "full" else "val_long/recall_far",
+            "val_curve": curve, "monitor": "val/recall" if v == "full" else "val_long/recall_far",
             "best_step": 100, "val_best_monitor": far}
 
 
@@ -206,10 +207,13 @@ def test_failed_validity_is_marked_failed(tmp_path, capsys):
 
 
 def _write_params(tmp_path, cfg):
-    import yaml
+    """A whole composed config (the stage validates it, as every stage does) with the test study's keys."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config import compose
 
     p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump(cfg))
+    OmegaConf.save(OmegaConf.merge(compose([]), cfg), p)
     return p
 
 
@@ -283,7 +287,7 @@ def test_xl_comparison_joins_the_holm_family(tmp_path):
 
 
 def test_checks_read_every_seed():
-    from pipeline.report import ReportConfig
+    from pipeline.report_config import ReportConfig
     from pipeline.report.checks import ceiling, cmr_learned, numeric_learnable
 
     rc = ReportConfig()
@@ -305,7 +309,7 @@ def _doc(variant, seed, doc, answers, preds, types=None):
 
 
 def test_binding_table_and_check():
-    from pipeline.report import ReportConfig
+    from pipeline.report_config import ReportConfig
     from pipeline.report.checks import binding, binding_table
 
     # doc values {1, 2, 3, 4}: `cmr` right 3 of 4; `window` answers only with values, picks the earlier
@@ -322,7 +326,7 @@ def test_binding_table_and_check():
 
 
 def test_xl_reach_and_claim_blocking():
-    from pipeline.report import ReportConfig
+    from pipeline.report_config import ReportConfig
     from pipeline.report.checks import CLAIM_CHECKS, blocking, xl_reach
 
     near = [dict(variant="xl", seed=0, split="r", doc_id=f"n{i}", query_type="far", distance_segments=1,
@@ -436,7 +440,8 @@ def test_verdicts_follow_the_rules(tmp_path):
     md = (tmp_path / "results" / "REPORT.md").read_text()
     assert "## Verdicts on the paper's claims" in md and "**supported**" in md and "**not tested**" in md
     assert "supported = a significant win in every cell" in md  # the rules are stated
-    from pipeline.report import CLAIMS, ReportConfig, overhead_verdict
+    from pipeline.report.verdicts import CLAIMS, overhead_verdict
+    from pipeline.report_config import ReportConfig
 
     oh = pd.read_csv(tmp_path / "results" / "tables" / "overhead.csv")
     assert overhead_verdict(CLAIMS[1], oh, ReportConfig(overhead_small_ratio=1.5))["verdict"] == "supported"
@@ -484,7 +489,7 @@ def _fake_attention_module():
     """Stand-in for pipeline.evaluate.attention with the agreed interface."""
     from types import SimpleNamespace
 
-    from pipeline.report import pyplot, save_png
+    from pipeline.report.render import pyplot, save_png
     from pipeline.stats import bootstrap_ci
 
     def load_attention(paths):
@@ -526,7 +531,7 @@ def _write_attention(cfg, variants, seeds, cmr_entropy=0.5):
 
 
 def test_attention_table_section_and_verdict(tmp_path, monkeypatch):
-    import pipeline.report as report
+    import pipeline.report.attention_results as report
 
     monkeypatch.setattr(report, "_attention_module", _fake_attention_module)
     cfg, evals, trains = make_study(tmp_path)
@@ -544,7 +549,8 @@ def test_attention_table_section_and_verdict(tmp_path, monkeypatch):
     md = (res / "REPORT.md").read_text()
     assert "## Attention" in md and "tables/attention.png" in md
 
-    from pipeline.report import CLAIMS, ReportConfig, attention_verdict
+    from pipeline.report.verdicts import CLAIMS, attention_verdict
+    from pipeline.report_config import ReportConfig
 
     table = pd.read_csv(res / "tables" / "attention.csv")
     diffuse = table.copy()  # cmr more diffuse than window, but still more mass on the fact: mixed
@@ -557,7 +563,7 @@ def test_attention_table_section_and_verdict(tmp_path, monkeypatch):
 
 
 def test_missing_attention_output_names_the_file(tmp_path, monkeypatch):
-    import pipeline.report as report
+    import pipeline.report.attention_results as report
 
     monkeypatch.setattr(report, "_attention_module", _fake_attention_module)
     cfg, evals, trains = make_study(tmp_path)

@@ -174,7 +174,7 @@ def validity_checks(preds: pd.DataFrame, rc: ReportConfig, chance_from_data: flo
                     train: Mapping[str, dict] | None, reach_segments: int | None = None,
                     binding_tab: pd.DataFrame | None = None) -> dict:
     """Every check of this module as {status, passed, detail, ...}. preds: the study's predictions
-    (with `distance_segments` bins where the window is known); train: {"<variant>-s<seed>": metrics.json}."""
+    (with `distance_segments` bins where the window is known); train: {"<variant>-s<seed>" (paths.run_name): metrics.json}."""
     rec = preds[preds["task"] == "recall"]
     chance, src = chance_level(rc, chance_from_data, rec)
     train = train or {}

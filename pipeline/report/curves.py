@@ -13,7 +13,7 @@ from typing import Mapping
 import pandas as pd
 
 from pipeline.io import atomic_write_bytes, atomic_write_text
-from pipeline.report.common import VARIANT_ORDER, variant_order
+from pipeline.report.common import variant_order
 
 # (column in the curves table, metric in the training runs' val_curve)
 CURVE_METRICS = (("val_recall_far", "val/recall_far"), ("val_long_recall_far", "val_long/recall_far"),

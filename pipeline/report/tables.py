@@ -1,0 +1,264 @@
+"""The report's tables: accuracy cells with CIs and paired tests (Holm-corrected), Table III's overhead."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from pipeline.paths import run_name
+from pipeline.report.common import doc_mean_over_seeds as _doc_mean_over_seeds, variant_order
+from pipeline.report.load import norm_key, sort_key_values
+from pipeline.report.paper import PaperTable
+from pipeline.report_config import ReportConfig
+from pipeline.stats import align_pairs, bootstrap_ci, bootstrap_ratio_ci, holm, mcnemar_from_outcomes
+
+
+BASELINE_CAPTION = "Paper baseline = the paper's baseline model, which is our `window` variant."
+
+
+# ------------------------------------------------------------------------------------------ table specs
+@dataclass(frozen=True)
+class AccuracySpec:
+    name: str  # eval id, file stem
+    task: str  # predictions' task value
+    key: str  # column name in our table
+    source: str  # predictions column giving the key
+    title: str
+    family: str = "paper"  # Holm family: the paper's tables are corrected together
+
+
+ACCURACY_TABLES = (
+    AccuracySpec("recall", "recall", "N", "length", "Table II: token recall accuracy by document length N (tokens)"),
+    AccuracySpec("rare", "rare", "bucket", "bucket",
+                 "Table IV: recall of rare tokens by the answer's measured count in the training split"),
+    AccuracySpec("numeric", "numeric", "N", "length", "Table VI: numerical reasoning (sum) accuracy by length N"),
+    AccuracySpec("dialogue", "dialogue", "turns", "length",
+                 "Table V: dialogue consistency (accuracy of facts asked back; paper: coherence score / 10) "
+                 "by number of turns"),
+    AccuracySpec("recall_by_distance", "recall", "distance_segments", "distance_segments",
+                 "Recall accuracy by fact-to-query distance in segments of W tokens (bins by lower edge: "
+                 "[0,1), [1,2), [2,4), ...); distances beyond the longest training document are extrapolation",
+                 family="distance"),
+)
+
+
+COMPARISONS = (("cmr", "window"), ("cmr", "xl"))
+
+
+FAMILY_TEXT = {
+    "paper": "Holm-corrected over all cmr-vs-window and cmr-vs-xl cells of tables II, IV, V and VI together",
+    "distance": "Holm-corrected over this table's cmr-vs-window and cmr-vs-xl cells (its own family: "
+                "the same queries as table II, sliced by distance)",
+}
+
+
+# ------------------------------------------------------------------------------------------ computation
+def cell_stats(sub: pd.DataFrame, rc: ReportConfig) -> dict:
+    """Mean over seeds, bootstrap CI over documents (each document averaged over seeds), n."""
+    doc_acc = sub.groupby(["seed", "split", "doc_id"], sort=True)["correct"].mean()  # per (seed, doc)
+    seed_means = doc_acc.groupby(level="seed").mean()
+    doc_units = doc_acc.groupby(level=["split", "doc_id"]).mean()  # per doc, averaged over seeds
+    ci = bootstrap_ci(doc_units.to_numpy(), level=rc.ci_level, n_resamples=rc.n_resamples,
+                      method=rc.ci_method, seed=rc.seed)
+    return {
+        "accuracy": float(seed_means.mean()),
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "ci_degenerate": ci.degenerate,
+        "ci_note": ci.note,
+        "sd_seeds": float(seed_means.std(ddof=1)) if len(seed_means) > 1 else math.nan,
+        "n_seeds": int(len(seed_means)),
+        "n_docs": int(len(doc_units)),
+        "n_queries": int(len(sub)),
+    }
+
+
+def doc_gaps(pairs: pd.DataFrame) -> np.ndarray:
+    """Per-document accuracy gap (a - b) from paired outcomes, each document averaged over seeds."""
+    d = pairs.assign(_d=pairs["correct_a"].astype(float) - pairs["correct_b"].astype(float))
+    return d.groupby(["seed", "split", "doc_id"])["_d"].mean().groupby(level=["split", "doc_id"]).mean().to_numpy()
+
+
+@dataclass
+class AccuracyResult:
+    """One accuracy table: rows variant x key, its paired tests, and the per-document gaps behind them."""
+
+    spec: AccuracySpec
+    table: pd.DataFrame
+    tests: pd.DataFrame
+    gaps: dict = field(default_factory=dict)  # (comparison, key) -> per-document gaps (np.ndarray)
+
+
+def accuracy_table(preds: pd.DataFrame, spec: AccuracySpec, paper: PaperTable | None, rc: ReportConfig,
+                   doc_tokens: Mapping[str, float] | None = None, train_tokens: int | None = None) -> AccuracyResult:
+    """Table rows variant x key and the McNemar tests (raw p; `apply_holm` adds the corrected ones)."""
+    sub = preds[preds["task"] == spec.task].copy()
+    if sub.empty:
+        return AccuracyResult(spec, pd.DataFrame(), pd.DataFrame())
+    sub["_key"] = sub[spec.source].map(norm_key)
+    qtypes = sorted(sub["query_type"].astype(str).unique())
+    variants = variant_order(sub["variant"].unique())
+    keys = sort_key_values(sub["_key"].unique())
+    factor = paper.to_fraction if paper else 1.0
+    rows = []
+    for v in variants:
+        for k in keys:
+            cell = sub[(sub["variant"] == v) & (sub["_key"] == k)]
+            if cell.empty:
+                continue
+            row = {"variant": v, spec.key: k, **cell_stats(cell, rc)}
+            if len(qtypes) > 1:
+                for qt in qtypes:
+                    q = cell[cell["query_type"].astype(str) == qt]
+                    row[f"accuracy_{qt}"] = _doc_mean_over_seeds(q)
+                    row[f"n_queries_{qt}"] = int(len(q))
+            pb, pc = paper.lookup(k) if paper else (math.nan, math.nan)
+            row["paper_baseline"] = round(pb * factor, 6)
+            row["paper_cmr"] = round(pc * factor, 6)
+            if doc_tokens is not None and train_tokens:
+                longest = max((doc_tokens.get(s, math.nan) for s in cell["split"].unique()), default=math.nan)
+                row["extrapolation"] = bool(v == "full" and longest > train_tokens)
+            rows.append(row)
+    table = pd.DataFrame(rows)
+
+    tests, gaps = [], {}
+    for a, b in COMPARISONS:
+        if a not in variants or b not in variants:
+            continue
+        for k in keys:
+            pa = sub[(sub["variant"] == a) & (sub["_key"] == k)]
+            pb_ = sub[(sub["variant"] == b) & (sub["_key"] == k)]
+            if pa.empty or pb_.empty:
+                continue
+            comp = f"{a}_vs_{b}"
+            pairs = align_pairs(pa, pb_)
+            if pairs.empty:
+                tests.append({"comparison": comp, spec.key: k, "b": 0, "c": 0, "n_pairs": 0,
+                              "p_value": math.nan, "note": "no paired queries"})
+                continue
+            m = mcnemar_from_outcomes(pairs["correct_a"], pairs["correct_b"])
+            g = doc_gaps(pairs)
+            gaps[(comp, k)] = g
+            ci = bootstrap_ci(g, level=rc.ci_level, n_resamples=rc.n_resamples, method=rc.ci_method, seed=rc.seed)
+            per_seed = [(s, mcnemar_from_outcomes(q["correct_a"], q["correct_b"]).p_value,
+                         q["correct_a"].mean() > q["correct_b"].mean()) for s, q in pairs.groupby("seed")]
+            tests.append({"comparison": comp, spec.key: k, "b": m.b, "c": m.c, "n_pairs": m.n_pairs,
+                          "gap": ci.mean, "gap_ci_low": ci.low, "gap_ci_high": ci.high, "n_docs": ci.n,
+                          "p_value": m.p_value, "n_seeds": len(per_seed),
+                          "seeds_cmr_better": int(sum(w for _, _, w in per_seed)),
+                          "p_per_seed": "; ".join(f"s{s}: {p:.2g}" for s, p, _ in per_seed),
+                          "note": "" if len(pairs) == min(len(pa), len(pb_)) else
+                          f"{max(len(pa), len(pb_)) - len(pairs)} unpaired queries dropped"})
+    return AccuracyResult(spec, table, pd.DataFrame(tests), gaps)
+
+
+def apply_holm(results: Mapping[str, AccuracyResult], alpha: float) -> dict[str, int]:
+    """Holm over each family's tests together; writes p_holm/significant/direction into tests and tables.
+
+    Returns the number of tests in each family (stated in captions and REPORT.md).
+    """
+    sizes: dict[str, int] = {}
+    for family in dict.fromkeys(r.spec.family for r in results.values()):
+        members = [r for r in results.values() if r.spec.family == family and not r.tests.empty]
+        if not members:
+            continue
+        p_all = np.concatenate([r.tests["p_value"].to_numpy(dtype=float) for r in members])
+        adj = holm(p_all)
+        sizes[family] = int(np.isfinite(p_all).sum())
+        i = 0
+        for r in members:
+            t, key = r.tests, r.spec.key
+            t["p_holm"] = adj[i:i + len(t)]
+            i += len(t)
+            t["significant"] = t["p_holm"] < alpha
+            t["direction"] = np.where(t["b"] > t["c"], "cmr better", np.where(t["b"] < t["c"], "cmr worse", "tie"))
+            for comp, g in t.groupby("comparison", sort=False):
+                other = comp.split("_vs_")[1]
+                is_a = r.table["variant"] == comp.split("_vs_")[0]
+                g = g.set_index(key)
+                r.table.loc[is_a, f"p_vs_{other}"] = r.table.loc[is_a, key].map(g["p_value"])
+                r.table.loc[is_a, f"p_vs_{other}_holm"] = r.table.loc[is_a, key].map(g["p_holm"])
+    return sizes
+
+
+def overhead_table(runs: list[dict], train_metrics: Mapping[str, dict], paper: PaperTable | None,
+                   rc: ReportConfig | None = None) -> pd.DataFrame:
+    """Table III: ms/token by N per variant (mean over seeds), ratios to window (+ CI over timing repeats),
+    params, memory, train speed."""
+    rc = rc or ReportConfig()
+    recs, static, reps = [], [], {}
+    for r in runs:
+        oh = r["overhead"]
+        if oh is None:
+            continue
+        for n, ms in (oh.get("ms_per_token") or {}).items():
+            recs.append({"variant": r["variant"], "seed": r["seed"], "N": norm_key(n), "ms_per_token": float(ms)})
+        for n, xs in (oh.get("ms_per_token_repeats") or {}).items():
+            reps.setdefault((r["variant"], norm_key(n)), []).extend(float(x) for x in xs)
+        tm = train_metrics.get(run_name(r["variant"], r["seed"]), {})
+        pick = lambda k: oh[k] if oh.get(k) is not None else tm.get(k)  # noqa: E731  overhead.json first
+        static.append({"variant": r["variant"], "seed": r["seed"], "params": pick("params"),
+                       "peak_memory_mb": oh.get("peak_memory_mb"), "train_tokens_per_s": pick("train_tokens_per_s")})
+    if not recs:
+        return pd.DataFrame()
+    d = pd.DataFrame(recs)
+    s = pd.DataFrame(static).astype({"params": float, "peak_memory_mb": float, "train_tokens_per_s": float})
+    g = d.groupby(["variant", "N"])["ms_per_token"]
+    t = pd.DataFrame({"ms_per_token": g.mean(), "sd_seeds": g.std(ddof=1), "n_seeds": g.size()}).reset_index()
+    sv = s.groupby("variant")[["params", "peak_memory_mb", "train_tokens_per_s"]].mean()
+    t = t.join(sv, on="variant")
+    win = t[t["variant"] == "window"].set_index("N")["ms_per_token"]
+    t["ratio_vs_window"] = t["ms_per_token"] / t["N"].map(win) if len(win) else math.nan
+    lo, hi = [], []
+    for v, n in zip(t["variant"], t["N"]):
+        a, b = reps.get((v, n)), reps.get(("window", n))
+        ci = (bootstrap_ratio_ci(a, b, level=rc.ci_level, n_resamples=rc.n_resamples, seed=rc.seed)
+              if a and b and v != "window" else None)
+        lo.append(ci.low if ci else math.nan)
+        hi.append(ci.high if ci else math.nan)
+    t["ratio_ci_low"], t["ratio_ci_high"] = lo, hi
+    wtps = sv["train_tokens_per_s"].get("window", math.nan) if "window" in sv.index else math.nan
+    t["train_ratio_vs_window"] = t["train_tokens_per_s"] / wtps
+    pb = [paper.lookup(n) if paper else (math.nan, math.nan) for n in t["N"]]
+    t["paper_baseline"] = [p[0] for p in pb]
+    t["paper_cmr"] = [p[1] for p in pb]
+    t["paper_ratio"] = t["paper_cmr"] / t["paper_baseline"]
+    order = {v: i for i, v in enumerate(variant_order(t["variant"].unique()))}
+    t = t.sort_values(["variant", "N"], key=lambda c: c.map(order) if c.name == "variant" else c)
+    return t.reset_index(drop=True)
+
+
+def distance_vs_training(lower_edge: int, train_segments: int | None) -> str:
+    """Whether a distance bin [lo, 2 lo) lies within the longest training document, straddles it, or is beyond."""
+    if not train_segments:
+        return "unknown"
+    upper = 1 if lower_edge == 0 else 2 * lower_edge
+    if lower_edge >= train_segments:
+        return "beyond"
+    return "straddles" if upper > train_segments else "within"
+
+
+def per_seed_recall(rec: pd.DataFrame) -> pd.DataFrame:
+    """Far recall per (variant, seed) and N: one column per N."""
+    far = rec[rec["query_type"] == "far"]
+    if far.empty:
+        return pd.DataFrame()
+    doc = far.groupby(["variant", "seed", "length", "split", "doc_id"])["correct"].mean()
+    t = doc.groupby(level=["variant", "seed", "length"]).mean().unstack("length")
+    t.columns = [f"N={int(c)}" for c in t.columns]
+    t = t.reset_index()
+    order = {v: i for i, v in enumerate(variant_order(t["variant"]))}
+    return t.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c,
+                         kind="stable").reset_index(drop=True)
+
+
+def xl_reach_segments(cfg: Mapping[str, Any]) -> int | None:
+    """Segments back `xl` can see: n_layers x mem_len tokens (each layer's cache reaches one cache further)."""
+    b, xl = cfg.get("backbone") or {}, ((cfg.get("models") or {}).get("xl") or {})
+    if not (b.get("window") and b.get("n_layers") and xl.get("mem_len")):
+        return None
+    return int(b["n_layers"]) * int(xl["mem_len"]) // int(b["window"])

@@ -1,0 +1,219 @@
+"""Each paper claim's verdict, by the rules stated in REPORT.md beside it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import pandas as pd
+
+from pipeline.report import checks
+from pipeline.report.common import MIXED, NOT_SUPPORTED, NOT_TESTABLE, NOT_TESTED, SUPPORTED
+from pipeline.report.load import sort_key_values
+from pipeline.report.render import fmt
+from pipeline.report.tables import AccuracyResult
+from pipeline.report_config import ReportConfig
+from pipeline.stats import bootstrap_diff_ci
+
+
+# --------------------------------------------------------------------------------------------- verdicts
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper and where our evidence for it comes from."""
+
+    id: int
+    name: str  # accuracy table name, "overhead" or "attention"
+    source: str  # where the paper says it
+    text: str
+    trend: int = 0  # +1: the gap should grow with the key; -1: it should be largest at the smallest key
+
+
+CLAIMS = (
+    Claim(1, "recall", "Table II", "CMR recalls better than the baseline at every N, and the gap grows with N", +1),
+    Claim(2, "overhead", "Table III", "CMR's inference overhead is small (+5-11% ms/token over the baseline)"),
+    Claim(3, "rare", "Table IV", "CMR recalls rare tokens better, most at the lowest training counts", -1),
+    Claim(4, "dialogue", "Table V", "CMR's dialogue consistency is higher and degrades less with turns", +1),
+    Claim(5, "numeric", "Table VI", "CMR's numeric accuracy is higher and the gap grows with N", +1),
+    Claim(6, "attention", "abstract", "CMR's attention is more structured (lower entropy, more mass on the fact "
+                                      "or the memory holding it)"),
+)
+
+
+VERDICT_RULES = {
+    "accuracy": ("cmr vs window (the paper's baseline), per cell: gap = cmr - window accuracy with a "
+                 "{ci}% bootstrap CI over documents; a win or loss needs Holm p < {alpha}. Trend: gap at the last "
+                 "key minus gap at the first (first minus last where the claim says 'most at low counts'), "
+                 "{ci}% bootstrap CI, the two cells' documents resampled independently. supported = a significant "
+                 "win in every cell and a trend CI above 0; not supported = no significant win; mixed = otherwise."),
+    "overhead": ("cmr/window ms/token per N (mean over seeds; CI: bootstrap of the ratio of medians over the timing "
+                 "repeats pooled over seeds). supported = ratio <= {ratio} at every N; not supported = ratio > "
+                 "{ratio} at every N; mixed = otherwise."),
+    "attention": ("cmr vs window per layer, from the attention table's CIs: entropy lower (cmr's CI entirely below "
+                  "window's) or mass on the fact higher (cmr: mass on slots holding the fact where measured, else on "
+                  "the fact's position; window: on the fact's position; CIs disjoint) counts as more structured, the "
+                  "reverse as less. supported = at least one 'more' and no 'less'; not supported = no 'more'; "
+                  "mixed = both."),
+}
+
+
+def rule_text(kind: str, rc: ReportConfig) -> str:
+    return VERDICT_RULES[kind].format(ci=int(rc.ci_level * 100), alpha=rc.alpha, ratio=rc.overhead_small_ratio)
+
+
+def _not_tested(claim: Claim, why: str, rc: ReportConfig, kind: str) -> dict:
+    return {"claim": claim.id, "name": claim.name, "source": claim.source, "text": claim.text,
+            "verdict": NOT_TESTED, "evidence": why, "cmr_loses": "", "rule": rule_text(kind, rc)}
+
+
+def ci_text(x: float, lo: float, hi: float, signed: bool = True) -> str:
+    f = "+.3f" if signed else ".3f"
+    return f"{x:{f}} [{lo:{f}}, {hi:{f}}]" if all(map(math.isfinite, (x, lo, hi))) else f"{x:{f}}"
+
+
+def accuracy_verdict(claim: Claim, res: AccuracyResult | None, rc: ReportConfig) -> dict:
+    """Verdict on an accuracy claim from cmr-vs-window cells: every cell a significant win, and the trend."""
+    if res is None or res.tests.empty or "p_holm" not in res.tests:
+        return _not_tested(claim, f"no cmr-vs-window comparison for `{claim.name}` (cmr and window not both "
+                                  f"evaluated on it)", rc, "accuracy")
+    key = res.spec.key
+    t = res.tests[res.tests["comparison"] == "cmr_vs_window"]
+    if t.empty:
+        return _not_tested(claim, "cmr and window not both evaluated", rc, "accuracy")
+    t = t.set_index(key).loc[sort_key_values(t[key])]
+    sig = t["p_holm"] < rc.alpha
+    wins = t.index[sig & (t["gap"] > 0)].tolist()
+    losses = t.index[sig & (t["gap"] < 0)].tolist()
+    ties = [k for k in t.index if k not in wins and k not in losses]
+    cells = "; ".join(f"{key}={k}: {ci_text(r['gap'], r['gap_ci_low'], r['gap_ci_high'])}, "
+                      f"p_holm={fmt(r['p_holm'])}, seeds cmr better {r['seeds_cmr_better']}/{r['n_seeds']}"
+                      for k, r in t.iterrows())
+    keys = list(t.index)
+    trend_ok = trend_bad = False
+    trend_txt = "trend: one cell only"
+    if len(keys) >= 2 and claim.trend:
+        first, last = keys[0], keys[-1]
+        hi_k, lo_k = (last, first) if claim.trend > 0 else (first, last)
+        g_hi, g_lo = res.gaps.get(("cmr_vs_window", hi_k)), res.gaps.get(("cmr_vs_window", lo_k))
+        if g_hi is not None and g_lo is not None:
+            ci = bootstrap_diff_ci(g_hi, g_lo, level=rc.ci_level, n_resamples=rc.n_resamples, method=rc.ci_method,
+                                   seed=rc.seed)
+            trend_ok, trend_bad = ci.low > 0, ci.high < 0
+            if claim.trend > 0:
+                shape = "grows with" if trend_ok else "shrinks with" if trend_bad else "no clear trend with"
+            else:
+                shape = ("largest at the lowest" if trend_ok else "larger at the highest" if trend_bad
+                         else "no clear difference between lowest and highest")
+            trend_txt = (f"gap at {key}={hi_k} minus gap at {key}={lo_k}: {ci_text(ci.mean, ci.low, ci.high)} "
+                         f"({shape} {key})")
+    if not wins:
+        verdict = NOT_SUPPORTED
+    elif len(wins) == len(t) and trend_ok:
+        verdict = SUPPORTED
+    else:
+        verdict = MIXED
+    evidence = (f"significant wins {len(wins)}/{len(t)} cells (Holm, alpha={rc.alpha}); {trend_txt}. "
+                f"Per cell gap cmr - window [CI]: {cells}")
+    lose = []
+    if losses:
+        lose.append(f"CMR is significantly worse than window at {key}=" + ", ".join(map(str, losses)) + ".")
+    if ties:
+        lose.append(f"CMR does not beat window significantly at {key}=" + ", ".join(map(str, ties)) + ".")
+    if claim.trend and len(keys) >= 2 and not trend_ok:
+        if claim.trend > 0:
+            lose.append(f"The gap shrinks with {key}." if trend_bad else f"The gap does not grow with {key} beyond noise.")
+        else:
+            lose.append(f"The gap is larger at the highest {key} than at the lowest." if trend_bad else
+                        f"The gap is not measurably larger at the lowest {key}.")
+    return {"claim": claim.id, "name": claim.name, "source": claim.source, "text": claim.text, "verdict": verdict,
+            "evidence": evidence, "cmr_loses": " ".join(lose), "rule": rule_text("accuracy", rc)}
+
+
+def overhead_verdict(claim: Claim, oh: pd.DataFrame, rc: ReportConfig) -> dict:
+    if oh.empty or "cmr" not in set(oh["variant"]) or "window" not in set(oh["variant"]):
+        return _not_tested(claim, "no overhead.json for both cmr and window", rc, "overhead")
+    c = oh[oh["variant"] == "cmr"].dropna(subset=["ratio_vs_window"])
+    if c.empty:
+        return _not_tested(claim, "no N timed for both cmr and window", rc, "overhead")
+    small = c["ratio_vs_window"] <= rc.overhead_small_ratio
+    verdict = SUPPORTED if small.all() else NOT_SUPPORTED if not small.any() else MIXED
+    cells = "; ".join(f"N={n}: {ci_text(r, lo, hi, signed=False)}x"
+                      for n, r, lo, hi in zip(c["N"], c["ratio_vs_window"], c["ratio_ci_low"], c["ratio_ci_high"]))
+    paper = c["paper_ratio"].dropna()
+    ptxt = f"paper {paper.min():.2f}-{paper.max():.2f}x" if len(paper) else "paper ratios n/a"
+    evidence = (f"cmr/window ms/token {c['ratio_vs_window'].min():.2f}-{c['ratio_vs_window'].max():.2f}x "
+                f"({ptxt}; small = <= {rc.overhead_small_ratio}x). Per N [CI]: {cells}")
+    big = c.loc[~small, "N"].tolist()
+    lose = (f"CMR costs more than {rc.overhead_small_ratio}x window's ms/token at N=" + ", ".join(map(str, big))
+            + f" (up to {c['ratio_vs_window'].max():.2f}x).") if big else ""
+    return {"claim": claim.id, "name": claim.name, "source": claim.source, "text": claim.text, "verdict": verdict,
+            "evidence": evidence, "cmr_loses": lose, "rule": rule_text("overhead", rc)}
+
+
+def _metric_ci(row: pd.Series, m: str) -> tuple[float, float, float]:
+    """(mean, low, high) of metric m in an attention-table row; NaNs where absent."""
+    get = lambda c: float(row[c]) if c in row.index and pd.notna(row[c]) else math.nan  # noqa: E731
+    mean = get(m) if math.isfinite(get(m)) else get(f"{m}_mean")
+    low = get(f"{m}_ci_low") if f"{m}_ci_low" in row.index else get(f"{m}_low")
+    high = get(f"{m}_ci_high") if f"{m}_ci_high" in row.index else get(f"{m}_high")
+    return mean, low, high
+
+
+def attention_verdict(claim: Claim, table: pd.DataFrame | None, rc: ReportConfig, why: str = "") -> dict:
+    if table is None or table.empty:
+        return _not_tested(claim, why or "no attention table", rc, "attention")
+    if not {"variant", "layer"} <= set(table.columns) or not {"cmr", "window"} <= set(table["variant"]):
+        return _not_tested(claim, "attention table lacks cmr and window rows per layer", rc, "attention")
+    more, less, cells = [], [], []
+    for layer in sort_key_values(table["layer"]):
+        c = table[(table["variant"] == "cmr") & (table["layer"] == layer)]
+        w = table[(table["variant"] == "window") & (table["layer"] == layer)]
+        if c.empty or w.empty:
+            continue
+        c, w = c.iloc[0], w.iloc[0]
+        ce, we = _metric_ci(c, "entropy"), _metric_ci(w, "entropy")
+        cf = _metric_ci(c, "mass_fact_slots")
+        if not math.isfinite(cf[0]):
+            cf = _metric_ci(c, "mass_fact")
+        wf = _metric_ci(w, "mass_fact")
+        if ce[2] < we[1]:
+            more.append(f"layer {layer}: entropy lower")
+        elif ce[1] > we[2]:
+            less.append(f"layer {layer}: entropy higher")
+        if cf[1] > wf[2]:
+            more.append(f"layer {layer}: more mass on the fact")
+        elif cf[2] < wf[1]:
+            less.append(f"layer {layer}: less mass on the fact")
+        cells.append(f"layer {layer}: entropy cmr {ci_text(*ce, signed=False)} vs window {ci_text(*we, signed=False)}"
+                     f", mass on fact cmr {ci_text(*cf, signed=False)} vs window {ci_text(*wf, signed=False)}")
+    if not cells:
+        return _not_tested(claim, "no layer with both cmr and window rows", rc, "attention")
+    verdict = NOT_SUPPORTED if not more else MIXED if less else SUPPORTED
+    evidence = (f"more structured: {', '.join(more) or 'none'}; less: {', '.join(less) or 'none'}. "
+                + "; ".join(cells))
+    lose = ("CMR's attention is less structured than window's: " + ", ".join(less) + ".") if less else (
+        "" if more else "CMR's attention is not measurably more structured than window's (CIs overlap).")
+    return {"claim": claim.id, "name": claim.name, "source": claim.source, "text": claim.text, "verdict": verdict,
+            "evidence": evidence, "cmr_loses": lose, "rule": rule_text("attention", rc)}
+
+
+def verdicts(results: Mapping[str, AccuracyResult], oh: pd.DataFrame, attention: pd.DataFrame | None,
+             rc: ReportConfig, attention_why: str = "", validity: Mapping[str, dict] | None = None) -> list[dict]:
+    """One verdict per claim in CLAIMS, in order. A claim whose validity checks (checks.CLAIM_CHECKS)
+    did not all pass is "not testable": its evidence is still computed and shown, but no verdict is drawn."""
+    out = []
+    for claim in CLAIMS:
+        if claim.name == "overhead":
+            v = overhead_verdict(claim, oh, rc)
+        elif claim.name == "attention":
+            v = attention_verdict(claim, attention, rc, attention_why)
+        else:
+            v = accuracy_verdict(claim, results.get(claim.name), rc)
+        blocked = checks.blocking(claim.name, validity or {})
+        if blocked and v["verdict"] != NOT_TESTED:
+            v = {**v, "verdict": NOT_TESTABLE, "would_be": v["verdict"], "blocked_by": blocked,
+                 "cmr_loses": f"validity checks not passed: {'; '.join(blocked)}",
+                 "evidence": f"not testable (validity checks not passed: {'; '.join(blocked)}); the evidence "
+                             f"as measured: {v['evidence']}"}
+        out.append(v)
+    return out
