@@ -84,11 +84,6 @@ def ensure_data(cfg: DictConfig) -> None:
                         "another folder or delete this one (the sweep prepares a missing folder itself)")
 
 
-def run_job(cfg: DictConfig, job_dir: Path, group: str) -> float:
-    """Train and evaluate `sweep.variant` with `sweep.seed` into job_dir; return mean recall over N."""
-    return float(run_job_metrics(cfg, job_dir, group)["recall_mean"])
-
-
 def write_job_record(job_dir: Path, *, group: str, variant: str, seed: int, overrides: Sequence[str],
                      swept: Sequence[str], metrics: dict[str, Any], wall_s: float) -> Path:
     """job.json: what this job ran and where its runs are (paths relative to the job folder)."""

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import load_params
 from pipeline.errors import ConfigError, DataError, PipelineError, TrainingError
 from pipeline.io import atomic_write_json, write_stage_time
+from pipeline.models.checkpoint import load_trained  # noqa: F401  (re-exported: pipeline.train.load_trained)
 from pipeline import paths
 from pipeline.train_config import QUERY_TYPES, VAL_SPLITS, TrainConfig, curriculum_limit, resolve_monitor
 from pipeline.train_config import validate as validate_train
@@ -284,6 +285,9 @@ class MemoryLMModule(L.LightningModule):
         self.val_names: list[str] = ["val"]  # split of each validation dataloader (set by train())
         self.monitor = str(self.tcfg.monitor)  # resolved by train() when `auto`
         self._val_sums: Optional[torch.Tensor] = None
+        weights = [float((self.tcfg.answer_loss_weights or {}).get(q, 1.0)) for q in QUERY_TYPES]
+        self.type_weights: Optional[torch.Tensor] = (  # [len(QUERY_TYPES)], by TYPE_INDEX; None: plain mean
+            None if all(w == 1.0 for w in weights) else torch.tensor(weights))
         self.fingerprint: dict[str, str] = {}  # run_fingerprint, set by train(), saved in every checkpoint
 
     def forward(self, input_ids: torch.Tensor, **kw: Any):
@@ -304,7 +308,12 @@ class MemoryLMModule(L.LightningModule):
         if not bool(mask.any()):
             raise DataError("a batch has no queries; every document must ask at least one")
         answers = batch["answers"][mask]
-        answer_loss = F.cross_entropy(q_logits[mask].float(), answers)
+        answer_loss = F.cross_entropy(q_logits[mask].float(), answers, reduction="none")  # [n_queries]
+        if self.type_weights is None:
+            answer_loss = answer_loss.mean()
+        else:  # a weighted mean over the batch's answers, by query type
+            w = self.type_weights.to(answer_loss.device)[batch["query_type"][mask]]
+            answer_loss = (w * answer_loss).sum() / w.sum().clamp_min(1e-12)
         res = {"answer_loss": answer_loss, "q_logits": q_logits, "mask": mask}
         if full_logits:
             lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), ids[:, 1:].reshape(-1))
@@ -670,30 +679,6 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
         if run is not None:
             run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
     return metrics
-
-
-def load_trained(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the trained MemoryLM from <run_dir>/checkpoints/<which>.ckpt, in eval mode.
-
-    Returns (model, hparams) with hparams = {"cfg": composed config (dict), "variant", "seed", "vocab_size"}.
-    """
-    if which not in ("best", "last"):
-        raise ConfigError(f"load_trained(which={which!r}); allowed: best, last")
-    path = Path(run_dir) / "checkpoints" / f"{which}.ckpt"
-    if not path.exists():
-        raise DataError(f"no checkpoint at {path}; run `python -m pipeline.train` for this variant/seed first")
-    # weights_only=False: our own Lightning checkpoint (loop and callback state are plain Python objects)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file: torch raises several types
-        raise DataError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:120]}); "
-                        "retrain this run") from None
-    hp = dict(state["hyper_parameters"])
-    model = _build_model(hp["cfg"], hp["variant"], hp["vocab_size"])
-    sd = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(sd)
-    model.eval()
-    return model, hp
 
 
 def train_seeds(cfg: DictConfig, variant: str, seeds: list[int], jobs: int) -> list[dict]:

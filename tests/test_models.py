@@ -191,13 +191,14 @@ def test_cmr_banks_never_exceed_capacity(eviction):
     K, k, W = 5, 2, TINY.window
     m = make("cmr", k=k, capacity=K, eviction=eviction)
     for N in (1, 4, 5, 8, 9, 37, 20 * W):
-        d = m(ids(1, N)).diagnostics
-        sizes = d["bank_sizes"]
-        S = -(-N // W)
-        assert len(sizes) == S
-        for s, per_layer in enumerate(sizes):
-            assert len(per_layer) == 1  # one capture layer (layer 0) by default
-            assert per_layer[0] == min(K, s * k) <= K, (N, s, per_layer)
+        d = m(ids(2, N)).diagnostics
+        assert len(d["bank_sizes"]) == 2  # one list per document of the batch
+        for sizes in d["bank_sizes"]:
+            S = -(-N // W)
+            assert len(sizes) == S
+            for s, per_layer in enumerate(sizes):
+                assert len(per_layer) == 1  # one capture layer (layer 0) by default
+                assert per_layer[0] == min(K, s * k) <= K, (N, s, per_layer)
 
 
 def test_cmr_salience_eviction_keeps_highest_scores():
@@ -386,7 +387,7 @@ def test_cmr_flat_mode_with_deeper_banks_runs_sequentially_and_is_causal():
     y = x.clone()
     y[:, 9:] = (y[:, 9:] + 1) % V
     assert torch.equal(m(y).logits[:, :9], base.logits[:, :9])
-    assert base.diagnostics["bank_sizes"][-1] == [4, 4]
+    assert base.diagnostics["bank_sizes"][0][-1] == [4, 4]
 
 
 # ---- config ----------------------------------------------------------------------------------

@@ -207,6 +207,41 @@ def test_resume_matches_uninterrupted_run(env, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_answer_loss_weights_weight_each_query_type(env):
+    """The answer loss is the mean over answers weighted by query type: numeric at weight 0 leaves the mean of
+    the other answers, numeric at 3 counts each sum three times; all 1 is the plain mean."""
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(0, 50, (2, 2 * W)),
+             "query_pos": torch.tensor([[5, 20, 30], [7, 31, -1]]),
+             "answers": torch.tensor([3, 4, 5, 6, 7, 0]),
+             "query_type": torch.tensor([[0, 2, 1], [2, 0, -1]])}  # far, numeric, local / numeric, far
+    batch["answers"] = batch["answers"].view(2, 3)
+    cfg = OmegaConf.to_container(env)
+
+    def loss_and_ce(weights):
+        cfg["train"]["answer_loss_weights"] = weights
+        torch.manual_seed(1)  # the same model each time
+        module = T.MemoryLMModule(cfg, "window", 0, 64)
+        module.eval()
+        res = module.losses(batch, train=False)
+        mask = res["mask"]
+        ce = torch.nn.functional.cross_entropy(res["q_logits"][mask], batch["answers"][mask], reduction="none")
+        return float(res["answer_loss"].detach()), ce.detach(), batch["query_type"][mask]
+
+    plain, ce, types = loss_and_ce({})
+    assert plain == pytest.approx(float(ce.mean()), rel=1e-6)
+    zero, _, _ = loss_and_ce({"numeric": 0.0})
+    assert zero == pytest.approx(float(ce[types != 2].mean()), rel=1e-6)
+    three, _, _ = loss_and_ce({"numeric": 3.0})
+    w = 1.0 + 2.0 * (types == 2).float()
+    assert three == pytest.approx(float((w * ce).sum() / w.sum()), rel=1e-6)
+    assert len({plain, zero, three}) == 3
+    with pytest.raises(ConfigError, match="answer_loss_weights.*unknown query type 'sums'"):
+        T.train(_with(env, answer_loss_weights={"sums": 2.0}), "window", 0)
+    with pytest.raises(ConfigError, match="answer_loss_weights.numeric must be >= 0"):
+        T.train(_with(env, answer_loss_weights={"numeric": -1.0}), "window", 0)
+
+
 def test_nan_loss_raises_training_error(env, tmp_path):
     class Poison(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -289,6 +324,21 @@ def test_load_trained_round_trips(env, tmp_path):
     assert not best.training
 
 
+def test_evaluation_loads_checkpoints_without_lightning():
+    """Checkpoints are read by pipeline.models.checkpoint with plain torch: the evaluation stages import
+    neither Lightning nor the training module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import pipeline.evaluate, pipeline.evaluate.attention, pipeline.evaluate.overhead, "
+            "pipeline.models.checkpoint; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning') "
+            "or m == 'pipeline.train'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+    assert T.load_trained.__module__ == "pipeline.models.checkpoint"
+
+
 def test_train_config_defaults_match_yaml():
     from pathlib import Path
 
@@ -355,7 +405,7 @@ def test_monitor_auto_and_its_checks(env, data_root):
     from pipeline.train_config import resolve_monitor
 
     assert resolve_monitor("auto", "cmr", True) == "val_long/recall_far"
-    assert resolve_monitor("auto", "full", True) == "val/recall_far"  # val_long is beyond full's training length
+    assert resolve_monitor("auto", "full", True) == "val/recall"  # val_long is beyond full's training length
     for bounded in ("window", "xl"):  # far facts of long documents are out of their reach: selecting on them is noise
         assert resolve_monitor("auto", bounded, True) == "val/recall"
     assert resolve_monitor("auto", "cmr", False) == "val/recall_far"  # data from before val_long existed

@@ -1,7 +1,7 @@
 """Evaluation stage: score one trained (variant, seed) on every evaluation split and measure its cost.
 
 `evaluate(cfg, variant, seed)` is the one function both entry points call (`python -m
-pipeline.evaluate` for DVC, or a Hydra job). It writes experiments/eval/<variant>-s<seed>/
+pipeline.evaluate` for DVC, or a Hydra job). It writes experiments/eval/<variant>/s<seed>/
 atomically: either the whole folder appears, or (on any error) nothing changes.
 
 Heavy imports (torch, pandas, the task modules) happen inside functions: `pipeline.config`
@@ -65,12 +65,9 @@ def resolve_device(name: str) -> str:
 
 
 def _wandb_start(cfg: Any, variant: str, seed: int, run_dir: Path):
-    """A wandb run through pipeline.tracking if that module exists (it decides offline/disabled)."""
-    try:
-        from pipeline.tracking import start_wandb
-    except ImportError:
-        log.info("pipeline.tracking not available: not logging to wandb")
-        return None
+    """A wandb run through pipeline.tracking (it decides offline/disabled)."""
+    from pipeline.tracking import start_wandb
+
     return start_wandb(cfg, job_type="evaluate", name=f"eval-{paths.run_name(variant, seed)}", run_dir=run_dir)
 
 
@@ -140,11 +137,9 @@ def evaluate(
     tdir = train_dir(cfg, variant, seed)
     if model is None:
         check_trained(tdir, variant, seed)
-        from pipeline.train import load_trained
+        from pipeline.models.checkpoint import load_trained
 
-        loaded = load_trained(tdir)
-        # load_trained returns (model, hparams); the contract's first draft said just the model.
-        model, hparams = loaded if isinstance(loaded, tuple) else (loaded, {})
+        model, hparams = load_trained(tdir)
         if getattr(model, "vocab_size", None) is None and hparams.get("vocab_size"):
             model.vocab_size = int(hparams["vocab_size"])
     device = resolve_device(ecfg.device)
@@ -250,6 +245,3 @@ def _wandb_log(run: Any, metrics: dict[str, Any], tables: dict[str, Any]) -> Non
     run.log({f"eval/{name}": wandb.Table(dataframe=table) for name, table in tables.items()})
     run.summary.update(_flatten(metrics))
 
-
-def metrics_of(out_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / "metrics.json").read_text())

@@ -264,7 +264,7 @@ def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
     if model is None:
         from pipeline.evaluate import check_trained
         from pipeline.paths import run_dir as train_run_dir
-        from pipeline.train import load_trained
+        from pipeline.models.checkpoint import load_trained
 
         tdir = train_run_dir(cfg, "train", variant, seed)
         check_trained(tdir, variant, seed)  # the same rule as evaluate: a finished run's best.ckpt

@@ -1,4 +1,4 @@
-"""Table VI: exact-match accuracy of the sum token for "<VAR1> plus <VAR2> equals" queries, by N.
+"""Table VI: exact-match accuracy of the sum token for "sum <VAR1> <VAR2>" queries (data.num_query_template), by N.
 The model must recall two planted values and combine them."""
 
 from __future__ import annotations

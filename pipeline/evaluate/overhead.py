@@ -293,7 +293,7 @@ def run_stage(cfg: Any) -> list[Path]:
     from pipeline.evaluate import _vocab_size, check_trained, resolve_device
     from pipeline.evaluate.predict import load_split_docs
     from pipeline.io import atomic_dir, atomic_write_json, write_stage_time
-    from pipeline.train import load_trained
+    from pipeline.models.checkpoint import load_trained
 
     t0 = time.perf_counter()
     ocfg = cfg.eval.overhead

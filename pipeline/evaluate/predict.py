@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline.errors import DataError
 
-# Columns of predictions.parquet (CONTRACT.md), in this order.
+# Columns of predictions.parquet, in this order (docs/ and the report read them by name).
 PRED_COLUMNS = [
     "variant", "seed", "split", "task", "length", "doc_id", "query_idx", "query_type",
     "answer", "pred", "correct", "distance", "query_pos", "answer_train_count", "n_turns",

@@ -273,11 +273,14 @@ class CMRMemory(Memory):
 
     # ---- between chunks ----------------------------------------------------------------------
     def end_chunk(self, state: dict, step: Step) -> None:
-        sizes = []
-        for l in self.capture_layers:  # bank sizes as each segment of the chunk read them
+        sizes = []  # per capture layer: [B][C] bank sizes as each segment of the chunk read them
+        for l in self.capture_layers:
             cand, sel = self._bank(l, state, step)
-            sizes.append([0] * step.C if sel is None else sel[1][0].sum(-1).tolist())
-        state["sizes"].extend([list(s) for s in zip(*sizes)])
+            sizes.append([[0] * step.C] * step.B if sel is None else sel[1].sum(-1).tolist())
+        if not state["sizes"]:
+            state["sizes"] = [[] for _ in range(step.B)]
+        for b, doc in enumerate(state["sizes"]):  # document b, segment s: one size per capture layer
+            doc.extend([list(per_layer) for per_layer in zip(*(layer[b] for layer in sizes))])
         if not step.last_chunk:  # the bank carried on: top K (or last K) of old slots + new captures
             K = self.cfg.capacity
             for l in self.capture_layers:
@@ -298,7 +301,7 @@ class CMRMemory(Memory):
     def diagnostics(self, state: dict, step: Step) -> dict:
         n = state["gate_n"]
         gate = float(state["gate_sum"] / n) if n else (0.0 if self.cfg.gate else 1.0)
-        out = {"bank_sizes": state["sizes"], "gate_mean": gate}
+        out = {"bank_sizes": state["sizes"], "gate_mean": gate}  # bank_sizes[b][s][l]: doc b, segment s, layer l
         if step.return_attention:  # capture layer -> [B, n] document positions ever written to its bank
             out["captured_pos"] = {l: torch.cat(ps, dim=1) for l, ps in state["captured"].items()}
         return out

@@ -1,0 +1,58 @@
+"""`cmr-repro <stage> [args]`: one command for every stage of the study (dvc.yaml calls it).
+
+Each stage keeps its own flags (`cmr-repro <stage> --help`) and stays runnable as `python -m <module>`;
+this front door lists them, runs one, and turns a pipeline, config or OS error that escapes a stage
+into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+from pipeline.errors import PipelineError
+
+# stage -> module whose main(argv) runs it (in the study's order, then the studies beside it)
+STAGES = {
+    "compose": "pipeline.compose",
+    "prepare": "pipeline.data.prepare",
+    "datasets": "pipeline.datasets_table",
+    "train": "pipeline.train",
+    "evaluate": "pipeline.evaluate.__main__",
+    "overhead": "pipeline.evaluate.overhead",
+    "attention": "pipeline.evaluate.attention",
+    "report": "pipeline.report",
+    "readme-results": "pipeline.readme_results",
+    "sanity": "pipeline.sanity",
+    "ablations": "pipeline.ablations",
+    "hparams-search": "pipeline.hparams_search",
+}
+
+
+def usage() -> str:
+    width = max(map(len, STAGES))
+    lines = ["usage: cmr-repro <stage> [--help | stage arguments]", "", "stages:"]
+    lines += [f"  {name:<{width}}  python -m {mod.removesuffix('.__main__')}" for name, mod in STAGES.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    stage, rest = args[0], args[1:]
+    if stage not in STAGES:
+        print(f"error: unknown stage {stage!r}; stages: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    sys.argv[0] = f"cmr-repro {stage}"
+    try:
+        return int(importlib.import_module(STAGES[stage]).main(rest) or 0)
+    except (PipelineError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
