@@ -37,8 +37,11 @@ test: setup
 params: setup
 	$(BIN)/python -m pipeline.compose
 
+## Forward-speed benchmark (results/speed_benchmark.csv) and where cmr's time goes against window
+## (results/overhead_profile.csv). Run them on a quiet machine.
 bench: setup
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/profile_overhead.py
 
 ## CMR ablation sweeps (conf/experiment/ablation_*.yaml; ~6 min per job on 2 cores, 25 jobs), then
 ## results/ablations.{csv,md,png} from the latest run of each. `make ablations ABLATIONS="gate k"` for some.
