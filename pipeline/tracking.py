@@ -52,7 +52,9 @@ def start_wandb(cfg: Any, job_type: str, name: str, run_dir: str | os.PathLike,
     import wandb  # lazy: importing wandb costs seconds
 
     wb = _get(_get(cfg, "logger"), "wandb")
-    run_dir = Path(run_dir)
+    # absolute: a wandb service started by another process (its address is inherited through the environment)
+    # resolves a relative dir against its own working directory, and wrote runs into that other checkout
+    run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     group = _get(wb, "group") or _get(cfg, "profile_name") or None
     tags = [str(t) for t in (_get(wb, "tags") or [])]

@@ -50,7 +50,7 @@ class TrainConfig:
     lm_loss_weight: float = 0.0  # weight of next-token loss on all tokens, added to the answer loss
     # weight of each query type's answers in the answer loss (a weighted mean; types not named weigh 1):
     # the types are far from equally common (numeric sums are ~6% of the default study's answers)
-    answer_loss_weights: Dict[str, float] = field(default_factory=dict)
+    answer_loss_weights: Dict[str, float] = field(default_factory=lambda: {q: 1.0 for q in QUERY_TYPES})
     # curriculum over training documents' n_segments; empty = all documents from step 0
     curriculum: List[CurriculumStage] = field(
         default_factory=lambda: [

@@ -205,7 +205,7 @@ def test_no_fact_straddles_a_segment_boundary(data_dir):
         for row in load_split(data_dir, name):
             for f, t in zip(row["fact_pos"], row["query_type"]):
                 if t == "numeric":
-                    first, last = f - 2, f + 1  # '{X} equals {N} .': the earlier summand's fact
+                    first, last = f - 2, f + 1  # 'is {X} {N} .': the earlier summand's fact
                 else:
                     first, last = f - v_off, f + len(words) - 1 - v_off
                 assert first // W == last // W, (name, f, t, span)

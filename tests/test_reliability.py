@@ -129,7 +129,12 @@ def test_a_failing_report_leaves_the_old_results(tmp_path, monkeypatch, capsys):
     (res / "tables" / "recall.csv").write_text("old")
     (res / "REPORT.md").write_text("old")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"paths": {"results_dir": str(res)}, "study": {"variants": ["cmr"], "seeds": [0]}}))
+    from omegaconf import OmegaConf
+
+    from pipeline.config import compose
+
+    OmegaConf.save(OmegaConf.merge(compose([]), {"paths": {"results_dir": str(res)},
+                                                 "study": {"variants": ["cmr"], "seeds": [0]}}), params)
 
     def half_then_fail(cfg, evals, trains, out, datasets_csv=None):
         (out / "tables").mkdir()

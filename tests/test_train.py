@@ -1,4 +1,4 @@
-"""Training stage: checkpoints and metrics, learning, determinism, resume, divergence, curriculum,
+"""Training stage (and pipeline/data/loader.py): checkpoints and metrics, learning, determinism, resume, divergence, curriculum,
 load_trained. Real pieces at tiny sizes (pipeline.data.prepare: 300 docs; build_model: d=32,
 2 layers, W=16); wandb disabled."""
 
@@ -14,6 +14,7 @@ datasets = pytest.importorskip("datasets")
 L = pytest.importorskip("lightning")
 
 from pipeline import train as T  # noqa: E402
+from pipeline.data.loader import CurriculumBatchSampler, MemoryDataModule  # noqa: E402
 from pipeline.errors import ConfigError, TrainingError  # noqa: E402
 from pipeline.train_config import TrainConfig, curriculum_limit  # noqa: E402
 
@@ -110,12 +111,13 @@ def test_loss_decreases_on_local_pairs(env, tmp_path):
             self.losses.append(float(outputs["loss"]))
 
     rec = Rec()
-    cfg = _with(env, max_steps=100, val_check_interval=100, lr=1e-2, batch_size=16, warmup_steps=5)
+    cfg = _with(env, max_steps=200, val_check_interval=200, lr=1e-2, batch_size=16, warmup_steps=5)
     m = T.train(cfg, "window", 0, run_dir=tmp_path / "learn", extra_callbacks=[rec])
-    assert len(rec.losses) == 100
+    assert len(rec.losses) == 200
     assert np.mean(rec.losses[-10:]) < 0.7 * np.mean(rec.losses[:10]), rec.losses
     # a local pair sits inside one window, so even `window` learns to copy its value
-    # (chance: 1 / data.n_common_values = 1/16; measured ~0.57 after 100 steps)
+    # (chance: 1 / data.n_common_values = 1/16; 0.17 after 100 steps since numeric facts read `is X N .` like
+    # recall facts, 0.57 before; >= 0.35 after 200)
     assert m["val_last"]["val/recall_local"] >= 0.35, m["val_last"]
 
 
@@ -287,7 +289,7 @@ def test_curriculum_sampler_respects_limit_and_equal_lengths():
     lengths = n_seg * W
     sched = [{"until_step": 10, "max_segments": 1}, {"until_step": 20, "max_segments": 3},
              {"until_step": None, "max_segments": 4}]
-    s = T.CurriculumBatchSampler(lengths, n_seg, batch_size=4, curriculum=sched, seed=0)
+    s = CurriculumBatchSampler(lengths, n_seg, batch_size=4, curriculum=sched, seed=0)
     seen = {}
     for step in range(40):
         b = s.batch_at(step)
@@ -301,7 +303,7 @@ def test_curriculum_sampler_respects_limit_and_equal_lengths():
     it = iter(s)
     assert [next(it) for _ in range(3)] == [s.batch_at(17), s.batch_at(18), s.batch_at(19)]
     with pytest.raises(ConfigError, match="step 0"):
-        T.CurriculumBatchSampler(lengths[n_seg > 1], n_seg[n_seg > 1], 4, sched, 0)
+        CurriculumBatchSampler(lengths[n_seg > 1], n_seg[n_seg > 1], 4, sched, 0)
 
 
 def test_load_trained_round_trips(env, tmp_path):
@@ -381,6 +383,25 @@ def test_wandb_offline_run_lives_in_run_dir_and_finishes_on_error(monkeypatch, t
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
 
 
+def test_wandb_run_dir_is_made_absolute(monkeypatch, tmp_path):
+    """A relative run dir reaches wandb as an absolute path: a wandb service inherited from another process
+    resolves a relative one against its own working directory (it wrote runs into another checkout)."""
+    pytest.importorskip("wandb")
+    from pathlib import Path
+
+    from pipeline import tracking
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    here = tmp_path / "checkout"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    cfg = OmegaConf.create({"logger": {"wandb": {"enabled": True, "mode": "offline"}}})
+    with tracking.wandb_run(cfg, "train", "window-s0", "exp/run") as run:
+        assert Path(run.settings.root_dir).is_absolute() and Path(run.settings.root_dir) == here / "exp" / "run"
+    assert list((here / "exp" / "run" / "wandb").glob("offline-run-*"))
+
+
 def test_seeds_in_parallel_processes_match_a_run_in_this_process(env, tmp_path):
     """train_seeds(jobs=2) spawns workers: same results as an in-process run, one folder per seed."""
     runs = T.train_seeds(env, "window", [0, 1], jobs=2)
@@ -410,7 +431,7 @@ def test_monitor_auto_and_its_checks(env, data_root):
         assert resolve_monitor("auto", bounded, True) == "val/recall"
     assert resolve_monitor("auto", "cmr", False) == "val/recall_far"  # data from before val_long existed
     assert resolve_monitor("val/recall", "cmr", True) == "val/recall"
-    dm = T.MemoryDataModule(env.paths.data_dir, W, 8, 16, env.train.curriculum, 0)
+    dm = MemoryDataModule(env.paths.data_dir, W, 8, 16, env.train.curriculum, 0)
     dm.setup()
     assert dm.val_names == ["val", "val_long"]
     T.check_monitor("val_long/recall_far", dm.val_sets)

@@ -49,8 +49,8 @@ class DataConfig:
     # --- templates (placeholders {E} entity, {V} value, {X}/{Y} variable, {N} number) ---
     fact_template: str = "is {E} {V} ."  # value right after its entity (one-hop recall)
     query_template: str = "? is {E}"
-    num_fact_template: str = "{X} equals {N} ."
-    num_query_template: str = "{X} plus {Y} equals"
+    num_fact_template: str = "is {X} {N} ."  # a number stated like a fact, so the recall binding serves it
+    num_query_template: str = "sum {X} {Y}"  # the answer at the second variable (README: the numeric recipe)
     speakers: list[str] = field(default_factory=lambda: ["A:", "B:"])
     # --- training documents (train / val splits) ---
     segment_len: int = 16  # = backbone.window (yaml interpolates it)

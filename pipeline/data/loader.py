@@ -1,0 +1,193 @@
+"""The training data as Lightning sees them: one split as tensors, the curriculum batch sampler (documents of
+a growing number of segments), and the DataModule serving the train split and the validation splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import lightning as L
+import numpy as np
+import torch
+
+from pipeline.errors import ConfigError, DataError
+from pipeline.train_config import QUERY_TYPES, VAL_SPLITS, curriculum_limit
+
+TYPE_INDEX = {name: i for i, name in enumerate(QUERY_TYPES)}
+REQUIRED_COLUMNS = ("input_ids", "query_pos", "answers", "query_type")
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+class DocumentSet(torch.utils.data.Dataset):
+    """One split as tensors. `__getitems__` stacks a batch of equal-length documents directly
+    (no padding of input_ids; queries padded with -1 to the batch's largest query count)."""
+
+    def __init__(self, ds: Any, window: int, split: str = "?"):
+        missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+        if missing:
+            raise DataError(f"split {split!r} lacks columns {missing}; has {ds.column_names}")
+        if len(ds) == 0:
+            raise DataError(f"split {split!r} is empty")
+        self.split = split
+        self.ids = [torch.tensor(x, dtype=torch.long) for x in ds["input_ids"]]
+        self.lengths = np.array([len(x) for x in self.ids], dtype=np.int64)
+        if "n_segments" in ds.column_names:
+            self.n_segments = np.array(ds["n_segments"], dtype=np.int64)
+        else:
+            self.n_segments = -(-self.lengths // int(window))
+        self.qpos, self.answers, self.qtype = [], [], []
+        for i, (qp, ans, qt) in enumerate(zip(ds["query_pos"], ds["answers"], ds["query_type"])):
+            if not (len(qp) == len(ans) == len(qt)):
+                raise DataError(f"split {split!r} doc {i}: query_pos/answers/query_type lengths differ")
+            unknown = set(qt) - set(TYPE_INDEX)
+            if unknown:
+                raise DataError(f"split {split!r} doc {i}: unknown query_type {sorted(unknown)}; known: {list(QUERY_TYPES)}")
+            qp_t = torch.tensor(qp, dtype=torch.long)
+            ans_t = torch.tensor(ans, dtype=torch.long)
+            ids = self.ids[i]
+            if len(qp) and (int(qp_t.min()) < 0 or int(qp_t.max()) + 1 >= len(ids)
+                            or not torch.equal(ids[qp_t + 1], ans_t)):
+                raise DataError(f"split {split!r} doc {i}: input_ids[query_pos + 1] != answers")
+            self.qpos.append(qp_t)
+            self.answers.append(ans_t)
+            self.qtype.append(torch.tensor([TYPE_INDEX[t] for t in qt], dtype=torch.long))
+        self.max_token = max(int(x.max()) for x in self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def type_counts(self) -> dict[str, int]:
+        c = torch.bincount(torch.cat(self.qtype), minlength=len(QUERY_TYPES))
+        return {name: int(c[i]) for i, name in enumerate(QUERY_TYPES)}
+
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]) -> dict:
+        lengths = {int(self.lengths[i]) for i in idx}
+        if len(lengths) != 1:
+            raise DataError(f"batch mixes document lengths {sorted(lengths)} (sampler bug)")
+        q = max(1, max(len(self.qpos[i]) for i in idx))
+        qpos = torch.full((len(idx), q), -1, dtype=torch.long)  # [B, Q], -1 = no query
+        answers = torch.full((len(idx), q), -1, dtype=torch.long)
+        qtype = torch.full((len(idx), q), -1, dtype=torch.long)
+        for r, i in enumerate(idx):
+            n = len(self.qpos[i])
+            qpos[r, :n], answers[r, :n], qtype[r, :n] = self.qpos[i], self.answers[i], self.qtype[i]
+        return {"input_ids": torch.stack([self.ids[i] for i in idx]),  # [B, N]
+                "query_pos": qpos, "answers": answers, "query_type": qtype}
+
+
+class CurriculumBatchSampler(torch.utils.data.Sampler):
+    """Endless batches of equal-length documents, drawn from those allowed at the current step.
+
+    The batch for optimizer step s is a pure function of (seed, s): documents are grouped by
+    length, a group is chosen with probability proportional to its allowed size (so sampling is
+    uniform over allowed documents), then `batch_size` documents from it. Resuming at step s
+    therefore continues the exact sequence, and no per-epoch state needs saving.
+    `step_source` (set by the DataModule) reports the global step when iteration starts.
+    """
+
+    def __init__(self, lengths: np.ndarray, n_segments: np.ndarray, batch_size: int, curriculum: Any,
+                 seed: int, start_step: int = 0):
+        self.batch_size = int(batch_size)
+        self.curriculum = [dict(until_step=_g(s, "until_step"), max_segments=_g(s, "max_segments"))
+                           for s in (curriculum or [])]
+        self.seed = int(seed)
+        self.start_step = int(start_step)
+        self.step_source: Optional[Callable[[], int]] = None
+        keys = sorted({(int(n), int(ln)) for n, ln in zip(n_segments, lengths)})
+        self.groups = [(n, ln, np.flatnonzero((n_segments == n) & (lengths == ln))) for n, ln in keys]
+        self.n_segments = np.asarray(n_segments)
+        if not self.allowed_groups(0):
+            raise ConfigError(
+                f"train.curriculum allows at most {curriculum_limit(self.curriculum, 0)} segments at step 0, "
+                f"but the shortest training document has {int(self.n_segments.min())}"
+            )
+
+    def limit(self, step: int) -> Optional[int]:
+        return curriculum_limit(self.curriculum, step)
+
+    def allowed_groups(self, step: int) -> list[np.ndarray]:
+        lim = self.limit(step)
+        return [idx for n, _, idx in self.groups if lim is None or n <= lim]
+
+    def batch_at(self, step: int) -> list[int]:
+        groups = self.allowed_groups(step)
+        if not groups:
+            raise ConfigError(f"train.curriculum allows no training document at step {step}")
+        rng = np.random.default_rng([self.seed, int(step)])
+        sizes = np.array([len(g) for g in groups], dtype=np.float64)
+        g = groups[int(rng.choice(len(groups), p=sizes / sizes.sum()))]
+        pick = rng.choice(len(g), size=self.batch_size, replace=len(g) < self.batch_size)
+        return g[pick].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.step_source() if self.step_source is not None else self.start_step
+        while True:
+            yield self.batch_at(step)
+            step += 1
+
+
+def _g(obj: Any, key: str) -> Any:
+    return obj.get(key) if hasattr(obj, "get") else getattr(obj, key)
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = 0) -> list[list[int]]:
+    """Validation batches: equal-length groups cut into batches, batch order shuffled with a fixed
+    seed so that `limit_val_batches` takes a sample of every length, not just the shortest."""
+    batches = []
+    for ln in sorted(set(lengths.tolist())):
+        idx = np.flatnonzero(lengths == ln)
+        batches += [idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+    order = np.random.default_rng(seed).permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+class MemoryDataModule(L.LightningDataModule):
+    """Train split with the curriculum batch sampler; the validation splits (val, and val_long where
+    the data have it) in fixed equal-length batches, one dataloader each, in `val_names` order."""
+
+    def __init__(self, data_dir: str | Path, window: int, batch_size: int, val_batch_size: int,
+                 curriculum: Any, seed: int):
+        super().__init__()
+        self.data_dir, self.window = str(data_dir), int(window)
+        self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
+        self.curriculum, self.seed = curriculum, int(seed)
+        self.train_set: Optional[DocumentSet] = None
+        self.val_sets: dict[str, DocumentSet] = {}
+
+    @property
+    def val_names(self) -> list[str]:
+        return list(self.val_sets)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        from pipeline import data as pdata
+
+        self.train_set = DocumentSet(pdata.load_split(self.data_dir, "train"), self.window, "train")
+        have = set(pdata.load_manifest(self.data_dir).get("splits", {}))
+        for name in VAL_SPLITS:
+            if name == "val" or name in have:
+                self.val_sets[name] = DocumentSet(pdata.load_split(self.data_dir, name), self.window, name)
+        self.make_train_sampler()  # fail now if the curriculum allows no document at step 0
+
+    def make_train_sampler(self) -> CurriculumBatchSampler:
+        s = CurriculumBatchSampler(self.train_set.lengths, self.train_set.n_segments, self.batch_size,
+                                   self.curriculum, self.seed)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            s.step_source = lambda: int(trainer.global_step)
+        return s
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=self.make_train_sampler(),
+                                           collate_fn=_identity, num_workers=0)
+
+    def val_dataloader(self) -> list[torch.utils.data.DataLoader]:
+        return [torch.utils.data.DataLoader(ds, batch_sampler=eval_batches(ds.lengths, self.val_batch_size),
+                                            collate_fn=_identity, num_workers=0) for ds in self.val_sets.values()]
