@@ -50,6 +50,9 @@ def ci_study(tmp_path_factory) -> tuple[Path, dict, str]:
         GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@example.invalid",
     )
     env.pop("PYTHONPATH", None)
+    # a wandb service this test process started (its address is exported to children): a study run in the copy
+    # must not log through it, nor be killed apart from it
+    env.pop("WANDB_SERVICE", None)
     _run(["git", "init", "-q", "-b", "main"], repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-q", "-m", "snapshot"], repo, env)
