@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import load_params
 from pipeline.errors import ConfigError, DataError, PipelineError, TrainingError
 from pipeline.io import atomic_write_json, write_stage_time
-from pipeline.models.checkpoint import load_trained  # noqa: F401  (re-exported: pipeline.train.load_trained)
 from pipeline import paths
 from pipeline.train_config import QUERY_TYPES, TrainConfig, resolve_monitor
 from pipeline.train_config import validate as validate_train
@@ -105,7 +104,7 @@ class MemoryLMModule(L.LightningModule):
         self.monitor = str(self.tcfg.monitor)  # resolved by train() when `auto`
         self._val_sums: Optional[torch.Tensor] = None
         weights = [float((self.tcfg.answer_loss_weights or {}).get(q, 1.0)) for q in QUERY_TYPES]
-        self.type_weights: Optional[torch.Tensor] = (  # [len(QUERY_TYPES)], by TYPE_INDEX; None: plain mean
+        self.type_weights: Optional[torch.Tensor] = (  # [len(QUERY_TYPES)], in QUERY_TYPES order; None: plain mean
             None if all(w == 1.0 for w in weights) else torch.tensor(weights))
         self.fingerprint: dict[str, str] = {}  # run_fingerprint, set by train(), saved in every checkpoint
 

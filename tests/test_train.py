@@ -15,6 +15,7 @@ L = pytest.importorskip("lightning")
 
 from pipeline import train as T  # noqa: E402
 from pipeline.data.loader import CurriculumBatchSampler, MemoryDataModule  # noqa: E402
+from pipeline.models.checkpoint import load_trained  # noqa: E402
 from pipeline.errors import ConfigError, TrainingError  # noqa: E402
 from pipeline.train_config import TrainConfig, curriculum_limit  # noqa: E402
 
@@ -122,7 +123,7 @@ def test_loss_decreases_on_local_pairs(env, tmp_path):
 
 
 def _weights(run_dir):
-    model, _ = T.load_trained(run_dir, which="last")
+    model, _ = load_trained(run_dir, which="last")
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -182,10 +183,10 @@ def test_truncated_checkpoint_is_retrained_and_refused_by_load_trained(env, tmp_
         p = run / "checkpoints" / name
         p.write_bytes(p.read_bytes()[:1000])
     with pytest.raises(DataError, match="best.ckpt is not a readable checkpoint"):
-        T.load_trained(run)
+        load_trained(run)
     m = T.train(env, "window", 0, run_dir=run)
     assert "unreadable" in capsys.readouterr().err and m["steps"] == 10
-    T.load_trained(run)
+    load_trained(run)
 
 
 def test_resume_matches_uninterrupted_run(env, tmp_path):
@@ -314,7 +315,7 @@ def test_load_trained_round_trips(env, tmp_path):
     module = T.MemoryLMModule(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
-    model, hp = T.load_trained(tmp_path / "r", which="last")
+    model, hp = load_trained(tmp_path / "r", which="last")
     assert not model.training and hp["variant"] == "window" and hp["vocab_size"] == data.load_tokenizer(env.paths.data_dir).get_vocab_size()
     assert hp["cfg"]["backbone"]["window"] == W
     val = data.load_split(env.paths.data_dir, "val")
@@ -322,7 +323,7 @@ def test_load_trained_round_trips(env, tmp_path):
     ids = torch.tensor([x for x, k in zip(val["input_ids"], n) if k == 2][:2])  # [2, 2W]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, module.model(ids).logits)
-    best, _ = T.load_trained(tmp_path / "r")  # default: best
+    best, _ = load_trained(tmp_path / "r")  # default: best
     assert not best.training
 
 
@@ -338,7 +339,6 @@ def test_evaluation_loads_checkpoints_without_lightning():
             "or m == 'pipeline.train'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
-    assert T.load_trained.__module__ == "pipeline.models.checkpoint"
 
 
 def test_train_config_defaults_match_yaml():
