@@ -101,9 +101,9 @@ def test_causal_across_segments(name, positions):
 
 
 # The reading-order tests below give cmr a scorer that reads the block output: with the default
-# (block input), copies of one token score exactly the same at layer 0, and which copy torch.topk keeps
-# may differ between reading orders. test_cmr_block_input_streaming_equals_batched covers the default
-# on documents whose tokens are all different.
+# (attention input) or the block input, copies of one token (in the same short context) score exactly the
+# same at layer 0, and which copy torch.topk keeps may differ between reading orders.
+# test_cmr_default_scorer_streaming_equals_batched covers the default on documents whose tokens all differ.
 OUTPUT_SCORER = {"score_input": "output"}
 
 
@@ -120,7 +120,7 @@ def test_streaming_equals_batched(name):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_cmr_block_input_streaming_equals_batched():
+def test_cmr_default_scorer_streaming_equals_batched():
     m = loud(make("cmr", **VARIANT_KW["cmr"]))
     x = torch.stack([torch.randperm(V, generator=torch.Generator().manual_seed(s))[:31] for s in (1, 2)])
     a = m(x).logits
@@ -216,21 +216,26 @@ def test_cmr_salience_eviction_keeps_highest_scores():
     assert len(kept) == 3 and all(p >= 16 for p in kept)  # 2 of segment 5 and 1 of segment 4
 
 
-@pytest.mark.parametrize("score_input", ["block_input", "output"])
+@pytest.mark.parametrize("score_input", ["block_input", "attention_input", "output"])
 def test_cmr_scorer_input(score_input):
-    """block_input: at capture layer 0 a token's salience is a function of that token alone (the
-    block's input is its embedding), so editing another token of the segment leaves it unchanged;
-    output: the scorer reads the block's output, which attention mixes with the tokens before it."""
-    m = make("cmr", k=2, capacity=5, score_input=score_input)
+    """What the layer-0 scorer sees of the rest of the segment (window 8, conv kernel 4): block_input, the
+    token alone; attention_input, the token and the 3 before it (the short convolution); output, every token
+    before it (attention). Editing a segment's first token shows which salience logits read it."""
+    bb = dataclasses.replace(TINY, window=8, conv_kernel=4)
+    m = make("cmr", bb, k=2, capacity=5, score_input=score_input)
+    with torch.no_grad():  # a visible convolution (it starts at zero)
+        m.blocks[0].conv.weight.normal_(0, 0.5)
     seen = []
     m.memory.scorer["0"].register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
-    a = ids(1, 12, seed=5)
+    a = ids(1, 24, seed=5)
     b = a.clone()
     b[0, 0] = (b[0, 0] + 1) % V  # first token of segment 0
     m(a), m(b)
     za, zb = seen[0].flatten(), seen[1].flatten()  # salience logits of segments 0..1 (the last is never read)
-    assert not torch.equal(za[0], zb[0])
-    assert torch.equal(za[1:], zb[1:]) == (score_input == "block_input")
+    changed = [not torch.equal(za[s], zb[s]) for s in (slice(0, 1), slice(1, 4), slice(4, 8), slice(8, 16))]
+    expect = {"block_input": [True, False, False, False], "attention_input": [True, True, False, False],
+              "output": [True, True, True, False]}[score_input]
+    assert changed == expect
 
 
 def test_cmr_banks_reset_between_documents():

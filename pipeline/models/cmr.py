@@ -2,14 +2,17 @@
 
 Capture (after block l, for l in capture_layers): salience a = sigmoid(z), z = w_l . LN(u) + b_l per
 token (LN without affine: its scale/shift fold into w_l, b_l), where u is what the scorer reads
-(`score_input`): the token as it enters block l (default) or block l's output h. The top-k tokens of
-each segment by the selection score (learned: z; norm: |h|; random; recent: position) are written
-to bank l as a * P_l(h) in R^{d_mem}. Why the block input: a scorer that reads h ranks a token by
-what attention mixed into it, and in training (no bank overflows) nothing teaches it to rank a fact
-above filler that attended to one; its ranking drifted and long-document recall rose and fell.
-Reading the token before the mix, it learns which tokens are worth keeping (README, "How the
-default recipe was found"). With the block input at layer 0, copies of one token score exactly the
-same; torch.topk breaks the tie.
+(`score_input`): the token as block l's attention receives it, i.e. with its short-convolution context
+of the kernel-1 tokens before it (default); the token alone as it enters block l; or block l's output h.
+The top-k tokens of each segment by the selection score (learned: z; norm: |h|; random; recent:
+position) are written to bank l as a * P_l(h) in R^{d_mem}. Why not the output: a scorer that reads h
+ranks a token by what attention mixed into it, and in training (no bank overflows) nothing teaches it
+to rank a fact above filler that attended to one; its ranking drifted and long-document recall rose
+and fell. Why not the token alone: at layer 0 that is the embedding, so every copy of a token scores
+the same; a seed that learned to keep the '.' closing each fact (its state holds the whole fact) then
+kept every filler '.' as well, and on long documents the banks filled with them (README, "How the
+default recipe was found"). The local context tells the two apart. Exact ties (copies of one token in
+the same context) are broken by torch.topk.
 The same score decides eviction: a bank holds at most K slots and, after
 each write, keeps the K highest-scoring of (old slots + new captures) -- or, with
 `eviction: oldest`, the K most recent. Because "keep the top K" composes, the bank that segment s
@@ -131,7 +134,15 @@ class CMRMemory(Memory):
         if probs is not None:
             record_self_attention(step, l, probs, self.key_positions(step, step.T, 0), 0)
         if str(l) in self.write:
-            self._capture(l, h, state, step, h_in if self.cfg.score_input == "block_input" else h)
+            self._capture(l, h, state, step, self._score_source(block, h_in, h))
+        return h
+
+    def _score_source(self, block, h_in: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        if self.cfg.score_input == "block_input":
+            return h_in
+        if self.cfg.score_input == "attention_input":  # LN then the causal short convolution, as in Block
+            xn = block.ln1(h_in)
+            return block.conv(xn) if block.conv is not None else xn
         return h
 
     def _capture(self, l: int, h: torch.Tensor, state: dict, step: Step, h_score: torch.Tensor) -> None:

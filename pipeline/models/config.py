@@ -16,7 +16,7 @@ POSITIONS = ("rotary", "learned")
 SELECTIONS = ("learned", "norm", "random", "recent")
 EVICTIONS = ("salience", "oldest")
 MODES = ("hierarchical", "flat")
-SCORE_INPUTS = ("block_input", "output")
+SCORE_INPUTS = ("block_input", "attention_input", "output")
 
 
 @dataclass
@@ -82,8 +82,9 @@ class CMRConfig(MemoryConfig):
     gate: bool = True  # false: plain residual add (ablation)
     gate_bias: float = -4.0
     bptt_segments: int = 4  # segments gradients flow back through the banks (0: detached)
-    score_input: str = "block_input"  # what the scorer reads: block_input (the token as it enters the
-    # capture layer, before the block mixes tokens) | output (the captured state itself)
+    score_input: str = "attention_input"  # what the scorer reads: block_input (the token as it enters the
+    # capture layer, before the block mixes tokens) | attention_input (the same plus its short-convolution
+    # context: what the block's attention receives) | output (the captured state itself)
 
 
 MEMORY_CONFIGS: dict[str, type] = {
