@@ -80,7 +80,7 @@ class TrainConfig:
 
 
 # Memories whose state spans the whole document, so far recall on long documents is within their reach.
-DOCUMENT_MEMORIES = ("cmr",)
+DOCUMENT_MEMORIES = ("cmr", "rmt", "armt", "memorizing")
 
 
 def resolve_monitor(monitor: str, variant_name: str, has_val_long: bool) -> str:

@@ -47,6 +47,9 @@ VARIANT_KW = {
     "xl": {"mem_len": 6},
     "full": {},
     "cmr": {"k": 2, "capacity": 5},
+    "rmt": {"mem_tokens": 2},
+    "armt": {"mem_tokens": 2, "d_key": 4},
+    "memorizing": {"store": 8, "top_k": 3},
 }
 
 
@@ -89,6 +92,10 @@ def test_causal_across_segments(name, positions):
     m = make(name, bb, **VARIANT_KW[name])
     if name == "cmr":
         loud(m)
+    if name == "armt":  # W_v starts at zero: make the memory read something
+        with torch.no_grad():
+            for a in m.memory.assoc:
+                a.v.weight.normal_(0, 0.5)
     N = 23  # not a multiple of W=4
     x = ids(2, N)
     base = m(x).logits
@@ -349,7 +356,8 @@ def test_attention_diagnostics_shapes_and_sums():
         for layer in att:
             p = layer["self"]  # [B, N, H, Tk]
             assert p.shape[:3] == (2, N, TINY.n_heads)
-            torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[:3]))
+            mem_mass = layer.get("memory_mass", torch.zeros(p.shape[:3]))  # rmt: mass on its memory tokens
+            torch.testing.assert_close(p.sum(-1) + mem_mass, torch.ones(p.shape[:3]))
             assert layer["key_pos"].shape == (N, p.shape[-1])
             hidden = layer["key_pos"] < 0
             assert (p.masked_fill(~hidden[None, :, None, :], 0) == 0).all(), "mass on a missing column"
@@ -398,7 +406,7 @@ def test_cmr_flat_mode_with_deeper_banks_runs_sequentially_and_is_causal():
 # ---- config ----------------------------------------------------------------------------------
 def test_unknown_memory_name_lists_allowed():
     with pytest.raises(ConfigError) as e:
-        build_model(TINY, {"name": "rmt"}, V)
+        build_model(TINY, {"name": "lstm"}, V)
     for n in MODEL_NAMES:
         assert n in str(e.value)
     with pytest.raises(ConfigError, match="unknown key"):
@@ -494,7 +502,10 @@ def test_yaml_files_match_dataclasses():
     root = Path(__file__).resolve().parents[1] / "conf"
     bb = yaml.safe_load((root / "backbone/default.yaml").read_text())
     assert bb == dataclasses.asdict(BackboneConfig())
+    cmr_bptt = CMRConfig().bptt_segments
     for n in MODEL_NAMES:
         d = yaml.safe_load((root / f"model/{n}.yaml").read_text())
+        if d.get("bptt_segments") == "${models.cmr.bptt_segments}":  # the baselines take cmr's depth
+            d["bptt_segments"] = cmr_bptt
         assert d == dataclasses.asdict(memory_config({"name": n})), n
     assert CMRConfig().name == "cmr" and XLConfig().mem_len >= 1

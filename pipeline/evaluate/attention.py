@@ -66,7 +66,7 @@ FLAGS = ("correct", "fact_visible", "fact_in_memory", "captured_value", "capture
 # What attention_table averages (with a bootstrap CI over documents).
 METRICS = ("entropy", "entropy_norm", "mass_fact", "mass_any_fact", "mass_memory", "mass_fact_slots",
            "mass_any_fact_slots", "entropy_memory")
-VARIANT_ORDER = ("window", "xl", "full", "cmr")
+VARIANT_ORDER = ("window", "xl", "full", "rmt", "armt", "memorizing", "cmr")
 
 
 # ------------------------------------------------------------------------------- metrics (pure)

@@ -1,4 +1,5 @@
-"""Models: one decoder, four memories (window, xl, full, cmr). `build_model` is the way in."""
+"""Models: one decoder, seven memories (window, xl, full, cmr; the baselines rmt, armt, memorizing).
+`build_model` is the way in."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pipeline.errors import ConfigError
 from pipeline.models.config import (
     MODEL_NAMES,
     BackboneConfig,
+    ARMTConfig,
     CMRConfig,
     FullConfig,
+    MemorizingConfig,
     MemoryConfig,
+    RMTConfig,
     WindowConfig,
     XLConfig,
     backbone_config,
@@ -27,6 +31,9 @@ __all__ = [
     "XLConfig",
     "FullConfig",
     "CMRConfig",
+    "RMTConfig",
+    "ARMTConfig",
+    "MemorizingConfig",
     "MemoryLM",
     "ModelOutput",
     "build_model",
@@ -34,15 +41,25 @@ __all__ = [
 ]
 
 
+# variant -> (module, class): build_model imports only the chosen memory's module, so a stage that trains or
+# evaluates one variant depends on that file alone among the memories (dvc.yaml lists them so)
+MEMORIES = {
+    "window": ("pipeline.models.window", "WindowMemory"),
+    "xl": ("pipeline.models.xl", "XLMemory"),
+    "full": ("pipeline.models.full", "FullMemory"),
+    "cmr": ("pipeline.models.cmr", "CMRMemory"),
+    "rmt": ("pipeline.models.rmt", "RMTMemory"),
+    "armt": ("pipeline.models.armt", "ARMTMemory"),
+    "memorizing": ("pipeline.models.memorizing", "MemorizingMemory"),
+}
+
+
 def build_model(backbone_cfg: Any, memory_cfg: Any, vocab_size: int):
     """MemoryLM for one variant. Configs may be dataclasses, DictConfigs or dicts."""
-    from pipeline.models.base import MemoryLM
-    from pipeline.models.cmr import CMRMemory
-    from pipeline.models.full import FullMemory
-    from pipeline.models.window import WindowMemory
-    from pipeline.models.xl import XLMemory
+    import importlib
 
-    memories = {"window": WindowMemory, "xl": XLMemory, "full": FullMemory, "cmr": CMRMemory}
+    from pipeline.models.base import MemoryLM
+
     backbone = backbone_config(backbone_cfg)
     mem = memory_config(memory_cfg)  # unknown name -> ConfigError listing MODEL_NAMES
     check_model(backbone, mem)
@@ -50,8 +67,10 @@ def build_model(backbone_cfg: Any, memory_cfg: Any, vocab_size: int):
         raise ConfigError(f"vocab_size = {vocab_size!r} must be a positive integer")
     import torch
 
+    module, cls = MEMORIES[mem.name]
+    memory_class = getattr(importlib.import_module(module), cls)
     with torch.random.fork_rng(devices=[]):  # building the memory must not shift the backbone's init
-        memory = memories[mem.name](backbone, mem)
+        memory = memory_class(backbone, mem)
     return MemoryLM(backbone, memory, vocab_size)
 
 

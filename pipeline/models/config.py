@@ -38,7 +38,7 @@ class BackboneConfig:
 
 @dataclass
 class MemoryConfig:
-    """Base of every memory config; `name` picks the variant (window, xl, full, cmr)."""
+    """Base of every memory config; `name` picks the variant (window, xl, full, cmr, rmt, armt, memorizing)."""
 
     name: str = "window"
 
@@ -87,11 +87,44 @@ class CMRConfig(MemoryConfig):
     # context: what the block's attention receives) | output (the captured state itself)
 
 
+@dataclass
+class RMTConfig(MemoryConfig):
+    """Recurrent Memory Transformer (Bulatov et al. 2022): mem_tokens read at a segment's start, written at its end."""
+
+    name: str = "rmt"
+    mem_tokens: int = 8  # m: memory state m * d_model floats
+    bptt_segments: int = 4  # memory transitions gradients flow back through (0: detached)
+
+
+@dataclass
+class ARMTConfig(MemoryConfig):
+    """Associative RMT (Rodkin et al. 2024): per-layer associative matrices written by a delta rule."""
+
+    name: str = "armt"
+    mem_tokens: int = 4  # write tokens appended to every segment (learned; their outputs are written)
+    d_key: int = 8  # key projection width before the feature map
+    nu: int = 1  # DPFP order: feature width 2 * nu * d_key
+    bptt_segments: int = 4  # segments gradients flow back through the matrices (0: detached)
+
+
+@dataclass
+class MemorizingConfig(MemoryConfig):
+    """Memorizing Transformer (Wu et al. 2022): one layer also attends to the top-k of a store of past keys/values."""
+
+    name: str = "memorizing"
+    layer: Optional[int] = None  # the retrieval layer; null: the last
+    store: int = 256  # bound of the store: the (key, value) pairs of the last `store` tokens before the segment
+    top_k: int = 8  # retrieved pairs per query and head
+
+
 MEMORY_CONFIGS: dict[str, type] = {
     "window": WindowConfig,
     "xl": XLConfig,
     "full": FullConfig,
     "cmr": CMRConfig,
+    "rmt": RMTConfig,
+    "armt": ARMTConfig,
+    "memorizing": MemorizingConfig,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MEMORY_CONFIGS)
 
@@ -177,6 +210,19 @@ def check_model(backbone: BackboneConfig, mem: MemoryConfig) -> None:
         _int_at_least("models.xl.mem_len", mem.mem_len, 1)
     elif isinstance(mem, CMRConfig):
         _check_cmr(b, mem)
+    elif isinstance(mem, RMTConfig):
+        _int_at_least("models.rmt.mem_tokens", mem.mem_tokens, 1)
+        _int_at_least("models.rmt.bptt_segments", mem.bptt_segments, 0)
+    elif isinstance(mem, ARMTConfig):
+        for key in ("mem_tokens", "d_key", "nu"):
+            _int_at_least(f"models.armt.{key}", getattr(mem, key), 1)
+        _int_at_least("models.armt.bptt_segments", mem.bptt_segments, 0)
+    elif isinstance(mem, MemorizingConfig):
+        _int_at_least("models.memorizing.top_k", mem.top_k, 1)
+        if not isinstance(mem.store, int) or mem.store < mem.top_k:
+            raise ConfigError(f"models.memorizing.store = {mem.store!r} must be an integer >= models.memorizing.top_k = {mem.top_k}")
+        if mem.layer is not None and (not isinstance(mem.layer, int) or not 0 <= mem.layer < b.n_layers):
+            raise ConfigError(f"models.memorizing.layer = {mem.layer!r} must be null or in [0, {b.n_layers - 1}]")
 
 
 def _check_cmr(b: BackboneConfig, m: CMRConfig) -> None:

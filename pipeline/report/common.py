@@ -12,7 +12,7 @@ PASSED, FAILED, NOT_RUN = "PASSED", "FAILED", "NOT RUN"
 SUPPORTED, NOT_SUPPORTED, MIXED = "supported", "not supported", "mixed"
 NOT_TESTED = "not tested"  # the evidence was not produced (a stage did not run)
 NOT_TESTABLE = "not testable"  # the evidence exists, but a validity check it depends on failed
-VARIANT_ORDER = ("window", "xl", "full", "cmr")
+VARIANT_ORDER = ("window", "xl", "full", "rmt", "armt", "memorizing", "cmr")
 
 
 def variant_order(variants) -> list[str]:

@@ -23,7 +23,8 @@ PANELS = (("val_recall_far", "far recall, val (training-like)"),
           ("val_long_recall_far", "far recall, val_long (evaluation-like)"),
           ("val_recall_local", "local recall, val"), ("val_recall_numeric", "sum accuracy, val"),
           ("val_loss", "answer loss, val"), ("val_long_loss", "answer loss, val_long"))
-COLORS = {"window": "tab:gray", "xl": "tab:blue", "full": "tab:green", "cmr": "tab:red"}
+COLORS = {"window": "tab:gray", "xl": "tab:blue", "full": "tab:green", "cmr": "tab:red",
+          "rmt": "tab:purple", "armt": "tab:orange", "memorizing": "tab:brown"}
 
 
 def curves_table(train: Mapping[str, dict]) -> pd.DataFrame:

@@ -1,0 +1,98 @@
+"""`memorizing` (Memorizing Transformer, Wu et al. 2022): one layer retrieves from a store of the past.
+
+At the retrieval layer (default: the last), each query attends twice: to its own segment
+(causal, rotary, as every block does) and to the top_k (key, value) pairs, by dot product, of a
+store holding that layer's keys and values of the `store` tokens before the segment (a bounded
+FIFO: this bound is the memory budget, store * 2 * d_model floats). The two results are mixed per
+head by a learned gate, y = g * memory + (1 - g) * local, g = sigmoid(gate_h). Stored keys and
+values are detached (no gradient into the past, as in the paper) and unrotated (the memory carries
+no positions). A segment with nothing stored before it uses the local result alone; a gate logit
+of -inf gives exactly `window`. Exact top-k (no approximate nearest neighbours at this size).
+
+The store a segment reads is the `store` tokens just before it, so chunks are processed like `xl`:
+[previous chunk's last `store` keys; this chunk's keys], one window per segment.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.models.base import Memory, Step, record_self_attention
+from pipeline.models.config import BackboneConfig, MemorizingConfig
+from pipeline.models.transformer import apply_rotary
+
+
+class MemorizingMemory(Memory):
+    cfg: MemorizingConfig
+
+    def __init__(self, backbone: BackboneConfig, cfg: MemorizingConfig):
+        super().__init__(backbone, cfg)
+        self.retrieval_layer = backbone.n_layers - 1 if cfg.layer is None else cfg.layer
+        self.gate = nn.Parameter(torch.zeros(backbone.n_heads))  # per-head logit: g = 0.5 at the start
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.gate)
+
+    def memory_floats(self) -> int:
+        return self.cfg.store * 2 * self.backbone.d_model
+
+    def new_state(self) -> dict:
+        return {}  # "k", "v": [B, H, M, hd] of the last `store` tokens before the next chunk
+
+    def layer(self, l: int, block, h: torch.Tensor, state: dict, step: Step) -> torch.Tensor:
+        if l != self.retrieval_layer:
+            return super().layer(l, block, h, state, step)
+        xn = block.ln1(h)
+        if block.conv is not None:
+            xn = block.conv(xn)
+        a, probs = self._attend(block.attn, xn, state, step)
+        if probs is not None:
+            record_self_attention(step, l, probs, self.key_positions(step, step.T, 0), 0)
+        h = h + a
+        return h + F.dropout(block.out(F.gelu(block.fc(block.ln2(h)))), block.dropout, block.training)
+
+    def _attend(self, attn, xn: torch.Tensor, state: dict, step: Step):
+        Bc, T, D = xn.shape
+        H, hd = attn.n_heads, attn.head_dim
+        q, k, v = attn.qkv(xn).view(Bc, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # [B*C, H, T, hd] each
+        qr, kr = (apply_rotary(t, attn.rotary.tables(T, xn.device)) for t in (q, k)) if attn.rotary else (q, k)
+        p = attn.dropout if attn.training else 0.0
+        probs = None
+        if step.return_attention:
+            causal = torch.ones(T, T, dtype=torch.bool, device=xn.device).tril()
+            probs = ((qr @ kr.transpose(-2, -1)) * hd**-0.5).masked_fill(~causal, float("-inf")).softmax(-1)
+            local = probs @ v
+        else:
+            local = F.scaled_dot_product_attention(qr, kr, v, dropout_p=p, is_causal=True)
+        mem, has = self._retrieve(q, k.detach(), v.detach(), state, step)  # [B*C, H, T, hd], [B*C]
+        g = torch.sigmoid(self.gate)[None, :, None, None] * has[:, None, None, None]
+        y = (local + g * (mem - local)).transpose(1, 2).reshape(Bc, T, D)
+        return F.dropout(attn.proj(y), p, attn.training), probs
+
+    def _retrieve(self, q, k, v, state: dict, step: Step):
+        """Top-k attention of each query over the `store` tokens before its segment."""
+        M, B, C, T = self.cfg.store, step.B, step.C, step.T
+        H, hd = q.shape[1], q.shape[3]
+        seq = []
+        for t, name in ((k, "k"), (v, "v")):  # document order, after the previous chunk's store
+            t = t.view(B, C, H, T, hd).transpose(1, 2).reshape(B, H, C * T, hd)
+            prev = state.get(name)
+            if prev is None:
+                prev = t.new_zeros(B, H, M, hd)  # before the document: masked out below
+            seq.append(torch.cat([prev, t], dim=2))
+        if not step.last_chunk:
+            state["k"], state["v"] = seq[0][:, :, -M:], seq[1][:, :, -M:]
+        # segment c's store = seq[c*T : c*T + M] -> [B*C, H, M, hd]
+        ks, vs = (s.unfold(2, M, T)[:, :, :C].permute(0, 2, 1, 4, 3).reshape(B * C, H, M, hd) for s in seq)
+        seg = torch.arange(step.c0, step.c0 + C, device=q.device)[:, None]
+        exists = (seg * T - M + torch.arange(M, device=q.device)[None, :]) >= 0  # [C, M]
+        exists = exists[None].expand(B, C, M).reshape(B * C, 1, 1, M)
+        score = (q @ ks.transpose(-2, -1)) * hd**-0.5  # [B*C, H, T, M]
+        score = score.masked_fill(~exists, -1e9)  # finite: a segment with no store gets `has` = 0 instead of NaNs
+        top, idx = score.topk(min(self.cfg.top_k, M), dim=-1)  # [B*C, H, T, k]
+        w = top.softmax(-1)
+        picked = vs.unsqueeze(2).expand(-1, -1, T, -1, -1).gather(3, idx[..., None].expand(*idx.shape, hd))
+        mem = (w[..., None] * picked).sum(-2)  # [B*C, H, T, hd]
+        return mem, exists.reshape(B * C, M).any(-1).to(q.dtype)
