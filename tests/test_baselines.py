@@ -1,5 +1,5 @@
 """The memory baselines rmt, armt and memorizing: the rules every memory keeps (tests/test_models.py runs
-causality, same-seed and diagnostics tests over every variant), and each one's own mechanism."""
+causality, reset, same-seed and diagnostics tests over every variant), and each one's own mechanism."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from pipeline.errors import ConfigError
 from pipeline.models.config import validate
-from tests.test_models import TINY, V, ids, make
+from tests.test_models import TINY, V, ids, loud_memory, make
 
 BASELINES = {
     "rmt": {"mem_tokens": 2},
@@ -17,17 +17,8 @@ BASELINES = {
 }
 
 
-def loud(m):
-    """ARMT starts with W_v = 0 (reads nothing); give it something to read."""
-    if m.name == "armt":
-        with torch.no_grad():
-            for a in m.memory.assoc:
-                a.v.weight.normal_(0, 0.5)
-    return m
-
-
 def build(name, seed=0, **kw):
-    return loud(make(name, seed=seed, **{**BASELINES[name], **kw}))
+    return loud_memory(make(name, seed=seed, **{**BASELINES[name], **kw}))
 
 
 def states(m, x, **kw):
@@ -49,17 +40,6 @@ def test_memory_reaches_across_segments(name):
     y[:, 1] = (y[:, 1] + 5) % V  # a token of the first segment
     W = TINY.window
     assert not torch.allclose(m(x).logits[:, W:], m(y).logits[:, W:]), "later segments never see the first one"
-
-
-@pytest.mark.parametrize("name", BASELINES)
-def test_memory_resets_between_documents(name):
-    m = build(name)
-    a, b = ids(1, 30, seed=3), ids(1, 30, seed=4)
-    alone = m(b).logits
-    m(a)
-    assert torch.equal(m(b).logits, alone)
-    both = m(torch.cat([a, b])).logits  # documents in one batch do not share memory either
-    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", BASELINES)

@@ -90,12 +90,7 @@ def test_window_conv_does_not_reach_into_the_previous_segment():
 def test_causal_across_segments(name, positions):
     bb = dataclasses.replace(TINY, positions=positions)
     m = make(name, bb, **VARIANT_KW[name])
-    if name == "cmr":
-        loud(m)
-    if name == "armt":  # W_v starts at zero: make the memory read something
-        with torch.no_grad():
-            for a in m.memory.assoc:
-                a.v.weight.normal_(0, 0.5)
+    loud_memory(m)
     N = 23  # not a multiple of W=4
     x = ids(2, N)
     base = m(x).logits
@@ -245,13 +240,25 @@ def test_cmr_scorer_input(score_input):
     assert changed == expect
 
 
-def test_cmr_banks_reset_between_documents():
-    m = loud(make("cmr", k=2, capacity=5))
+def loud_memory(m):
+    """Make a memory matter: cmr's gate open; armt's W_v (zero at initialisation) random."""
+    if m.name == "cmr":
+        loud(m)
+    if m.name == "armt":
+        with torch.no_grad():
+            for a in m.memory.assoc:
+                a.v.weight.normal_(0, 0.5)
+    return m
+
+
+@pytest.mark.parametrize("name", ["xl", "cmr", "rmt", "armt", "memorizing"])
+def test_memory_resets_between_documents(name):
+    m = loud_memory(make(name, **VARIANT_KW[name]))
     a, b = ids(1, 30, seed=3), ids(1, 30, seed=4)
     alone = m(b).logits
     m(a)
     assert torch.equal(m(b).logits, alone)
-    both = m(torch.cat([a, b])).logits  # documents in one batch do not share banks either
+    both = m(torch.cat([a, b])).logits  # documents in one batch do not share memory either
     torch.testing.assert_close(both[1:], alone, atol=1e-6, rtol=1e-6)
 
 
