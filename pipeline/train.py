@@ -387,8 +387,9 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 def summarize(module: MemoryLMModule, thr: ThroughputMonitor, t: DictConfig, variant: str, seed: int,
-              global_step: int) -> dict:
-    """metrics.json: val metrics at the best (max of the monitor) and last validation, speed, size."""
+              global_step: int, frozen: bool = False) -> dict:
+    """metrics.json: val metrics at the best (max of the monitor) and last validation, speed, size
+    (a frozen run, with nothing to train, planned 0 steps)."""
     hist = module.val_history
     key = module.monitor
     best = max(hist, key=lambda e: e.get(key, -1.0)) if hist else None  # first max = ModelCheckpoint's choice
@@ -410,7 +411,7 @@ def summarize(module: MemoryLMModule, thr: ThroughputMonitor, t: DictConfig, var
         "params": int(params), "memory_floats": None if mem is None else int(mem),
         "tokens_trained": int(thr.tokens), "hardware": hardware(),
         "steps_to_90": reach[0] if reach else None, "target_recall": float(t.target_recall),
-        "config": {"max_steps": int(t.max_steps)},
+        "config": {"max_steps": 0 if frozen else int(t.max_steps)}, "frozen": bool(frozen),
     }
 
 
@@ -488,16 +489,28 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
         if run is not None:
             loggers.append(WandbLogger(experiment=run))
         trainer = build_trainer(t, run_dir, loggers, [thr, *(extra_callbacks or [])], monitor)
-        try:
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-        except TrainingError:
-            clear_run(run_dir)  # a diverged run leaves nothing to resume or score
-            raise
-        metrics = summarize(module, thr, t, variant, seed, trainer.global_step)
+        frozen = not any(p.requires_grad for p in module.parameters())
+        if frozen:
+            frozen_run(trainer, module, dm, run_dir)
+        else:
+            try:
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+            except TrainingError:
+                clear_run(run_dir)  # a diverged run leaves nothing to resume or score
+                raise
+        metrics = summarize(module, thr, t, variant, seed, trainer.global_step, frozen)
         atomic_write_json(run_dir / "metrics.json", metrics)
         if run is not None:
             run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
     return metrics
+
+
+def frozen_run(trainer: L.Trainer, module: MemoryLMModule, dm: Any, run_dir: Path) -> None:
+    """Nothing to train (a frozen pretrained backbone reading window by window): validate once and save
+    that model as both checkpoints, so the evaluation scores it like any trained run (0 steps)."""
+    trainer.validate(module, datamodule=dm, verbose=False)
+    for name in ("best", "last"):
+        trainer.save_checkpoint(run_dir / "checkpoints" / f"{name}.ckpt")
 
 
 def train_seeds(cfg: DictConfig, variant: str, seeds: list[int], jobs: int) -> list[dict]:

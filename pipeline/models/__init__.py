@@ -67,11 +67,35 @@ def build_model(backbone_cfg: Any, memory_cfg: Any, vocab_size: int):
         raise ConfigError(f"vocab_size = {vocab_size!r} must be a positive integer")
     import torch
 
+    if backbone.hf_model is not None:
+        return _build_hf(backbone, mem, vocab_size)
     module, cls = MEMORIES[mem.name]
     memory_class = getattr(importlib.import_module(module), cls)
     with torch.random.fork_rng(devices=[]):  # building the memory must not shift the backbone's init
         memory = memory_class(backbone, mem)
     return MemoryLM(backbone, memory, vocab_size)
+
+
+def _build_hf(backbone: BackboneConfig, mem: MemoryConfig, vocab_size: int):
+    """The memory around a pretrained causal LM (pipeline/models/hf.py), loaded with from_pretrained."""
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        raise ConfigError("backbone.hf_model needs the `hf` extra: pip install -e '.[hf]'") from None
+    import torch
+
+    from pipeline.models.hf import build_hf_model
+
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(backbone.hf_model)
+    except OSError as e:
+        raise ConfigError(f"backbone.hf_model = {backbone.hf_model!r} could not be loaded ({str(e).splitlines()[0]}); "
+                          "offline, pretrain one with `cmr-repro hf-pretrain`") from None
+    if lm.config.vocab_size != vocab_size:
+        raise ConfigError(f"backbone.hf_model's vocabulary ({lm.config.vocab_size} tokens) is not the data's tokenizer "
+                          f"({vocab_size}): pretrain it on these data (`cmr-repro hf-pretrain`)")
+    with torch.random.fork_rng(devices=[]):
+        return build_hf_model(lm, mem, backbone.window)
 
 
 def __getattr__(name: str):  # torch-importing names load lazily, so config-only users stay fast

@@ -34,6 +34,12 @@ class BackboneConfig:
     max_positions: int = 4096  # size of the learned position table: with positions=learned, `full`'s longest input
     tie_embeddings: bool = True
     conv_kernel: int = 4  # causal depthwise short convolution (taps) on each attention input; 0: none
+    # a pretrained Hugging Face causal LM (a save_pretrained folder or a hub name) as the frozen backbone in
+    # place of the decoder above (whose sizes then only size `cmr-repro hf-pretrain`); null: the decoder
+    hf_model: Optional[str] = None
+
+
+HF_VARIANTS = ("window", "cmr")  # the memories pipeline/models/hf.py attaches to a pretrained LM
 
 
 @dataclass
@@ -205,6 +211,16 @@ def check_model(backbone: BackboneConfig, mem: MemoryConfig) -> None:
         raise ConfigError(f"backbone.dropout = {b.dropout} must be in [0, 1)")
     if b.window > b.max_positions:
         raise ConfigError(f"backbone.window = {b.window} must be <= backbone.max_positions = {b.max_positions}")
+
+    if b.hf_model is not None:
+        if not isinstance(b.hf_model, str) or not b.hf_model:
+            raise ConfigError(f"backbone.hf_model = {b.hf_model!r} must be null or a folder / hub name")
+        if mem.name not in HF_VARIANTS:
+            raise ConfigError(f"`{mem.name}` on a pretrained Hugging Face backbone (backbone.hf_model) is not "
+                              f"supported; supported: {list(HF_VARIANTS)}")
+        if isinstance(mem, CMRConfig) and mem.score_input == "attention_input":
+            raise ConfigError("models.cmr.score_input = 'attention_input' reads the project decoder's short "
+                              "convolution; with backbone.hf_model use 'block_input' or 'output'")
 
     if isinstance(mem, XLConfig):
         _int_at_least("models.xl.mem_len", mem.mem_len, 1)

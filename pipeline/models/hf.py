@@ -1,0 +1,150 @@
+"""A memory inside a pretrained Hugging Face causal LM: the backbone frozen, the memory trained.
+
+`HFMemoryLM(lm, memory, window)` reads a document window by window, exactly as MemoryLM does: the document
+is cut into segments of `window` tokens, each read by `lm` alone (positions restart at 0) as one row of a
+batch of B*C windows per chunk of C segments. Each of the LM's decoder layers is wrapped (`MemoryLayer`), so
+the memory's own `layer(l, block, h, state, step)` runs around it: for `cmr`, the reweave on the layer's
+input and the capture of its output, the same modules and code as in the study's models (pipeline/models/
+cmr.py). With the base `Memory` (the `window` variant) the wrapped LM computes exactly what the bare LM
+computes on each window; so does `cmr` with its gate shut (gate bias -inf).
+
+Supported layouts (DECODER_LAYERS): GPT-2, GPT-NeoX (Pythia) and Llama. The LM is loaded by the caller
+(`AutoModelForCausalLM.from_pretrained(<folder or hub name>)`), so a model saved with `save_pretrained` on a
+machine without hub access works the same as a hub name elsewhere. The scorer reads the layer's input or
+output (`score_input: block_input | output`): these layers have no short convolution to read.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import ConfigError
+from pipeline.models.base import Memory, ModelOutput, Step
+from pipeline.models.config import BackboneConfig, MemoryConfig, check_model, memory_config
+
+# config.model_type -> where its decoder layers live
+DECODER_LAYERS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "llama": "model.layers"}
+
+
+def decoder_layers(lm: nn.Module) -> nn.ModuleList:
+    model_type = getattr(getattr(lm, "config", None), "model_type", None)
+    if model_type not in DECODER_LAYERS:
+        raise ConfigError(f"Hugging Face model type {model_type!r} is not supported; supported: {sorted(DECODER_LAYERS)}")
+    return lm.get_submodule(DECODER_LAYERS[model_type])
+
+
+def backbone_of(lm: nn.Module, window: int) -> BackboneConfig:
+    """The BackboneConfig a memory sizes itself by: the LM's width, depth and heads, our segment length."""
+    c = lm.config
+    d = getattr(c, "hidden_size", None) or c.n_embd
+    heads = getattr(c, "num_attention_heads", None) or c.n_head
+    return BackboneConfig(d_model=d, n_layers=len(decoder_layers(lm)), n_heads=heads, d_ff=4 * d, window=window,
+                          conv_kernel=0)
+
+
+class _Block:
+    """The wrapped decoder layer as a memory calls a block: block(h, return_probs) -> (h, None), keeping the
+    layer's own extra arguments (masks, rotary embeddings) and its output format."""
+
+    def __init__(self, layer: nn.Module, args: tuple, kwargs: dict):
+        self.layer, self.args, self.kwargs, self.rest = layer, args, kwargs, None
+
+    def __call__(self, h: torch.Tensor, return_probs: bool = False):
+        out = self.layer(h, *self.args, **self.kwargs)
+        if isinstance(out, tuple):  # transformers 4.x layers return (hidden_states, ...)
+            out, self.rest = out[0], out[1:]
+        return out, None
+
+
+class MemoryLayer(nn.Module):
+    """Decoder layer l of the LM with the memory around it (state and step set by HFMemoryLM per chunk)."""
+
+    def __init__(self, layer: nn.Module, l: int, owner: "HFMemoryLM"):
+        super().__init__()
+        self.layer, self.l = layer, l
+        self._owner = [owner]  # a list: not registered as a submodule (no cycle in the module tree)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
+        owner = self._owner[0]
+        if owner.state is None:  # the LM called on its own, outside HFMemoryLM.forward: the bare layer
+            return self.layer(hidden_states, *args, **kwargs)
+        block = _Block(self.layer, args, kwargs)
+        h = owner.memory.layer(self.l, block, hidden_states, owner.state, owner.step)
+        return h if block.rest is None else (h, *block.rest)
+
+
+class HFMemoryLM(nn.Module):
+    """A frozen pretrained causal LM read window by window, with a trainable memory across windows."""
+
+    def __init__(self, lm: nn.Module, memory: Memory, window: int):
+        super().__init__()
+        if getattr(memory, "sequential", False) or getattr(memory, "whole_sequence", False):
+            raise ConfigError(f"`{memory.cfg.name}` in a Hugging Face model: only memories that read chunk by chunk")
+        if getattr(memory.cfg, "score_input", "block_input") == "attention_input":
+            raise ConfigError("models.cmr.score_input = 'attention_input' needs the project's short convolution; "
+                              "with a Hugging Face backbone use 'block_input' or 'output'")
+        self.lm, self.memory, self.window = lm, memory, int(window)
+        self.name, self.memory_cfg = memory.cfg.name, memory.cfg
+        self.lm.requires_grad_(False)
+        layers = decoder_layers(lm)
+        for l in range(len(layers)):
+            layers[l] = MemoryLayer(layers[l], l, self)
+        if hasattr(memory, "reset_parameters"):
+            memory.reset_parameters()
+        self.state: Optional[dict] = None
+        self.step: Optional[Step] = None
+
+    def train(self, mode: bool = True) -> "HFMemoryLM":
+        super().train(mode)
+        self.lm.eval()  # the frozen backbone never drops out (the memory, not inside it, does as told)
+        return self
+
+    def memory_floats(self) -> int:
+        return self.memory.memory_floats()
+
+    def num_parameters(self) -> int:
+        """Trainable parameters (the memory's)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def forward(self, input_ids: torch.Tensor, *, bptt_segments: Optional[int] = None,
+                chunk_segments: Optional[int] = None, logits_at: Optional[torch.Tensor] = None,
+                return_attention: bool = False) -> ModelOutput:
+        B, N = input_ids.shape
+        T = min(self.window, N)
+        S = math.ceil(N / T)
+        ids = F.pad(input_ids, (0, S * T - N)).view(B, S, T)  # padding after every real token: causal, harmless
+        bptt = getattr(self.memory_cfg, "bptt_segments", 0) if bptt_segments is None else bptt_segments
+        self.state = self.memory.new_state()
+        C = self.memory.chunk_segments(chunk_segments, S)
+        outs, step = [], None
+        try:
+            for c0 in range(0, S, C):
+                step = self.step = Step(B, N, S, T, c0, min(C, S - c0), bptt, return_attention)
+                logits = self.lm(input_ids=ids[:, c0:c0 + step.C].reshape(B * step.C, T), use_cache=False).logits
+                self.memory.end_chunk(self.state, step)
+                outs.append(logits.view(B, step.C * T, -1))
+            diag = self.memory.diagnostics(self.state, step)
+        finally:
+            self.state = self.step = None
+        logits = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))[:, :N]
+        if logits_at is not None:
+            logits = logits.gather(1, logits_at.clamp(min=0)[..., None].expand(-1, -1, logits.size(-1)))
+        return ModelOutput(logits=logits, diagnostics=diag)
+
+
+def build_hf_model(lm: nn.Module, memory_cfg: Any, window: int) -> HFMemoryLM:
+    """HFMemoryLM for a memory config (`window` or `cmr` as in conf/model/) around a loaded causal LM."""
+    import importlib
+
+    from pipeline.models import MEMORIES
+
+    backbone = backbone_of(lm, window)
+    mem: MemoryConfig = memory_config(memory_cfg)
+    check_model(backbone, mem)
+    module, cls = MEMORIES[mem.name]
+    return HFMemoryLM(lm, getattr(importlib.import_module(module), cls)(backbone, mem), window)
