@@ -4,14 +4,14 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= dev
+EXTRAS ?= dev,hf
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup study study-ci test params bench ablations sanity clean-runs
+.PHONY: setup study study-ci test params bench ablations sanity baselines hf-cmr clean-runs
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
@@ -50,6 +50,28 @@ ablations: setup
 	dvc repro prepare
 	for a in $(ABLATIONS); do $(BIN)/python -m pipeline.sweep -m experiment=ablation_$$a || exit 1; done
 	$(BIN)/python -m pipeline.ablations $$(for a in $(ABLATIONS); do ls -d multirun/ablation_$$a/*/ | tail -n 1; done)
+
+## The memory baselines beside the study (conf/experiment/baselines.yaml: rmt, armt, memorizing x study.seeds on the
+## study's data and recipe; ~40 min on 2 cores, over the default study's time budget), then the report with them.
+baselines: setup
+	dvc repro train@window
+	$(BIN)/python -m pipeline.baselines
+	dvc repro report
+
+## CMR inside a pretrained Hugging Face LM (conf/experiment/hf_cmr.yaml): a GPT-2 pretrained on the training
+## documents and saved with save_pretrained, then window (frozen, nothing to train) and cmr (its modules only)
+## on it, recall evaluated, its own report in results/hf_cmr/; then the study's report shows its table.
+HF := multirun/hf_cmr/params.yaml
+hf-cmr: setup
+	dvc repro prepare
+	mkdir -p multirun/hf_cmr
+	$(BIN)/python -m pipeline.compose -o $(HF) experiment=hf_cmr
+	$(BIN)/python -m pipeline.hf_pretrain --params $(HF)
+	for v in window cmr; do $(BIN)/cmr-repro train --variant $$v --params $(HF) && \
+		$(BIN)/cmr-repro evaluate --variant $$v --params $(HF) || exit 1; done
+	$(BIN)/cmr-repro report --params $(HF)
+	cp $(HF) results/hf_cmr/params.yaml
+	dvc repro report
 
 ## The implementation's sanity check (conf/experiment/sanity_recall.yaml: window, xl, cmr x 3 seeds on the
 ## regime where CMR is known to work; 9 jobs of 4,000 steps, 4-7 min each: ~50 min one after the other, ~25 with

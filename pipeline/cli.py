@@ -24,6 +24,8 @@ STAGES = {
     "attention": "pipeline.evaluate.attention",
     "report": "pipeline.report",
     "readme-results": "pipeline.readme_results",
+    "baselines": "pipeline.baselines",
+    "hf-pretrain": "pipeline.hf_pretrain",
     "sanity": "pipeline.sanity",
     "ablations": "pipeline.ablations",
     "hparams-search": "pipeline.hparams_search",

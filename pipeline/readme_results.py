@@ -74,10 +74,11 @@ def verdicts_table(summary_json: Path) -> str:
     verdicts = json.loads(summary_json.read_text()).get("verdicts") if summary_json.is_file() else None
     if not verdicts:
         return "_No verdicts in results/summary.json: rerun the report (`python -m pipeline.report`)._"
-    lines = ["| # | claim (paper) | verdict | where CMR loses |", "|---|---|---|---|"]
+    lines = ["| # | claim (paper) | verdict | where CMR loses | vs the strongest baseline |", "|---|---|---|---|---|"]
     for v in verdicts:
         loses = (v.get("cmr_loses") or "--").replace("|", "\\|")
-        lines.append(f"| {v['claim']} | {v['text']} ({v['source']}) | **{v['verdict']}** | {loses} |")
+        best = (v.get("vs_strongest") or "--").replace("|", "\\|")
+        lines.append(f"| {v['claim']} | {v['text']} ({v['source']}) | **{v['verdict']}** | {loses} | {best} |")
     return "\n".join(lines)
 
 

@@ -28,5 +28,5 @@ def test_verdicts_table_from_summary(tmp_path):
         {"claim": 1, "text": "recall better", "source": "Table II", "verdict": "mixed", "cmr_loses": "a | b"},
         {"claim": 6, "text": "attention", "source": "abstract", "verdict": "not tested", "cmr_loses": ""}]}))
     block = verdicts_table(tmp_path / "summary.json")
-    assert "| 1 | recall better (Table II) | **mixed** | a \\| b |" in block
-    assert "**not tested** | -- |" in block
+    assert "| 1 | recall better (Table II) | **mixed** | a \\| b | -- |" in block
+    assert "**not tested** | -- | -- |" in block

@@ -136,7 +136,7 @@ def test_a_failing_report_leaves_the_old_results(tmp_path, monkeypatch, capsys):
     OmegaConf.save(OmegaConf.merge(compose([]), {"paths": {"results_dir": str(res)},
                                                  "study": {"variants": ["cmr"], "seeds": [0]}}), params)
 
-    def half_then_fail(cfg, evals, trains, out, datasets_csv=None):
+    def half_then_fail(cfg, evals, trains, out, **kw):
         (out / "tables").mkdir()
         (out / "tables" / "recall.csv").write_text("new")
         raise OSError(28, "No space left on device")

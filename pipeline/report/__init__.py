@@ -154,17 +154,82 @@ def load_runs(cfg: dict, eval_dirs: Sequence[str | Path], notes: list[str]) -> t
             raise DataError(f"{Path(d) / 'predictions.parquet'} has no rows")
         v, s = df["variant"].iloc[0], int(df["seed"].iloc[0])
         oh_file = run_dir(cfg, "overhead", v, s) / "overhead.json"  # the overhead stage (timed in turns)
+        source = "study"
+        beside = Path(d).parents[2] / "overhead" / v / f"s{s}" / "overhead.json"  # a run beside the study's
+        if not oh_file.is_file() and beside.is_file():
+            oh_file, source = beside, str(Path(d).parents[2])
         if oh_file.is_file():
             oh = read_json(oh_file)
         if oh is None:
             notes.append(f"{oh_file} (or {Path(d) / 'overhead.json'}) missing: {run_name(v, s)} left out of Table III")
         frames.append(df)
-        runs.append({"dir": str(d), "variant": v, "seed": s, "overhead": oh, "metrics": met})
+        runs.append({"dir": str(d), "variant": v, "seed": s, "overhead": oh, "metrics": met, "source": source})
     preds = pd.concat(frames, ignore_index=True)
     window = int((cfg.get("backbone") or {}).get("window") or 0)
     if window > 0:
         preds["distance_segments"] = distance_bin(segment_distance(preds, window))
     return preds, runs
+
+
+def timing_references(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The `window` timed in the same process as runs from beside the study (their Table III ratios are to it):
+    <source>/overhead/window/s<seed>/overhead.json, as run records for overhead_table only."""
+    refs = []
+    for source in dict.fromkeys(r["source"] for r in runs if r.get("source", "study") != "study"):
+        for f in sorted((Path(source) / "overhead" / "window").glob("s*/overhead.json")):
+            refs.append({"dir": str(f.parent), "variant": "window", "seed": int(f.parent.name[1:]),
+                         "overhead": read_json(f), "metrics": None, "source": source, "reference": True})
+    return refs
+
+
+def baseline_dirs(cfg: Mapping[str, Any], results_dir: Path, notes: list[str]) -> tuple[list[Path], list[Path]]:
+    """(eval run dirs, train run dirs) of the memory baselines run beside the study (`cmr-repro baselines`,
+    copied to <results_dir>/baselines/), for the variants the study does not train itself; none when the
+    folder is absent or its recipe differs from the study's (then a note says which part differs)."""
+    import yaml
+
+    from pipeline.baselines import recipe_matches
+
+    root = results_dir / "baselines"
+    if not (root / "params.yaml").is_file():
+        return [], []
+    bcfg = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    differ = recipe_matches(cfg, bcfg)
+    if differ:
+        notes.append(f"{root} holds baselines trained with another recipe ({', '.join(differ)} differ from this "
+                     f"study's): not shown (rerun `cmr-repro baselines`)")
+        return [], []
+    study = set((cfg.get("study") or {}).get("variants") or [])
+    pairs = [(v, int(s)) for v in bcfg["study"]["variants"] if v not in study for s in bcfg["study"]["seeds"]]
+    evals = [root / "eval" / v / f"s{s}" for v, s in pairs]
+    missing = [str(d / "predictions.parquet") for d in evals if not (d / "predictions.parquet").is_file()]
+    if missing:
+        raise DataError("baseline outputs missing: " + ", ".join(missing) + " (rerun `cmr-repro baselines`)")
+    return evals, [root / "train" / v / f"s{s}" for v, s in pairs]
+
+
+def hf_experiment(cfg: Mapping[str, Any], root: Path, notes: list[str]) -> dict | None:
+    """The committed run of conf/experiment/hf_cmr.yaml (`make hf-cmr`, its own report and params.yaml in `root`):
+    recall by N of the frozen pretrained LM reading window by window and with CMR, for the study's report; None
+    if absent, or (with a note) if it trained on other data or with another training recipe than this study."""
+    import yaml
+
+    from pipeline.baselines import recipe_matches
+
+    csv = root / "tables" / "recall.csv"
+    if not csv.is_file():
+        return None
+    hcfg = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").is_file() else {}
+    differ = recipe_matches(cfg, hcfg, ("data", "train"))
+    if differ:
+        notes.append(f"{root} holds a Hugging Face run with another recipe ({', '.join(differ)} differ from this "
+                     "study's, or no params.yaml): not shown (rerun `make hf-cmr`)")
+        return None
+    t = pd.read_csv(csv)
+    table = t.pivot(index="variant", columns="N", values="accuracy").reindex(variant_order(t["variant"].unique()))
+    seeds = (read_json(root / "summary.json").get("setup") or {}).get("seeds") if (root / "summary.json").is_file() else None
+    return {"dir": str(root), "seeds": seeds, "table": table.reset_index(),
+            "accuracy": {v: {str(n): float(x) for n, x in row.items()} for v, row in table.iterrows()}}
 
 
 def load_train_runs(train_dirs: Sequence[str | Path], notes: list[str]) -> tuple[dict[str, dict], dict[str, str]]:
@@ -280,12 +345,13 @@ def stage_times(cfg: dict, runs: list[dict], train: dict[str, dict], train_src: 
 
 
 def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence[str | Path],
-                 results_dir: str | Path, datasets_csv: str | Path | None = None) -> dict:
+                 results_dir: str | Path, datasets_csv: str | Path | None = None,
+                 notes: list[str] | None = None) -> dict:
     """Aggregate the given evaluation (and training) runs into results_dir; return summary.json's content.
 
     Table I comes from `datasets_csv` (default: results_dir/datasets/datasets.csv, the datasets stage's out)."""
     t0 = time.perf_counter()
-    cfg, notes = plain_config(cfg), []
+    cfg, notes = plain_config(cfg), list(notes or [])
     rc, paper, results_dir = report_config(cfg), load_paper_numbers(), Path(results_dir)
     preds, runs = load_runs(cfg, eval_dirs, notes)
     train, train_src = load_train_runs(train_dirs, notes)
@@ -302,7 +368,7 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
         if "tests" in out:
             summary.setdefault("tests", {})[name] = out["tests"]
     summary["holm"] = {f: {"tests": n, "what": FAMILY_TEXT[f]} for f, n in family_sizes.items()}
-    oh = overhead_table(runs, train, paper["tables"].get("overhead"), rc)
+    oh = overhead_table(runs + timing_references(runs), train, paper["tables"].get("overhead"), rc)
     if oh.empty:
         notes.append("no overhead.json in any run: Table III not reproduced")
     else:
@@ -320,12 +386,15 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     else:
         summary["datasets"] = {str(r["split"]): {"documents": r.get("documents"), "mean_tokens": r.get("mean_tokens")}
                                for r in datasets.to_dict("records")}
-    times_df = stage_times(cfg, runs, train, train_src, t0, notes)
+    times_df = stage_times(cfg, [r for r in runs if r["source"] == "study"], train, train_src, t0, notes)
     atomic_write_text(results_dir / "stage_times.csv", times_df.to_csv(index=False))
     summary["stage_times_s"] = {f"{a}/{b}": w for a, b, w in zip(times_df["stage"], times_df["run"], times_df["wall_s"])}
     setup = setup_table(cfg, runs, train)
     summary["setup"] = {"seeds": sorted({r["seed"] for r in runs}), "train_length_tokens": tl.tokens,
                         "variants": setup.set_index("variant").to_dict("index")}
+    hf = hf_experiment(cfg, Path((cfg.get("paths") or {}).get("results_dir", "results")) / "hf_cmr", notes)
+    if hf is not None:
+        summary["hf_cmr"] = {"seeds": hf["seeds"], "recall": hf["accuracy"]}
     summary["notes"] = notes
     summary = _jsonable(summary)
     atomic_write_json(results_dir / "summary.json", summary)
@@ -333,7 +402,7 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
                       render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes,
                                       datasets=datasets, setup=setup, verdict_list=verdict_list,
                                       attention=attention, family_sizes=family_sizes, train_len=tl,
-                                      diagnostics=diagnostics))
+                                      diagnostics=diagnostics, hf=hf))
     for n in notes:
         print(f"note: {n}")
     return summary
@@ -419,8 +488,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = as_plain(load_params(args.params))  # validated like every stage's config
         evals, trains = _study_dirs(cfg, args.all_runs)
         results = Path((cfg.get("paths") or {}).get("results_dir", "results"))
+        notes: list[str] = []
+        b_evals, b_trains = baseline_dirs(cfg, results, notes)
         with staged_outputs(results, REPORT_OUTPUTS, REPORT_SHARED) as tmp:  # a failed report leaves the old one whole
-            summary = build_report(cfg, evals, trains, tmp, datasets_csv=results / "datasets" / "datasets.csv")
+            summary = build_report(cfg, evals + b_evals, trains + b_trains, tmp,
+                                   datasets_csv=results / "datasets" / "datasets.csv", notes=notes)
     except (PipelineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -80,7 +80,7 @@ def report_context(cfg, rc, paper, runs, train, results, oh, validity, times_df,
                    datasets: pd.DataFrame | None = None, setup: pd.DataFrame | None = None,
                    verdict_list: Sequence[dict] = (), attention: pd.DataFrame | None = None,
                    family_sizes: Mapping[str, int] | None = None, train_len: TrainLength | None = None,
-                   diagnostics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   diagnostics: Mapping[str, Any] | None = None, hf: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything REPORT.md.j2 shows, as strings (tables already in Markdown) and lists of lines."""
     table_md = lambda df: df.map(fmt).to_markdown(index=False)  # noqa: E731
     return {
@@ -100,6 +100,7 @@ def report_context(cfg, rc, paper, runs, train, results, oh, validity, times_df,
         "attention": table_md(attention) if attention is not None else None,
         "attention_dir": str(experiments_dir(cfg) / "attention"),
         "lose_lines": lose_lines(results, rc),
+        "hf": None if hf is None else {"dir": hf["dir"], "seeds": hf["seeds"], "table": table_md(hf["table"])},
         "times": table_md(times_df),
         "notes": list(notes),
     }
@@ -109,7 +110,8 @@ def verdict_context(verdict_list: Sequence[dict], rc: Any) -> dict[str, Any]:
     if not verdict_list:
         return {"verdict_table": None, "evidence": [], "rules": []}
     table = pd.DataFrame([{"#": v["claim"], "claim": v["text"], "paper": v["source"], "verdict": f"**{v['verdict']}**",
-                           "where CMR loses": _md_cell(v["cmr_loses"] or "--")} for v in verdict_list])
+                           "where CMR loses": _md_cell(v["cmr_loses"] or "--"),
+                           "vs the strongest baseline": _md_cell(v.get("vs_strongest") or "--")} for v in verdict_list])
     return {"verdict_table": table.to_markdown(index=False),
             "evidence": [f"{v['claim']}. **{v['verdict']}** - {_md_cell(v['evidence'])}" for v in verdict_list],
             "rules": [f"{kind}: {rule_text(kind, rc)}" for kind in dict.fromkeys(VERDICT_RULES)]}

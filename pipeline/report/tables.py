@@ -190,17 +190,30 @@ def apply_holm(results: Mapping[str, AccuracyResult], alpha: float) -> dict[str,
 def overhead_table(runs: list[dict], train_metrics: Mapping[str, dict], paper: PaperTable | None,
                    rc: ReportConfig | None = None) -> pd.DataFrame:
     """Table III: ms/token by N per variant (mean over seeds), ratios to window (+ CI over timing repeats),
-    params, memory, train speed."""
+    params, memory, train speed.
+
+    Ratios are to the `window` timed in the same process: a run's `source` names its timing run ("study": the
+    overhead stage; else a run beside the study, whose window rows are passed with `reference: True` and serve
+    only as its denominator)."""
     rc = rc or ReportConfig()
-    recs, static, reps = [], [], {}
+    recs, static, reps, refs = [], [], {}, {}
     for r in runs:
-        oh = r["overhead"]
+        oh, src = r["overhead"], r.get("source", "study")
         if oh is None:
             continue
+        if r.get("reference"):
+            for n, ms in (oh.get("ms_per_token") or {}).items():
+                refs.setdefault((src, norm_key(n)), []).append(float(ms))
+            for n, xs in (oh.get("ms_per_token_repeats") or {}).items():
+                reps.setdefault((src, "window", norm_key(n)), []).extend(float(x) for x in xs)
+            continue
         for n, ms in (oh.get("ms_per_token") or {}).items():
-            recs.append({"variant": r["variant"], "seed": r["seed"], "N": norm_key(n), "ms_per_token": float(ms)})
+            recs.append({"variant": r["variant"], "seed": r["seed"], "N": norm_key(n), "ms_per_token": float(ms),
+                         "source": src})
+            if r["variant"] == "window":
+                refs.setdefault((src, norm_key(n)), []).append(float(ms))
         for n, xs in (oh.get("ms_per_token_repeats") or {}).items():
-            reps.setdefault((r["variant"], norm_key(n)), []).extend(float(x) for x in xs)
+            reps.setdefault((src, r["variant"], norm_key(n)), []).extend(float(x) for x in xs)
         tm = train_metrics.get(run_name(r["variant"], r["seed"]), {})
         pick = lambda k: oh[k] if oh.get(k) is not None else tm.get(k)  # noqa: E731  overhead.json first
         static.append({"variant": r["variant"], "seed": r["seed"], "params": pick("params"),
@@ -209,15 +222,16 @@ def overhead_table(runs: list[dict], train_metrics: Mapping[str, dict], paper: P
         return pd.DataFrame()
     d = pd.DataFrame(recs)
     s = pd.DataFrame(static).astype({"params": float, "peak_memory_mb": float, "train_tokens_per_s": float})
-    g = d.groupby(["variant", "N"])["ms_per_token"]
+    g = d.groupby(["variant", "N", "source"])["ms_per_token"]
     t = pd.DataFrame({"ms_per_token": g.mean(), "sd_seeds": g.std(ddof=1), "n_seeds": g.size()}).reset_index()
     sv = s.groupby("variant")[["params", "peak_memory_mb", "train_tokens_per_s"]].mean()
     t = t.join(sv, on="variant")
-    win = t[t["variant"] == "window"].set_index("N")["ms_per_token"]
-    t["ratio_vs_window"] = t["ms_per_token"] / t["N"].map(win) if len(win) else math.nan
+    win = {key: sum(xs) / len(xs) for key, xs in refs.items()}
+    t["ratio_vs_window"] = [ms / win[(src, n)] if (src, n) in win else math.nan
+                            for ms, src, n in zip(t["ms_per_token"], t["source"], t["N"])]
     lo, hi = [], []
-    for v, n in zip(t["variant"], t["N"]):
-        a, b = reps.get((v, n)), reps.get(("window", n))
+    for v, n, src in zip(t["variant"], t["N"], t["source"]):
+        a, b = reps.get((src, v, n)), reps.get((src, "window", n))
         ci = (bootstrap_ratio_ci(a, b, level=rc.ci_level, n_resamples=rc.n_resamples, seed=rc.seed)
               if a and b and v != "window" else None)
         lo.append(ci.low if ci else math.nan)
@@ -230,7 +244,8 @@ def overhead_table(runs: list[dict], train_metrics: Mapping[str, dict], paper: P
     t["paper_cmr"] = [p[1] for p in pb]
     t["paper_ratio"] = t["paper_cmr"] / t["paper_baseline"]
     order = {v: i for i, v in enumerate(variant_order(t["variant"].unique()))}
-    t = t.sort_values(["variant", "N"], key=lambda c: c.map(order) if c.name == "variant" else c)
+    t["timed_with"] = ["the study's window" if src == "study" else f"the window timed in {src}" for src in t["source"]]
+    t = t.drop(columns="source").sort_values(["variant", "N"], key=lambda c: c.map(order) if c.name == "variant" else c)
     return t.reset_index(drop=True)
 
 

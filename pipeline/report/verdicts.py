@@ -57,6 +57,51 @@ VERDICT_RULES = {
 }
 
 
+CEILING = "full"  # every other variant but cmr is a baseline CMR is compared with
+
+
+def strongest_baseline(table: pd.DataFrame) -> tuple[str, float] | None:
+    """(baseline, its mean accuracy over the table's cells): the best variant other than cmr and the ceiling."""
+    t = table[~table["variant"].isin(["cmr", CEILING])]
+    if t.empty:
+        return None
+    means = t.groupby("variant")["accuracy"].mean()
+    return str(means.idxmax()), float(means.max())
+
+
+def vs_strongest(res: AccuracyResult | None, rc: ReportConfig) -> str:
+    """Whether cmr beats the table's strongest baseline: significant wins and losses over its cells (Holm)."""
+    if res is None or res.table.empty or "cmr" not in set(res.table["variant"]):
+        return "n/a"
+    best = strongest_baseline(res.table)
+    if best is None:
+        return "n/a (no baseline evaluated)"
+    b, acc = best
+    cmr = float(res.table[res.table["variant"] == "cmr"]["accuracy"].mean())
+    t = res.tests[res.tests["comparison"] == f"cmr_vs_{b}"] if "comparison" in res.tests else res.tests
+    if t.empty or "p_holm" not in t:
+        return f"{b} (mean {acc:.3f} vs cmr {cmr:.3f}; no paired test)"
+    sig = t["p_holm"] < rc.alpha
+    wins, losses = int((sig & (t["gap"] > 0)).sum()), int((sig & (t["gap"] < 0)).sum())
+    word = "beats" if wins and not losses else "loses to" if losses and not wins else (
+        "mixed against" if wins else "does not beat")
+    return (f"cmr {word} {b} (mean accuracy {cmr:.3f} vs {acc:.3f}): significantly better in {wins}/{len(t)} "
+            f"cells, worse in {losses}/{len(t)} (Holm)")
+
+
+def overhead_vs_strongest(oh: pd.DataFrame, b: str | None) -> str:
+    """cmr's ms/token over baseline b's per N, each as a ratio to the window timed with it."""
+    if not b or oh.empty or b not in set(oh["variant"]) or b == "window":
+        return "n/a" if b != "window" else "the strongest baseline on recall is window (the claim's own comparison)"
+    c = oh[oh["variant"] == "cmr"].set_index("N")["ratio_vs_window"]
+    x = oh[oh["variant"] == b].set_index("N")["ratio_vs_window"]
+    r = (c / x).dropna()
+    if r.empty:
+        return f"{b}: no N timed for both"
+    return (f"cmr costs {r.min():.2f}-{r.max():.2f}x the ms/token of {b} (the strongest baseline on recall; "
+            f"each as its ratio to the window timed with it)")
+
+
 def rule_text(kind: str, rc: ReportConfig) -> str:
     return VERDICT_RULES[kind].format(ci=int(rc.ci_level * 100), alpha=rc.alpha, ratio=rc.overhead_small_ratio)
 
@@ -159,15 +204,17 @@ def _metric_ci(row: pd.Series, m: str) -> tuple[float, float, float]:
     return mean, low, high
 
 
-def attention_verdict(claim: Claim, table: pd.DataFrame | None, rc: ReportConfig, why: str = "") -> dict:
+def attention_verdict(claim: Claim, table: pd.DataFrame | None, rc: ReportConfig, why: str = "",
+                      base: str = "window") -> dict:
+    """cmr's attention against `base` (window: the claim's comparison) per layer, by the rule in VERDICT_RULES."""
     if table is None or table.empty:
         return _not_tested(claim, why or "no attention table", rc, "attention")
-    if not {"variant", "layer"} <= set(table.columns) or not {"cmr", "window"} <= set(table["variant"]):
-        return _not_tested(claim, "attention table lacks cmr and window rows per layer", rc, "attention")
+    if not {"variant", "layer"} <= set(table.columns) or not {"cmr", base} <= set(table["variant"]):
+        return _not_tested(claim, f"attention table lacks cmr and {base} rows per layer", rc, "attention")
     more, less, cells = [], [], []
     for layer in sort_key_values(table["layer"]):
         c = table[(table["variant"] == "cmr") & (table["layer"] == layer)]
-        w = table[(table["variant"] == "window") & (table["layer"] == layer)]
+        w = table[(table["variant"] == base) & (table["layer"] == layer)]
         if c.empty or w.empty:
             continue
         c, w = c.iloc[0], w.iloc[0]
@@ -184,15 +231,15 @@ def attention_verdict(claim: Claim, table: pd.DataFrame | None, rc: ReportConfig
             more.append(f"layer {layer}: more mass on the fact")
         elif cf[2] < wf[1]:
             less.append(f"layer {layer}: less mass on the fact")
-        cells.append(f"layer {layer}: entropy cmr {ci_text(*ce, signed=False)} vs window {ci_text(*we, signed=False)}"
-                     f", mass on fact cmr {ci_text(*cf, signed=False)} vs window {ci_text(*wf, signed=False)}")
+        cells.append(f"layer {layer}: entropy cmr {ci_text(*ce, signed=False)} vs {base} {ci_text(*we, signed=False)}"
+                     f", mass on fact cmr {ci_text(*cf, signed=False)} vs {base} {ci_text(*wf, signed=False)}")
     if not cells:
-        return _not_tested(claim, "no layer with both cmr and window rows", rc, "attention")
+        return _not_tested(claim, f"no layer with both cmr and {base} rows", rc, "attention")
     verdict = NOT_SUPPORTED if not more else MIXED if less else SUPPORTED
     evidence = (f"more structured: {', '.join(more) or 'none'}; less: {', '.join(less) or 'none'}. "
                 + "; ".join(cells))
-    lose = ("CMR's attention is less structured than window's: " + ", ".join(less) + ".") if less else (
-        "" if more else "CMR's attention is not measurably more structured than window's (CIs overlap).")
+    lose = (f"CMR's attention is less structured than {base}'s: " + ", ".join(less) + ".") if less else (
+        "" if more else f"CMR's attention is not measurably more structured than {base}'s (CIs overlap).")
     return {"claim": claim.id, "name": claim.name, "source": claim.source, "text": claim.text, "verdict": verdict,
             "evidence": evidence, "cmr_loses": lose, "rule": rule_text("attention", rc)}
 
@@ -202,13 +249,22 @@ def verdicts(results: Mapping[str, AccuracyResult], oh: pd.DataFrame, attention:
     """One verdict per claim in CLAIMS, in order. A claim whose validity checks (checks.CLAIM_CHECKS)
     did not all pass is "not testable": its evidence is still computed and shown, but no verdict is drawn."""
     out = []
+    recall = results.get("recall")
+    recall_best = strongest_baseline(recall.table) if recall is not None and not recall.table.empty else None
     for claim in CLAIMS:
         if claim.name == "overhead":
             v = overhead_verdict(claim, oh, rc)
+            v["vs_strongest"] = overhead_vs_strongest(oh, recall_best[0] if recall_best else None)
         elif claim.name == "attention":
             v = attention_verdict(claim, attention, rc, attention_why)
+            b = recall_best[0] if recall_best else None
+            vb = attention_verdict(claim, attention, rc, attention_why, base=b) if b and b != "window" else None
+            v["vs_strongest"] = ("n/a" if b is None else "the strongest baseline on recall is window (the claim's "
+                                 "own comparison)" if vb is None else f"against {b} (the strongest baseline on recall): "
+                                 f"{vb['verdict']}; {vb['evidence'].split('. ')[0]}")
         else:
             v = accuracy_verdict(claim, results.get(claim.name), rc)
+            v["vs_strongest"] = vs_strongest(results.get(claim.name), rc)
         blocked = checks.blocking(claim.name, validity or {})
         if blocked and v["verdict"] != NOT_TESTED:
             v = {**v, "verdict": NOT_TESTABLE, "would_be": v["verdict"], "blocked_by": blocked,
