@@ -45,8 +45,15 @@ def baselines_config(params: str | Path = "params.yaml", experiment: str | Path 
 
 def recipe_matches(study_cfg: Mapping[str, Any], other_cfg: Mapping[str, Any],
                    keys: Sequence[str] = RECIPE_KEYS) -> list[str]:
-    """The `keys` sections whose values differ between the two configs (empty: same recipe)."""
-    return [k for k in keys if (study_cfg.get(k) or {}) != (other_cfg.get(k) or {})]
+    """The `keys` sections whose values differ between the two configs (empty: same recipe); in `train`, the
+    keys that only say how a run is executed (RUNTIME_KEYS: threads, processes, ...) are not the recipe."""
+    from pipeline.train_config import RUNTIME_KEYS
+
+    def recipe(cfg: Mapping[str, Any], key: str) -> dict:
+        section = dict(cfg.get(key) or {})
+        return {k: v for k, v in section.items() if k not in RUNTIME_KEYS} if key == "train" else section
+
+    return [k for k in keys if recipe(study_cfg, k) != recipe(other_cfg, k)]
 
 
 def _run_stage(module: str, argv: list[str]) -> None:

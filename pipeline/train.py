@@ -30,7 +30,7 @@ from pipeline.config import load_params
 from pipeline.errors import ConfigError, DataError, PipelineError, TrainingError
 from pipeline.io import atomic_write_json, write_stage_time
 from pipeline import paths
-from pipeline.train_config import QUERY_TYPES, TrainConfig, resolve_monitor
+from pipeline.train_config import QUERY_TYPES, RUNTIME_KEYS, TrainConfig, resolve_monitor
 from pipeline.train_config import validate as validate_train
 
 from pipeline.data.loader import DocumentSet, MemoryDataModule
@@ -127,11 +127,13 @@ class MemoryLMModule(L.LightningModule):
             raise DataError("a batch has no queries; every document must ask at least one")
         answers = batch["answers"][mask]
         answer_loss = F.cross_entropy(q_logits[mask].float(), answers, reduction="none")  # [n_queries]
-        if self.type_weights is None:
+        weights = None if self.type_weights is None else self.type_weights.to(answer_loss.device)[batch["query_type"][mask]]
+        if train and self._world_size() > 1:
+            answer_loss = self._global_mean(answer_loss, weights)
+        elif weights is None:
             answer_loss = answer_loss.mean()
         else:  # a weighted mean over the batch's answers, by query type
-            w = self.type_weights.to(answer_loss.device)[batch["query_type"][mask]]
-            answer_loss = (w * answer_loss).sum() / w.sum().clamp_min(1e-12)
+            answer_loss = (weights * answer_loss).sum() / weights.sum().clamp_min(1e-12)
         res = {"answer_loss": answer_loss, "q_logits": q_logits, "mask": mask}
         if full_logits:
             lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), ids[:, 1:].reshape(-1))
@@ -140,6 +142,21 @@ class MemoryLMModule(L.LightningModule):
         else:
             res["loss"] = answer_loss
         return res
+
+    def _world_size(self) -> int:
+        return int(self._trainer.world_size) if self._trainer is not None else 1
+
+    def _global_mean(self, losses: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        """The (weighted) mean over the answers of the global batch, as this rank's share: DDP averages
+        gradients over ranks, so sum_r(num_r * world / den) / world = the one-process mean's gradient
+        although ranks hold different numbers of answers."""
+        import torch.distributed as dist
+
+        num = losses.sum() if weights is None else (weights * losses).sum()
+        den = torch.tensor(float(losses.numel()), dtype=losses.dtype, device=losses.device) if weights is None \
+            else weights.sum().detach().clone()
+        dist.all_reduce(den)
+        return num * self._world_size() / den.clamp_min(1e-12)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         res = self.losses(batch, train=True)
@@ -180,6 +197,12 @@ class MemoryLMModule(L.LightningModule):
         sums[:, 2] += torch.bincount(types, weights=nll, minlength=n)
 
     def on_validation_epoch_end(self) -> None:
+        if self._world_size() > 1:  # each rank scored its share of the batches
+            import torch.distributed as dist
+
+            sums = self._val_sums.to(self.device)
+            dist.all_reduce(sums)
+            self._val_sums = sums.cpu()
         metrics = {}
         for split, s in zip(self.val_names, self._val_sums):
             total = s[:, 1].sum().item()
@@ -192,7 +215,7 @@ class MemoryLMModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             entry = {"step": int(self.global_step), **{k: float(v) for k, v in metrics.items()}}
             self.val_history.append(entry)
-            if str(self.tcfg.progress_bar) == "none":  # the only sign of life without a bar
+            if str(self.tcfg.progress_bar) == "none" and self.trainer.is_global_zero:  # the only sign of life
                 hp = self.hparams
                 print(f"{hp.variant}-s{hp.seed} step {entry['step']}/{self.tcfg.max_steps}: "
                       f"{self.monitor} {entry.get(self.monitor, float('nan')):.3f}", file=sys.stderr, flush=True)
@@ -255,7 +278,7 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         dt = time.perf_counter() - self._t0
-        n = int(batch["input_ids"].numel())
+        n = int(batch["input_ids"].numel()) * int(trainer.world_size)  # the global batch (ranks take equal shares)
         self.tokens += n
         self.seconds += dt
         self._win_tokens += n
@@ -281,8 +304,6 @@ def run_dir_for(cfg: Any, variant: str, seed: int) -> Path:
     return paths.run_dir(cfg, "train", variant, seed)
 
 
-# `train` keys that change how a run is executed or shown, not what it learns: a resume may change them.
-RUNTIME_KEYS = ("threads", "progress_bar", "progress_refresh_rate", "log_every_n_steps", "resume")
 
 
 def _sha(data: bytes) -> str:
@@ -364,7 +385,8 @@ def build_trainer(t: DictConfig, run_dir: Path, loggers: list, callbacks: list, 
         cbs.append(RichProgressBar(refresh_rate=int(t.progress_refresh_rate)))
     lvb = float(t.limit_val_batches)
     return L.Trainer(
-        accelerator=str(t.accelerator), devices=int(t.devices), precision=str(t.precision),
+        accelerator=str(t.accelerator), devices=int(t.devices), num_nodes=int(t.num_nodes),
+        strategy=str(t.strategy), precision=str(t.precision),
         max_steps=int(t.max_steps), max_epochs=-1,
         val_check_interval=int(t.val_check_interval), check_val_every_n_epoch=None,
         limit_val_batches=int(lvb) if lvb > 1.0 else lvb, num_sanity_val_steps=int(t.num_sanity_val_steps),
@@ -381,7 +403,8 @@ def _quiet_lightning() -> Iterator[None]:
     """Silence advice that does not apply here (num_workers=0 is deliberate: tiny CPU batches)."""
     with warnings.catch_warnings():
         for msg in (".*does not have many workers.*", ".*Checkpoint directory.*exists and is not empty.*",
-                    ".*isinstance\\(treespec, LeafSpec\\).*"):  # lightning 2.6 vs torch 2.13 deprecation
+                    ".*isinstance\\(treespec, LeafSpec\\).*",  # lightning 2.6 vs torch 2.13 deprecation
+                    ".*sync_dist=True.*"):  # DDP: validation metrics are already summed over ranks
             warnings.filterwarnings("ignore", message=msg)
         yield
 
@@ -432,6 +455,17 @@ def hardware() -> dict:
             "threads": torch.get_num_threads()}
 
 
+def is_lead_process() -> bool:
+    """Whether this is rank 0 of the run, from the environment that Lightning's DDP launcher sets (known
+    before the Trainer exists): under DDP the other ranks re-run train() and must only train, not clear
+    the run, log to wandb or write metrics.json. Always True without DDP."""
+    import os
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(rank_zero_only.rank) == 0 and int(os.environ.get("NODE_RANK", 0) or 0) == 0
+
+
 def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = None,
           extra_callbacks: Optional[list] = None) -> dict:
     """Train `variant` with `seed` on the composed config `cfg`; returns (and writes) metrics.json.
@@ -469,9 +503,10 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
     module.val_names, module.monitor = dm.val_names, monitor
     module.fingerprint = run_fingerprint(cfg_dict, variant, seed, data_dir)
     ckpt_path = resumable(run_dir / "checkpoints" / "last.ckpt", module.fingerprint) if bool(t.resume) else None
-    if ckpt_path is None:
+    lead = is_lead_process()
+    if lead and ckpt_path is None:
         clear_run(run_dir)
-    else:
+    elif lead:
         (run_dir / "metrics.json").unlink(missing_ok=True)  # a run in progress has none; written when it ends
 
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -482,7 +517,8 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
     logger_cfg = cfg.get("logger") or {}
     extra = {"variant": variant, "seed": int(seed), "cfg": cfg_dict}
     thr = ThroughputMonitor()
-    with wandb_run(cfg, "train", name, run_dir, extra) as run, _quiet_lightning():
+    with (wandb_run(cfg, "train", name, run_dir, extra) if lead else contextlib.nullcontext()) as run, \
+            _quiet_lightning():
         loggers: list = []
         if bool(logger_cfg.get("csv", True)):
             loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
@@ -496,10 +532,12 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
             try:
                 trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
             except TrainingError:
-                clear_run(run_dir)  # a diverged run leaves nothing to resume or score
+                if lead:
+                    clear_run(run_dir)  # a diverged run leaves nothing to resume or score
                 raise
         metrics = summarize(module, thr, t, variant, seed, trainer.global_step, frozen)
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        if lead:
+            atomic_write_json(run_dir / "metrics.json", metrics)
         if run is not None:
             run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
     return metrics
@@ -549,7 +587,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (PipelineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for metrics in results:
+    for metrics in results if is_lead_process() else []:  # under DDP, rank 0 speaks for the run
         short = {k: metrics[k] for k in ("variant", "seed", "steps", "wall_s", "train_tokens_per_s", "val_recall",
                                          "val_recall_far", "steps_to_90")}
         print(json.dumps(short))

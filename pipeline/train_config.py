@@ -14,6 +14,11 @@ from pipeline.errors import ConfigError
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "64", "64-true")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
+# `train` keys that change how a run is executed or shown, not what it learns: a resume may change them (every
+# world size trains on the same global batches), and runs that differ only in them share a recipe.
+RUNTIME_KEYS = ("threads", "progress_bar", "progress_refresh_rate", "log_every_n_steps", "resume",
+                "accelerator", "devices", "num_nodes", "strategy")
 PROGRESS_BARS = ("tqdm", "rich", "none")
 QUERY_TYPES = ("far", "local", "numeric", "dialogue")
 # Validation splits scored at every validation: val (training-like documents) and val_long
@@ -68,7 +73,9 @@ class TrainConfig:
     # runtime
     threads: int = 1  # torch.set_num_threads; 1 measured fastest for tiny models on 2 cores
     accelerator: str = "cpu"
-    devices: int = 1
+    devices: int = 1  # processes per node; > 1 with strategy ddp: batch_size stays the global batch
+    num_nodes: int = 1
+    strategy: str = "auto"
     precision: str = "32-true"
     deterministic: bool = True
     log_every_n_steps: int = 50
@@ -122,7 +129,7 @@ def validate(train_cfg: Any, full_cfg: Any = None) -> None:
             raise ConfigError(f"train.{key} must be {'> 0' if strict else '>= 0'} and finite, got {v!r}")
 
     for k in ("batch_size", "max_steps", "val_check_interval", "val_batch_size", "threads", "devices",
-              "log_every_n_steps"):
+              "num_nodes", "log_every_n_steps"):
         pos(k, kind=int)
     for k in ("lr",):
         pos(k)
@@ -149,12 +156,18 @@ def validate(train_cfg: Any, full_cfg: Any = None) -> None:
         if not math.isfinite(fw) or fw < 0:
             raise ConfigError(f"train.answer_loss_weights.{q} must be >= 0 and finite, got {w!r}")
 
-    choices = {"accelerator": ACCELERATORS, "precision": PRECISIONS, "progress_bar": PROGRESS_BARS,
+    choices = {"accelerator": ACCELERATORS, "precision": PRECISIONS, "strategy": STRATEGIES,
+               "progress_bar": PROGRESS_BARS,
                "monitor": MONITORS}
     for k, allowed in choices.items():
         v = _get(t, k)
         if v is not None and str(v) not in allowed:
             raise ConfigError(f"train.{k}={v!r} is not allowed; allowed: {', '.join(allowed)}")
+
+    world = int(_get(t, "devices") or 1) * int(_get(t, "num_nodes") or 1)
+    if world > 1 and int(_get(t, "batch_size") or 0) % world:
+        raise ConfigError(f"train.batch_size={_get(t, 'batch_size')} is the global batch and must split evenly over "
+                          f"devices x num_nodes = {world} processes")
 
     stages = list(_get(t, "curriculum") or [])
     prev_until = -1

@@ -673,6 +673,8 @@ def test_baselines_config_is_the_study_with_the_experiment_keys(tmp_path):
     assert list(b.study.variants) == ["rmt", "armt", "memorizing"] and b.paths.experiments_dir == "multirun/baselines"
     study = as_plain(load_params(params))
     assert recipe_matches(study, as_plain(b)) == []
+    study["train"].update(threads=4, devices=2, strategy="ddp")  # how a run executes is not its recipe
+    assert recipe_matches(study, as_plain(b)) == []
     study["train"]["max_steps"] += 1
     assert recipe_matches(study, as_plain(b)) == ["train"]
 

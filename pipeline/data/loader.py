@@ -89,11 +89,18 @@ class CurriculumBatchSampler(torch.utils.data.Sampler):
     uniform over allowed documents), then `batch_size` documents from it. Resuming at step s
     therefore continues the exact sequence, and no per-epoch state needs saving.
     `step_source` (set by the DataModule) reports the global step when iteration starts.
+    With `world_size` processes (DDP), `batch_size` is the global batch: every rank draws the same
+    batch and keeps its own contiguous `batch_size / world_size` documents, so the ranks see disjoint
+    parts of exactly the batch one process would see.
     """
 
     def __init__(self, lengths: np.ndarray, n_segments: np.ndarray, batch_size: int, curriculum: Any,
-                 seed: int, start_step: int = 0):
+                 seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        if int(world_size) < 1 or not 0 <= int(rank) < int(world_size) or int(batch_size) % int(world_size):
+            raise ConfigError(f"train.batch_size={batch_size} is the global batch and must split evenly over "
+                              f"{world_size} processes (rank {rank})")
         self.batch_size = int(batch_size)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.curriculum = [dict(until_step=_g(s, "until_step"), max_segments=_g(s, "max_segments"))
                            for s in (curriculum or [])]
         self.seed = int(seed)
@@ -123,6 +130,9 @@ class CurriculumBatchSampler(torch.utils.data.Sampler):
         sizes = np.array([len(g) for g in groups], dtype=np.float64)
         g = groups[int(rng.choice(len(groups), p=sizes / sizes.sum()))]
         pick = rng.choice(len(g), size=self.batch_size, replace=len(g) < self.batch_size)
+        if self.world_size > 1:
+            per = self.batch_size // self.world_size
+            pick = pick[self.rank * per:(self.rank + 1) * per]
         return g[pick].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -136,15 +146,17 @@ def _g(obj: Any, key: str) -> Any:
     return obj.get(key) if hasattr(obj, "get") else getattr(obj, key)
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = 0) -> list[list[int]]:
+def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> list[list[int]]:
     """Validation batches: equal-length groups cut into batches, batch order shuffled with a fixed
-    seed so that `limit_val_batches` takes a sample of every length, not just the shortest."""
+    seed so that `limit_val_batches` takes a sample of every length, not just the shortest. With
+    `world_size` processes each rank scores every world_size-th batch (the module sums across ranks)."""
     batches = []
     for ln in sorted(set(lengths.tolist())):
         idx = np.flatnonzero(lengths == ln)
         batches += [idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
     order = np.random.default_rng(seed).permutation(len(batches))
-    return [batches[i] for i in order]
+    return [batches[i] for i in order][rank::world_size]
 
 
 class MemoryDataModule(L.LightningDataModule):
@@ -176,9 +188,15 @@ class MemoryDataModule(L.LightningDataModule):
                 self.val_sets[name] = DocumentSet(pdata.load_split(self.data_dir, name), self.window, name)
         self.make_train_sampler()  # fail now if the curriculum allows no document at step 0
 
+    def _rank(self) -> tuple[int, int]:
+        """(global rank, world size) of this process: (0, 1) outside a multi-process trainer."""
+        trainer = getattr(self, "trainer", None)
+        return (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
+
     def make_train_sampler(self) -> CurriculumBatchSampler:
+        rank, world = self._rank()
         s = CurriculumBatchSampler(self.train_set.lengths, self.train_set.n_segments, self.batch_size,
-                                   self.curriculum, self.seed)
+                                   self.curriculum, self.seed, rank=rank, world_size=world)
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             s.step_source = lambda: int(trainer.global_step)
@@ -189,5 +207,7 @@ class MemoryDataModule(L.LightningDataModule):
                                            collate_fn=_identity, num_workers=0)
 
     def val_dataloader(self) -> list[torch.utils.data.DataLoader]:
-        return [torch.utils.data.DataLoader(ds, batch_sampler=eval_batches(ds.lengths, self.val_batch_size),
+        rank, world = self._rank()
+        return [torch.utils.data.DataLoader(ds, batch_sampler=eval_batches(ds.lengths, self.val_batch_size,
+                                                                           rank=rank, world_size=world),
                                             collate_fn=_identity, num_workers=0) for ds in self.val_sets.values()]

@@ -1,0 +1,85 @@
+"""Training on more than one process (Lightning DDP, gloo on CPU): the curriculum sampler gives each rank a
+disjoint share of the one-process batch, and a 2-process run matches a 1-process run with the same global
+batch (same answers' mean loss, validation summed over ranks) within float tolerance."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.config import REPO_ROOT
+from pipeline.data.loader import CurriculumBatchSampler, eval_batches
+from pipeline.errors import ConfigError
+from pipeline.train_config import validate as validate_train
+from tests.test_train import W, data_root, tiny_config  # noqa: F401 (data_root: the module's tiny data)
+
+SCHED = [{"until_step": 5, "max_segments": 2}, {"until_step": None, "max_segments": 4}]
+
+
+def test_ranks_split_the_one_process_batch_into_disjoint_shares():
+    n_seg = np.repeat([1, 2, 3, 4], 10)
+    lengths = n_seg * W
+    one = CurriculumBatchSampler(lengths, n_seg, batch_size=8, curriculum=SCHED, seed=3)
+    ranks = [CurriculumBatchSampler(lengths, n_seg, 8, SCHED, 3, rank=r, world_size=2) for r in (0, 1)]
+    for step in range(30):
+        shares = [s.batch_at(step) for s in ranks]
+        assert [len(x) for x in shares] == [4, 4]
+        assert shares[0] + shares[1] == one.batch_at(step)  # the same global batch, split in order
+        whole = one.batch_at(step)
+        if len(set(whole)) == len(whole):  # drawn without replacement: no document on both ranks
+            assert not set(shares[0]) & set(shares[1])
+    with pytest.raises(ConfigError, match="split evenly over 3 processes"):
+        CurriculumBatchSampler(lengths, n_seg, 8, SCHED, 3, rank=0, world_size=3)
+
+
+def test_each_rank_validates_its_own_batches_and_together_all():
+    lengths = np.repeat([16, 32, 48], 7)
+    whole = eval_batches(lengths, 4)
+    shares = [eval_batches(lengths, 4, rank=r, world_size=2) for r in (0, 1)]
+    assert sorted(map(tuple, shares[0] + shares[1])) == sorted(map(tuple, whole))
+    assert not {i for b in shares[0] for i in b} & {i for b in shares[1] for i in b}
+
+
+def test_global_batch_must_split_over_the_processes():
+    cfg = tiny_config(REPO_ROOT / "unused")
+    validate_train(OmegaConf.merge(cfg.train, {"devices": 2, "strategy": "ddp"}), cfg)  # 8 over 2: fine
+    with pytest.raises(ConfigError, match="devices x num_nodes = 3"):
+        validate_train(OmegaConf.merge(cfg.train, {"devices": 3}), cfg)
+    with pytest.raises(ConfigError, match="train.strategy='fsdp' is not allowed"):
+        validate_train(OmegaConf.merge(cfg.train, {"strategy": "fsdp"}), cfg)
+
+
+def _train(params, run_dir, *overrides):
+    cmd = [sys.executable, "-m", "pipeline.train", "--variant", "cmr", "--params", str(params),
+           "--run-dir", str(run_dir), *overrides]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text()), proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data_root, tmp_path):  # noqa: F811
+    params = tmp_path / "params.yaml"
+    OmegaConf.save(tiny_config(data_root), params)
+    one, _ = _train(params, tmp_path / "one")
+    two, log = _train(params, tmp_path / "two", "train.strategy=ddp", "train.devices=2")
+    assert "Starting with 2 processes" in log and "GLOBAL_RANK: 1" in log
+    assert two["steps"] == one["steps"] == 10
+    assert two["tokens_trained"] == one["tokens_trained"]  # the same global batches
+    w1 = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    w2 = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
+    for a, b in zip(one["val_curve"], two["val_curve"]):  # validation over all batches, summed over ranks
+        assert a["step"] == b["step"]
+        assert b["val/loss"] == pytest.approx(a["val/loss"], rel=1e-4)
+        assert b["val/recall"] == pytest.approx(a["val/recall"], abs=1e-9)
