@@ -75,3 +75,16 @@ def test_every_ablation_option_validates_on_the_default_backbone(name):
         assert default in composed, f"{name}: the default {key}={default} is not among the options {values}"
         assert len({json.dumps(OmegaConf.to_container(c) if OmegaConf.is_config(c) else c) for c in composed}) \
             == len(values), f"{name}: duplicate options {values}"
+
+
+@pytest.mark.timeout(300)
+def test_multirun_through_the_submitit_launcher(tiny_multirun):
+    """conf/hydra/launcher/local.yaml: the sweep's jobs run as submitit jobs (hydra-submitit-launcher,
+    the `cluster` extra), each in its own process, with the same outputs as the basic launcher's."""
+    sweep_dir = tiny_multirun("hydra/launcher=local", "sweep.variant=window", "sweep.seed=0,1")
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2  # two jobs, each run by submitit
+    for job, seed in (("0", 0), ("1", 1)):
+        job_cfg = {"paths": {"experiments_dir": str(sweep_dir / job)}}
+        metrics = json.loads((run_dir(job_cfg, "eval", "window", seed) / "metrics.json").read_text())
+        assert set(metrics["recall"]) == {"64", "128"}
+        assert json.loads((sweep_dir / job / "job.json").read_text())["recall"] == metrics["recall"]
