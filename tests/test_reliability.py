@@ -154,3 +154,15 @@ def test_dvc_keeps_training_checkpoints_for_a_resume():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     outs = stages["train"]["outs"]
     assert outs == [{"experiments/train/${item.variant}": {"persist": True}}]
+
+
+def test_bytecode_in_a_dep_folder_is_not_a_code_change():
+    """A plain `python -m pipeline...` run writes __pycache__/ inside dep folders (pipeline/data, pipeline/models);
+    DVC must not hash it, or `dvc status` reports the stages changed and `dvc repro` retrains (.dvcignore)."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        ignore = repo.dvcignore
+        assert ignore.is_ignored_file(str(REPO / "pipeline/data/__pycache__/loader.cpython-311.pyc"))
+        assert ignore.is_ignored_dir(str(REPO / "pipeline/models/__pycache__"))
+        assert not ignore.is_ignored_file(str(REPO / "pipeline/data/loader.py"))
