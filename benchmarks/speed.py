@@ -1,120 +1,249 @@
-"""Forward inference cost (ms/token) of every variant by document length, batch 1, no grad.
+"""How inference cost grows with width, depth and document length, for every variant (issue "Table III at
+every scale"): batch 1, no grad, random weights and tokens (cost does not depend on what a model learned).
 
-Variants are timed round-robin (one call of each per round) so that load from other processes
-hits them alike; the reported number is the median over rounds. The CMR/window ratio is
-computed per round and its median reported too (robust on a shared machine).
+Two backbone shapes, each at every width d (heads d/16, d_ff 4d): `default` (conf/backbone/default.yaml and
+conf/model/*.yaml: 2 layers, W 16) and `paper` (the paper profile's depth, window and memory sizes:
+conf/profile/paper.yaml: 8 layers, W 128, cmr k 32 / capacity 256, xl mem_len 128). At each (shape, d, N)
+the variants are timed in turns, one forward each per round (pipeline.evaluate.overhead.measure_round_robin),
+so a slow spell of the shared machine lands on all alike; a ratio to `window` is taken per round and its
+median and 95% bootstrap CI over rounds reported. FLOPs per token are counted, not estimated: one forward
+under torch.utils.flop_counter.FlopCounterMode (matmuls, attention as dense SDPA, convolutions; elementwise
+ops, softmax, top-k and gathers not counted) divided by N. Peak memory: live tensors of one forward beyond the weights (overhead.peak_forward_bytes).
+`full` is quadratic in N: beyond --max-full-tokens it is not run, and its rows say so. The paper shape runs
+at --paper-lengths (CPU time; on a GPU pass the long ones too).
 
-    python benchmarks/speed.py                                  # default backbone
-    python benchmarks/speed.py --d-model 256 --n-layers 4 --window 64 --n-heads 4 --d-ff 1024
+    python benchmarks/speed.py                                   # the whole grid -> results/speed_benchmark.*
+    python benchmarks/speed.py --shapes default --widths 64 --lengths 500,1000 --out /tmp/s.csv
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import statistics
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = "window,xl,full,cmr,rmt,armt,memorizing"
+RECURRENT = ("xl", "cmr", "rmt", "armt", "memorizing")  # linear in N: ms/token should be flat
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/speed_benchmark.csv")
-    ap.add_argument("--lengths", default="500,1000,1500,2000,2500")
-    ap.add_argument("--variants", default="window,xl,full,cmr")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--vocab", type=int, default=160)
-    ap.add_argument("--d-model", type=int)
-    ap.add_argument("--n-layers", type=int)
-    ap.add_argument("--n-heads", type=int)
-    ap.add_argument("--d-ff", type=int)
-    ap.add_argument("--window", type=int)
-    ap.add_argument("--mem-len", type=int, help="xl mem_len (default: the config's)")
-    ap.add_argument("--cmr", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="cmr overrides, e.g. reweave_layers=[3] capacity=64")
-    ap.add_argument("--streaming", action="store_true", help="read segment by segment (chunk_segments=1)")
-    args = ap.parse_args(argv)
-
-    import torch
+def shape_configs(shape: str, d_model: int) -> tuple[dict, dict[str, dict]]:
+    """(backbone, {variant: memory config}) of a shape at width d_model, from conf/ (defaults in one place)."""
     import yaml
 
-    from pipeline.io import atomic_write_text
+    backbone = yaml.safe_load((ROOT / "conf/backbone/default.yaml").read_text())
+    models = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "conf/model").glob("*.yaml")}
+    if shape == "paper":
+        profile = yaml.safe_load((ROOT / "conf/profile/paper.yaml").read_text())
+        backbone.update({k: v for k, v in profile["backbone"].items() if k in ("n_layers", "window")})
+        for name, over in (profile.get("models") or {}).items():
+            models[name].update(over)
+    elif shape != "default":
+        raise SystemExit(f"error: unknown shape {shape!r} (default, paper)")
+    backbone.update(d_model=d_model, n_heads=max(1, d_model // 16), d_ff=4 * d_model, hf_model=None)
+    for m in models.values():  # interpolations like ${models.cmr.bptt_segments} only matter in training
+        for k, v in list(m.items()):
+            if isinstance(v, str) and v.startswith("${"):
+                m.pop(k)
+    return backbone, models
+
+
+def cpu_name() -> str:
+    import os
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "cpu")
+    except OSError:
+        name = "cpu"
+    return f"{name} ({os.cpu_count()} cores)"
+
+
+def flops_per_token(model, x) -> float:
+    """Counted FLOPs of one forward / N. torch's counter has no formula for the CPU flash-attention kernel, so
+    it gets torch's own SDPA one (dense: the causal mask earns no discount, as for every SDPA kernel)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model(x)
+    return counter.get_total_flops() / x.shape[-1]
+
+
+def ci(values: list[float]) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of the median over rounds (scipy)."""
+    import numpy as np
+    from scipy import stats
+
+    if len(values) < 2 or len(set(values)) == 1:
+        return values[0], values[0]
+    res = stats.bootstrap((np.asarray(values),), np.median, confidence_level=0.95, n_resamples=2000,
+                          method="percentile", random_state=0)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def run_cell(shape: str, d: int, lengths: list[int], variants: list[str], args) -> list[dict]:
+    import torch
+
+    from pipeline.evaluate.overhead import measure_round_robin, peak_forward_bytes
     from pipeline.models import build_model
     from pipeline.models.config import BackboneConfig
 
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    root = Path(__file__).resolve().parents[1]
-    bb = yaml.safe_load((root / "conf/backbone/default.yaml").read_text())
-    for key in ("d_model", "n_layers", "n_heads", "d_ff", "window"):
-        if getattr(args, key) is not None:
-            bb[key] = getattr(args, key)
+    bb, mems = shape_configs(shape, d)
     backbone = BackboneConfig(**bb)
-    variants = args.variants.split(",")
-    models = {}
-    for v in variants:
-        mem = yaml.safe_load((root / f"conf/model/{v}.yaml").read_text())
-        if v == "xl" and args.mem_len:
-            mem["mem_len"] = args.mem_len
-        if v == "cmr":
-            for kv in args.cmr:
-                key, val = kv.split("=", 1)
-                mem[key] = yaml.safe_load(val)
-        models[v] = build_model(backbone, mem, args.vocab).eval()
-    lengths = [int(n) for n in args.lengths.split(",")]
-    chunk = 1 if args.streaming else None
-
+    models = {v: build_model(backbone, mems[v], args.vocab).eval().to(args.device) for v in variants}
     rows = []
-    with torch.no_grad():
-        for N in lengths:
-            x = torch.randint(0, args.vocab, (1, N))
-            times = {v: [] for v in variants}
-            for r in range(args.warmup + args.repeats):
-                for v in variants:
-                    t0 = time.perf_counter()
-                    models[v](x, chunk_segments=chunk)
-                    if r >= args.warmup:
-                        times[v].append((time.perf_counter() - t0) * 1000 / N)
-            ratio = (
-                statistics.median(c / w for c, w in zip(times["cmr"], times["window"]))
-                if "cmr" in times and "window" in times
-                else float("nan")
-            )
-            for v in variants:
-                rows.append({
-                    "variant": v, "n_tokens": N, "ms_per_token": round(statistics.median(times[v]), 5),
-                    "ms_per_token_min": round(min(times[v]), 5),
-                    "ratio_to_window": round(statistics.median(times[v]) / statistics.median(times["window"]), 3)
-                    if "window" in times else float("nan"),
-                    "cmr_over_window_paired": round(ratio, 3),
-                    "params": models[v].num_parameters(), "memory_floats": models[v].memory_floats(),
-                    "d_model": backbone.d_model, "n_layers": backbone.n_layers, "window": backbone.window,
-                    "threads": args.threads, "streaming": args.streaming,
-                })
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(args.out, buf.getvalue())
+    for n in lengths:
+        run = [v for v in variants if not (v == "full" and n > args.max_full_tokens)]
+        x = torch.randint(0, args.vocab, (1, n)).to(args.device)
+        res = measure_round_robin({v: models[v] for v in run}, [n], lambda _: x, warmup=args.warmup,
+                                  repeats=args.repeats, measure_memory=False, device=args.device)
+        base = res["window"]["ms_per_token_repeats"][str(n)]
+        for v in variants:
+            row = {"device": args.device_name, "shape": shape, "d_model": d, "n_layers": backbone.n_layers, "window": backbone.window,
+                   "variant": v, "n_tokens": n, "params": models[v].num_parameters(),
+                   "memory_floats": models[v].memory_floats(), "threads": args.threads, "repeats": args.repeats}
+            if v not in run:
+                rows.append({**row, "note": f"not run: full is quadratic in N (> --max-full-tokens {args.max_full_tokens})"})
+                continue
+            ms = res[v]["ms_per_token_repeats"][str(n)]
+            ratios = [a / b for a, b in zip(ms, base)]  # paired: the same round
+            lo, hi = ci(ratios)
+            rows.append({**row, "ms_per_token": statistics.median(ms), "tokens_per_s": 1000.0 / statistics.median(ms),
+                         "ratio_to_window": statistics.median(ratios), "ratio_ci_low": lo, "ratio_ci_high": hi,
+                         "flops_per_token": flops_per_token(models[v], x),
+                         "peak_mb": peak_forward_bytes(models[v], x) / 1e6, "note": ""})
+        print(f"{shape} d={d} N={n}: " + ", ".join(
+            f"{r['variant']} {r['ms_per_token']:.4f} ms ({r['ratio_to_window']:.2f}x)" for r in rows[-len(variants):]
+            if r.get("ms_per_token") is not None), flush=True)
+    return rows
 
-    print(f"backbone d={backbone.d_model} layers={backbone.n_layers} W={backbone.window} "
-          f"threads={args.threads} streaming={args.streaming}; ms/token (median of {args.repeats})")
-    print("N      " + "".join(f"{v:>10}" for v in variants) + "   cmr/window (paired median)")
-    for N in lengths:
-        sel = {r["variant"]: r for r in rows if r["n_tokens"] == N}
-        line = f"{N:<7}" + "".join(f"{sel[v]['ms_per_token']:>10.4f}" for v in variants)
-        if "cmr" in sel:
-            line += f"   {sel['cmr']['cmr_over_window_paired']:.3f}"
-        print(line)
-    print("params: " + ", ".join(f"{v}={models[v].num_parameters()}" for v in variants))
-    print(f"wrote {args.out}")
+
+def targets(df) -> list[str]:
+    """The issue's targets, each with its measured value."""
+    lines = []
+    for shape, d, bar in (("default", 64, 1.15), ("paper", 512, 1.05)):
+        cell = df[(df["shape"] == shape) & (df.d_model == d)]
+        sel, base = cell[cell.variant == "cmr"], cell[cell.variant == "window"]
+        if len(sel):
+            worst = sel.ratio_to_window.max()
+            line = (f"cmr/window at the {shape} shape, d={d}: {sel.ratio_to_window.min():.2f}-{worst:.2f}x over N "
+                    f"(target <= {bar}x: {'met' if worst <= bar else 'NOT met'})")
+            if "flops_per_token" in cell:  # what the mechanism itself adds: a floor no implementation goes below
+                flops = sel.set_index("n_tokens").flops_per_token / base.set_index("n_tokens").flops_per_token
+                line += f"; counted FLOPs {flops.min():.2f}-{flops.max():.2f}x window's"
+            lines.append(line)
+    for (shape, d), g in df.dropna(subset=["ms_per_token"]).groupby(["shape", "d_model"]):
+        growth = []
+        for v, gv in g.groupby("variant"):
+            gv = gv.sort_values("n_tokens")
+            if len(gv) > 1:
+                growth.append(f"{v} {gv.ms_per_token.iloc[-1] / gv.ms_per_token.iloc[0]:.2f}x")
+        lines.append(f"ms/token at the longest N / the shortest, {shape} d={d}: " + ", ".join(growth))
+    return lines
+
+
+def colour(variant: str) -> str:
+    names = VARIANTS.split(",")
+    return f"C{names.index(variant) if variant in names else len(names)}"
+
+
+def plot(df, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = sorted(df["shape"].unique())
+    fig, axes = plt.subplots(2, len(shapes), figsize=(6 * len(shapes), 8), squeeze=False)
+    for j, shape in enumerate(shapes):
+        s = df[(df["shape"] == shape)].dropna(subset=["ms_per_token"])
+        n_ref = s.n_tokens.max()
+        ax = axes[0][j]
+        for v, g in s[(s.n_tokens == n_ref) & (s.variant != "window")].groupby("variant"):
+            g = g.sort_values("d_model")
+            ax.errorbar(g.d_model, g.ratio_to_window, yerr=[g.ratio_to_window - g.ratio_ci_low,
+                                                           g.ratio_ci_high - g.ratio_to_window], label=v, marker="o",
+                        color=colour(v))
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="d_model", ylabel="ms/token / window's",
+               title=f"{shape} shape, N={n_ref}")
+        ax.legend(fontsize=8)
+        ax = axes[1][j]
+        d_ref = s.d_model.max()
+        for v, g in s[s.d_model == d_ref].groupby("variant"):
+            g = g.sort_values("n_tokens")
+            ax.plot(g.n_tokens, g.ms_per_token, label=v, marker="o", color=colour(v))
+        ax.set(xscale="log", yscale="log", xlabel="N (tokens)", ylabel="ms/token", title=f"{shape} shape, d={d_ref}")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Inference cost, batch 1, {df.device.iloc[0]}, {int(df.threads.iloc[0])} thread(s)")
+    fig.tight_layout()
+    tmp = out.with_name(out.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="default,paper")
+    ap.add_argument("--widths", default="64,128,256,512")
+    ap.add_argument("--lengths", default="500,1000,2500,5000,10000")
+    ap.add_argument("--paper-lengths", default="500,1000,2500",
+                    help="N for the paper shape (on a 2-core CPU a forward at d=512, N=10,000 takes ~20 s)")
+    ap.add_argument("--variants", default=VARIANTS)
+    ap.add_argument("--max-full-tokens", type=int, default=2500)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--vocab", type=int, default=160)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (the card is named in every row)")
+    ap.add_argument("--out", default="results/speed_benchmark.csv", help="CSV; the plot and a .md beside it")
+    ap.add_argument("--replot", action="store_true", help="only redo the .md and the plot from the CSV at --out")
+    args = ap.parse_args(argv)
+
+    import pandas as pd
+    import torch
+
+    from pipeline.io import atomic_write_text
+
+    out = Path(args.out)
+    if args.replot:
+        return summarize(pd.read_csv(out), out)
+    torch.set_num_threads(args.threads)
+    args.device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else cpu_name()
+    variants = args.variants.split(",")
+    if "window" not in variants:
+        variants.insert(0, "window")  # every ratio is to window
+    rows = []
+    for shape in args.shapes.split(","):
+        for d in (int(w) for w in args.widths.split(",")):
+            lengths = args.paper_lengths if shape == "paper" else args.lengths
+            rows += run_cell(shape, d, [int(n) for n in lengths.split(",")], variants, args)
+    df = pd.DataFrame(rows)
+    atomic_write_text(out, df.to_csv(index=False, float_format="%.5g"))
+    return summarize(df, out)
+
+
+def summarize(df, out: Path) -> int:
+    """The targets (.md beside the CSV) and the plot (.png)."""
+    from pipeline.io import atomic_write_text
+
+    lines = targets(df)
+    atomic_write_text(out.with_suffix(".md"), "\n".join(f"- {ln}" for ln in lines) + "\n")
+    plot(df, out.with_suffix(".png"))
+    print("\n".join(lines))
+    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

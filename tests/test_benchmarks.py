@@ -1,4 +1,5 @@
-"""benchmarks/profile_overhead.py: a part's time excludes the parts it calls; every CMR part it wraps exists."""
+"""benchmarks/profile_overhead.py: a part's time excludes the parts it calls; every CMR part it wraps exists.
+benchmarks/speed.py: the width x length sweep writes every cell, its counted FLOPs and what it did not run."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ from pathlib import Path
 import pytest
 
 
-def _module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_overhead.py"
-    spec = importlib.util.spec_from_file_location("profile_overhead", path)
+def _load(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _module():
+    return _load("profile_overhead")
 
 
 def test_exclusive_timer_subtracts_nested_parts(monkeypatch):
@@ -41,3 +47,51 @@ def test_instrument_wraps_every_part_and_keeps_the_output():
         after = cmr(x).logits
     assert torch.equal(before, after)
     assert set(timer.total) == set(mod.PARTS)  # every part ran (a renamed method would fail here)
+
+
+def _speed():
+    return _load("speed")
+
+
+def test_paper_shape_takes_the_paper_profiles_depth_window_and_memory_sizes():
+    mod = _speed()
+    bb, models = mod.shape_configs("paper", 256)
+    assert (bb["d_model"], bb["n_layers"], bb["window"], bb["n_heads"], bb["d_ff"]) == (256, 8, 128, 16, 1024)
+    assert (models["cmr"]["k"], models["cmr"]["capacity"], models["xl"]["mem_len"]) == (32, 256, 128)
+    bb, models = mod.shape_configs("default", 64)
+    assert (bb["n_layers"], bb["window"]) == (2, 16) and models["cmr"]["capacity"] != 256
+
+
+def test_speed_sweep_writes_every_cell_and_says_what_it_did_not_run(tmp_path):
+    pd = pytest.importorskip("pandas")
+    mod = _speed()
+    out = tmp_path / "speed.csv"
+    assert mod.main(["--shapes", "default", "--widths", "32", "--lengths", "48,96", "--repeats", "2",
+                     "--max-full-tokens", "48", "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert len(df) == 2 * 7  # every variant at every N
+    full_long = df[(df.variant == "full") & (df.n_tokens == 96)].iloc[0]
+    assert pd.isna(full_long.ms_per_token) and "quadratic" in full_long.note
+    ran = df.dropna(subset=["ms_per_token"])
+    assert (ran.flops_per_token > 0).all() and (ran.peak_mb > 0).all()
+    assert (ran[ran.variant == "window"].ratio_to_window == 1.0).all()
+    assert (ran.ratio_ci_low <= ran.ratio_to_window).all() and (ran.ratio_to_window <= ran.ratio_ci_high).all()
+    # cmr reads banks on top of window's work: more FLOPs per token, and more parameters
+    w, c = (ran[(ran.variant == v) & (ran.n_tokens == 96)].iloc[0] for v in ("window", "cmr"))
+    assert c.flops_per_token > w.flops_per_token and c.params > w.params
+    f = ran[(ran.variant == "full") & (ran.n_tokens == 48)].iloc[0]  # attention is counted: over 48 tokens, not 16
+    assert f.flops_per_token > ran[(ran.variant == "window") & (ran.n_tokens == 48)].iloc[0].flops_per_token
+    assert "cmr/window at the default shape, d=64" not in out.with_suffix(".md").read_text()  # d=32 only
+    assert "ms/token at the longest N / the shortest, default d=32" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").is_file()
+
+
+def test_targets_name_the_bar_and_whether_it_was_met():
+    pd = pytest.importorskip("pandas")
+    mod = _speed()
+    rows = [{"shape": "default", "d_model": 64, "variant": v, "n_tokens": n, "ms_per_token": ms,
+             "ratio_to_window": r} for v, n, ms, r in (("window", 500, 1.0, 1.0), ("cmr", 500, 1.1, 1.1),
+                                                       ("window", 1000, 1.0, 1.0), ("cmr", 1000, 1.3, 1.3))]
+    lines = mod.targets(pd.DataFrame(rows))
+    assert lines[0] == "cmr/window at the default shape, d=64: 1.10-1.30x over N (target <= 1.15x: NOT met)"
+    assert "cmr 1.18x" in lines[1] and "window 1.00x" in lines[1]
