@@ -727,3 +727,23 @@ def test_hf_experiment_table_is_shown_when_committed(tmp_path):
     assert "## CMR inside a pretrained Hugging Face LM" in text and "0.61" in text
     (hf / "tables" / "recall.csv").unlink()
     assert "hf_cmr" not in build_report(cfg, evals, trains, tmp_path / "out2")
+
+
+def test_cost_benchmarks_are_shown_when_committed(tmp_path):
+    cfg, evals, trains = make_study(tmp_path)
+    build_report(cfg, evals, trains, tmp_path / "out")
+    assert "## Where the inference cost goes" not in (tmp_path / "out" / "REPORT.md").read_text()
+    res = tmp_path / "results"
+    res.mkdir(exist_ok=True)
+    rows = [{"profile": p, "d_model": d, "n_layers": L, "window": 16, "N": 1000, "threads": t, "window_ms": 1.0,
+             "cmr_ms": r, "cmr_over_window": r, "part": part, "ms": 0.1, "share_of_cmr": share, "share_of_extra": 0.5}
+            for p, d, L, r in (("default", 64, 2, 1.3), ("paper", 512, 8, 2.07)) for t in (1, 2)
+            for part, share in (("reweave read (cross-attention + gate)", 0.16), ("op aten::addmm", 0.2))]
+    pd.DataFrame(rows).to_csv(res / "overhead_profile.csv", index=False)
+    (res / "speed_benchmark.md").write_text("- cmr/window at the default shape, d=64: 1.24-1.66x over N (NOT met)\n")
+    build_report(cfg, evals, trains, tmp_path / "out")
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    section = text.split("## Where the inference cost goes")[1]
+    assert "default (d=64, 2 layers, cmr/window 1.30x)" in section and "paper (d=512, 8 layers" in section
+    assert "reweave read" in section and "aten::addmm" not in section  # parts only, one thread
+    assert "- cmr/window at the default shape, d=64: 1.24-1.66x over N (NOT met)" in section

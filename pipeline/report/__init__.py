@@ -208,6 +208,26 @@ def baseline_dirs(cfg: Mapping[str, Any], results_dir: Path, notes: list[str]) -
     return evals, [root / "train" / v / f"s{s}" for v, s in pairs]
 
 
+def cost_benchmarks(root: Path) -> dict | None:
+    """The committed benchmarks of where inference cost goes (`make bench`: benchmarks/profile_overhead.py and
+    benchmarks/speed.py, outside the pipeline's stages): cmr's time by part against window at one thread, and the
+    speed sweep's targets. None when neither file is in `root`."""
+    profile_csv, targets_md = root / "overhead_profile.csv", root / "speed_benchmark.md"
+    if not (profile_csv.is_file() or targets_md.is_file()):
+        return None
+    parts = None
+    if profile_csv.is_file():
+        prof = pd.read_csv(profile_csv)
+        prof = prof[(prof["threads"] == 1) & ~prof["part"].str.startswith("op ")]
+        parts = prof.pivot_table(index="part", columns="profile", values="share_of_cmr", sort=False).reset_index()
+        head = prof.drop_duplicates("profile").set_index("profile")
+        parts.columns.name = None
+        parts = parts.rename(columns={p: f"{p} (d={head.loc[p, 'd_model']}, {head.loc[p, 'n_layers']} layers, "
+                                         f"cmr/window {head.loc[p, 'cmr_over_window']:.2f}x)" for p in head.index})
+    targets = targets_md.read_text().strip().splitlines() if targets_md.is_file() else []
+    return {"parts": parts, "targets": [t.removeprefix("- ") for t in targets]}
+
+
 def hf_experiment(cfg: Mapping[str, Any], root: Path, notes: list[str]) -> dict | None:
     """The committed run of conf/experiment/hf_cmr.yaml (`make hf-cmr`, its own report and params.yaml in `root`):
     recall by N of the frozen pretrained LM reading window by window and with CMR, for the study's report; None
@@ -392,7 +412,9 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     setup = setup_table(cfg, runs, train)
     summary["setup"] = {"seeds": sorted({r["seed"] for r in runs}), "train_length_tokens": tl.tokens,
                         "variants": setup.set_index("variant").to_dict("index")}
-    hf = hf_experiment(cfg, Path((cfg.get("paths") or {}).get("results_dir", "results")) / "hf_cmr", notes)
+    committed = Path((cfg.get("paths") or {}).get("results_dir", "results"))  # results_dir is the staging folder
+    hf = hf_experiment(cfg, committed / "hf_cmr", notes)
+    cost = cost_benchmarks(committed)
     if hf is not None:
         summary["hf_cmr"] = {"seeds": hf["seeds"], "recall": hf["accuracy"]}
     summary["notes"] = notes
@@ -402,7 +424,7 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
                       render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes,
                                       datasets=datasets, setup=setup, verdict_list=verdict_list,
                                       attention=attention, family_sizes=family_sizes, train_len=tl,
-                                      diagnostics=diagnostics, hf=hf))
+                                      diagnostics=diagnostics, hf=hf, cost=cost))
     for n in notes:
         print(f"note: {n}")
     return summary

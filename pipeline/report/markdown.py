@@ -80,7 +80,8 @@ def report_context(cfg, rc, paper, runs, train, results, oh, validity, times_df,
                    datasets: pd.DataFrame | None = None, setup: pd.DataFrame | None = None,
                    verdict_list: Sequence[dict] = (), attention: pd.DataFrame | None = None,
                    family_sizes: Mapping[str, int] | None = None, train_len: TrainLength | None = None,
-                   diagnostics: Mapping[str, Any] | None = None, hf: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   diagnostics: Mapping[str, Any] | None = None, hf: Mapping[str, Any] | None = None,
+                   cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything REPORT.md.j2 shows, as strings (tables already in Markdown) and lists of lines."""
     table_md = lambda df: df.map(fmt).to_markdown(index=False)  # noqa: E731
     return {
@@ -101,6 +102,8 @@ def report_context(cfg, rc, paper, runs, train, results, oh, validity, times_df,
         "attention_dir": str(experiments_dir(cfg) / "attention"),
         "lose_lines": lose_lines(results, rc),
         "hf": None if hf is None else {"dir": hf["dir"], "seeds": hf["seeds"], "table": table_md(hf["table"])},
+        "cost": None if cost is None else {
+            "parts": None if cost["parts"] is None else table_md(cost["parts"]), "targets": list(cost["targets"])},
         "times": table_md(times_df),
         "notes": list(notes),
     }
