@@ -332,6 +332,12 @@ def test_prepare_cli_with_params_file(tmp_path):
                        cwd=cwd, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "prepared" in r.stdout and (tmp_path / "data" / "manifest.json").is_file()
+    stage = tmp_path / "experiments" / "prepare" / "stage.json"
+    recorded = stage.read_text()  # paths.data_dir is data/ under the cwd: the stage's own run, timed
+    r = subprocess.run([*cmd, str(params), "--out", str(tmp_path / "elsewhere")], capture_output=True, text=True,
+                       cwd=cwd, timeout=120)
+    assert r.returncode == 0 and (tmp_path / "elsewhere" / "manifest.json").is_file()
+    assert stage.read_text() == recorded  # a copy prepared elsewhere leaves the stage's record alone
     bad = tmp_path / "bad.yaml"
     bad.write_text(params.read_text().replace("filler: synthetic", "filler: bogus"))
     r = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, cwd=cwd, timeout=120)

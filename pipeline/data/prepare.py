@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_params(args.params)
         t0 = time.perf_counter()
         prepare(cfg, args.out)
-        write_stage_time(experiments_dir(cfg) / "prepare", t0)
+        if args.out is None or Path(args.out).resolve() == Path(cfg.paths.data_dir).resolve():
+            write_stage_time(experiments_dir(cfg) / "prepare", t0)  # the stage's record: only for its own data/
     except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
