@@ -1,6 +1,6 @@
 """The memory baselines beside the study: `cmr-repro baselines [--params params.yaml] [--out results/baselines]`.
 
-rmt, armt and memorizing (conf/experiment/baselines.yaml) add ~30 minutes of training on 2 cores, more than the
+rmt, armt and memorizing (conf/experiment/baselines.yaml) add ~40 minutes of training on 2 cores, more than the
 default study's time budget allows, so they run beside `dvc repro`: on its data, with its recipe (the study's
 params.yaml with only study.variants, paths.experiments_dir and the wandb group changed by the experiment file).
 This command runs the study's own stages for them into multirun/baselines/ (train, evaluate), times them in one

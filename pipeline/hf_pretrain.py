@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from pipeline.errors import PipelineError
+from pipeline.io import atomic_dir
 
 
 def windows(data_dir: str | Path, window: int):
@@ -84,15 +84,11 @@ def pretrain(cfg: Any, out: str | Path, steps: Optional[int] = None, seed: int =
                         enable_checkpointing=False, enable_model_summary=False, deterministic=True,
                         gradient_clip_val=float(t.grad_clip) or None, enable_progress_bar=False)
     trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(tmp)
-    (tmp / "pretrain.json").write_text(json.dumps({"steps": steps, "seed": seed, "windows": len(rows),
-                                                   "lm_loss": module.losses}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    with atomic_dir(out) as tmp:
+        lm.save_pretrained(tmp)
+        (tmp / "pretrain.json").write_text(json.dumps({"steps": steps, "seed": seed, "windows": len(rows),
+                                                       "lm_loss": module.losses}, indent=1))
+    return Path(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

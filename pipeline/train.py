@@ -304,8 +304,6 @@ def run_dir_for(cfg: Any, variant: str, seed: int) -> Path:
     return paths.run_dir(cfg, "train", variant, seed)
 
 
-
-
 def _sha(data: bytes) -> str:
     import hashlib
 

@@ -44,7 +44,7 @@ def backbone_of(lm: nn.Module, window: int) -> BackboneConfig:
     d = getattr(c, "hidden_size", None) or c.n_embd
     heads = getattr(c, "num_attention_heads", None) or c.n_head
     return BackboneConfig(d_model=d, n_layers=len(decoder_layers(lm)), n_heads=heads, d_ff=4 * d, window=window,
-                          conv_kernel=0)
+                          conv_kernel=0, hf_model=getattr(c, "_name_or_path", "") or "in-memory")
 
 
 class _Block:
@@ -82,12 +82,7 @@ class HFMemoryLM(nn.Module):
     """A frozen pretrained causal LM read window by window, with a trainable memory across windows."""
 
     def __init__(self, lm: nn.Module, memory: Memory, window: int):
-        super().__init__()
-        if getattr(memory, "sequential", False) or getattr(memory, "whole_sequence", False):
-            raise ConfigError(f"`{memory.cfg.name}` in a Hugging Face model: only memories that read chunk by chunk")
-        if getattr(memory.cfg, "score_input", "block_input") == "attention_input":
-            raise ConfigError("models.cmr.score_input = 'attention_input' needs the project's short convolution; "
-                              "with a Hugging Face backbone use 'block_input' or 'output'")
+        super().__init__()  # the memory was checked against the LM by build_hf_model (config.check_model)
         self.lm, self.memory, self.window = lm, memory, int(window)
         self.name, self.memory_cfg = memory.cfg.name, memory.cfg
         self.lm.requires_grad_(False)
@@ -138,7 +133,8 @@ class HFMemoryLM(nn.Module):
 
 
 def build_hf_model(lm: nn.Module, memory_cfg: Any, window: int) -> HFMemoryLM:
-    """HFMemoryLM for a memory config (`window` or `cmr` as in conf/model/) around a loaded causal LM."""
+    """HFMemoryLM for a memory config (`window` or `cmr` as in conf/model/) around a loaded causal LM, checked
+    against it by config.check_model (supported variants, no short-convolution scorer input)."""
     import importlib
 
     from pipeline.models import MEMORIES

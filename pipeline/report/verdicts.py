@@ -58,6 +58,7 @@ VERDICT_RULES = {
 
 
 CEILING = "full"  # every other variant but cmr is a baseline CMR is compared with
+WINDOW_STRONGEST = "the strongest baseline on recall is window (the claim's own comparison)"
 
 
 def strongest_baseline(table: pd.DataFrame) -> tuple[str, float] | None:
@@ -92,7 +93,7 @@ def vs_strongest(res: AccuracyResult | None, rc: ReportConfig) -> str:
 def overhead_vs_strongest(oh: pd.DataFrame, b: str | None) -> str:
     """cmr's ms/token over baseline b's per N, each as a ratio to the window timed with it."""
     if not b or oh.empty or b not in set(oh["variant"]) or b == "window":
-        return "n/a" if b != "window" else "the strongest baseline on recall is window (the claim's own comparison)"
+        return "n/a" if b != "window" else WINDOW_STRONGEST
     c = oh[oh["variant"] == "cmr"].set_index("N")["ratio_vs_window"]
     x = oh[oh["variant"] == b].set_index("N")["ratio_vs_window"]
     r = (c / x).dropna()
@@ -259,9 +260,9 @@ def verdicts(results: Mapping[str, AccuracyResult], oh: pd.DataFrame, attention:
             v = attention_verdict(claim, attention, rc, attention_why)
             b = recall_best[0] if recall_best else None
             vb = attention_verdict(claim, attention, rc, attention_why, base=b) if b and b != "window" else None
-            v["vs_strongest"] = ("n/a" if b is None else "the strongest baseline on recall is window (the claim's "
-                                 "own comparison)" if vb is None else f"against {b} (the strongest baseline on recall): "
-                                 f"{vb['verdict']}; {vb['evidence'].split('. ')[0]}")
+            v["vs_strongest"] = ("n/a" if b is None else WINDOW_STRONGEST if vb is None else
+                                 f"against {b} (the strongest baseline on recall): {vb['verdict']}; "
+                                 f"{vb['evidence'].split('. ')[0]}")
         else:
             v = accuracy_verdict(claim, results.get(claim.name), rc)
             v["vs_strongest"] = vs_strongest(results.get(claim.name), rc)
