@@ -194,6 +194,34 @@ def test_longer_training_documents_hold_more_far_facts():
     assert far == {2: {2}, 3: {4}, 4: {4}}
 
 
+def test_long_pool_is_appended_with_common_values_and_leaves_the_short_pool_alone():
+    from pipeline.data.build import make_source
+
+    cfg = tiny(n_train_long_docs=12, train_long_segments=8)
+    splits, _, stats = build_all(cfg)
+    base, _, base_stats = build_all(tiny())
+    n = TINY.n_train_docs
+    short = {c: v[:n] for c, v in splits["train"].items()}
+    assert short["doc_id"] == base["train"]["doc_id"] and stats["val"]["hash"] == base_stats["val"]["hash"]
+    assert splits["train"]["n_segments"][n:] == [8] * 12
+    assert all(len(x) == 8 * TINY.segment_len for x in splits["train"]["input_ids"][n:])
+    rare = {int(i) for ids in make_source(cfg).vocab.rare_class_ids for i in ids}
+    long_answers = {a for ans in splits["train"]["answers"][n:] for a in ans}
+    assert long_answers and not long_answers & rare  # the rare plan is the short pool's alone
+    far = [sum(t == "far" for t in qt) for qt in splits["train"]["query_type"][n:]]
+    assert max(far) > 0  # recall documents ask far facts (dialogue ones ask theirs by speaker)
+
+
+def test_curriculum_reaches_the_long_pool_only_when_it_allows_its_length():
+    from pipeline.data.loader import CurriculumBatchSampler
+
+    segs = np.array([2, 3, 2, 3, 16, 16])
+    s = CurriculumBatchSampler(segs * 16, segs, 4, [{"until_step": 10, "max_segments": 3},
+                                                    {"until_step": None, "max_segments": 16}], seed=0)
+    assert all(max(segs[s.batch_at(t)]) <= 3 for t in range(10))
+    assert any(set(segs[s.batch_at(t)]) == {16} for t in range(10, 60))
+
+
 def test_no_fact_straddles_a_segment_boundary(data_dir):
     """A value whose entity sits in the previous segment could not be bound to it by anything that reads
     segment by segment, so every fact of every split lies inside one segment (as in training documents)."""
@@ -302,6 +330,8 @@ def test_hf_filler_offline_fails_fast(tmp_path, monkeypatch):
     ({"local_format": "xml"}, r"data.local_format.*text, json, parquet"),
     ({"val_long_lengths": []}, r"data.val_long_lengths: must be a non-empty list"),
     ({"n_val_long_docs": 0}, r"data.n_val_long_docs: must be >= 1"),
+    ({"n_train_long_docs": 5, "train_long_segments": 3}, r"data.train_long_segments \(3\) must be > data.train_max_segments"),
+    ({"n_train_long_docs": -1}, r"data.n_train_long_docs: must be >= 0"),
 ])
 def test_bad_config(kw, key):
     with pytest.raises(ConfigError, match=key):

@@ -19,8 +19,9 @@ from pipeline.errors import ConfigError, DataError
 
 # Seeds of each split: train and val_long from data.train_seed (the training seed family), everything
 # else from data.eval_seed.
-_CODES = {"train": 0, "val": 1, "recall": 2, "numeric": 3, "rare": 4, "dialogue": 5, "val_long": 6}
-TRAIN_FAMILY = ("train", "val_long")
+_CODES = {"train": 0, "val": 1, "recall": 2, "numeric": 3, "rare": 4, "dialogue": 5, "val_long": 6,
+          "train_long": 7}
+TRAIN_FAMILY = ("train", "val_long", "train_long")
 SELECTION_SPLITS = ("train", "val", "val_long")  # what training sees or selects checkpoints on
 HASH_COLUMNS = ("doc_id", "task", "query_pos", "answers", "query_type", "fact_pos", "distance",
                 "n_turns", "n_segments", "n_words")
@@ -107,24 +108,34 @@ def rare_values(rng, vocab: Vocab, n_slots: int) -> np.ndarray:
 
 
 def gen_train(cfg: DataConfig, src: Source, split: str) -> list[dict]:
-    """train (rare plan, train_seed) or val (common values only, eval_seed)."""
+    """train (rare plan, train_seed, then the long pool from its own stream) or val (common values only,
+    eval_seed)."""
     rng = split_rng(cfg, split)
     n = cfg.n_train_docs if split == "train" else cfg.n_val_docs
-    kinds, p = train_kinds(cfg)
     segs = np.resize(np.arange(cfg.train_min_segments, cfg.train_max_segments + 1), n)
     segs = segs[rng.permutation(n)]  # balanced over n_segments for the curriculum
-    kind_idx = rng.choice(len(kinds), size=n, p=p)
+    docs = _train_docs(rng, cfg, src, segs, rare=(split == "train"))
+    if split == "train" and cfg.n_train_long_docs:
+        docs += _train_docs(split_rng(cfg, "train_long"), cfg, src,
+                            np.full(cfg.n_train_long_docs, cfg.train_long_segments), rare=False)
+    return docs
+
+
+def _train_docs(rng, cfg: DataConfig, src: Source, segs: np.ndarray, rare: bool) -> list[dict]:
+    """Training-style documents of the given segment counts, task kinds drawn from data.train_mix."""
+    kinds, p = train_kinds(cfg)
+    kind_idx = rng.choice(len(kinds), size=len(segs), p=p)
     b = DocBuilder(cfg, src.vocab)
     W = cfg.segment_len
     r = _py_rng(rng)
     layouts = []
-    for i in range(n):
+    for i in range(len(segs)):
         kind, S = kinds[kind_idx[i]], int(segs[i])
         pieces, nf = layout_train(r, b, kind, S)
         layouts.append((pieces, nf, {"length": S * W, "task": "train", "n_segments": S,
                                      "n_turns": S if kind == "dialogue" else 0}))
     docs = _materialise(rng, src, layouts, W)
-    _fill_values(docs, train_values(rng, cfg, src.vocab, b.n_slots, rare=(split == "train")))
+    _fill_values(docs, train_values(rng, cfg, src.vocab, b.n_slots, rare=rare))
     return docs
 
 

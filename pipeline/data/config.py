@@ -58,6 +58,10 @@ class DataConfig:
     n_val_docs: int = 200
     train_min_segments: int = 2
     train_max_segments: int = 4
+    # long training documents, an extra pool (common values only, their own seed stream) that the curriculum
+    # reaches only once it allows this many segments: banks overflow in them, so the scorer learns to rank
+    n_train_long_docs: int = 0
+    train_long_segments: int = 16
     n_far_facts: int = 2  # facts in early segments asked in the last one
     n_distractor_facts: int = 0  # recall docs: facts in early segments never asked (as many as fit)
     local_pairs_per_segment: int = 1  # fact + query inside the same segment, every segment
@@ -106,6 +110,15 @@ def as_data_config(obj: Any) -> DataConfig:
     if unknown:
         raise ConfigError(f"data.{unknown[0]}: unknown key; allowed keys: {', '.join(keys())}")
     return DataConfig(**obj)
+
+
+def longest_train_segments(data: Any) -> int:
+    """Segments of the longest training document: the long pool's when it has documents."""
+    get = data.get if hasattr(data, "get") else lambda k, d=None: getattr(data, k, d)
+    longest = int(get("train_max_segments", 0) or 0)
+    if int(get("n_train_long_docs", 0) or 0) > 0:
+        longest = max(longest, int(get("train_long_segments", 0) or 0))
+    return longest
 
 
 def _full_get(full_cfg: Any, dotted: str) -> Any:
@@ -160,13 +173,18 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
     for k in positive:
         if getattr(c, k) < 1:
             raise ConfigError(f"data.{k}: must be >= 1, got {getattr(c, k)}")
-    for k in ["n_far_facts", "n_distractor_facts", "local_pairs_per_segment", "verify_docs"]:
+    for k in ["n_far_facts", "n_distractor_facts", "local_pairs_per_segment", "verify_docs", "n_train_long_docs"]:
         if getattr(c, k) < 0:
             raise ConfigError(f"data.{k}: must be >= 0, got {getattr(c, k)}")
     if c.train_max_segments < c.train_min_segments:
         raise ConfigError(
             f"data.train_max_segments ({c.train_max_segments}) must be >= data.train_min_segments "
             f"({c.train_min_segments})"
+        )
+    if c.n_train_long_docs and c.train_long_segments <= c.train_max_segments:
+        raise ConfigError(
+            f"data.train_long_segments ({c.train_long_segments}) must be > data.train_max_segments "
+            f"({c.train_max_segments}) when data.n_train_long_docs > 0"
         )
     if c.n_far_facts > 0 and c.train_min_segments < 2:
         raise ConfigError("data.train_min_segments: must be >= 2 when data.n_far_facts > 0 (facts and queries in different segments)")
@@ -177,7 +195,7 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
     if c.n_variables < max(c.n_eval_num_vars, 2 * max(1, c.n_far_facts // 2) + 2):
         raise ConfigError(f"data.n_variables ({c.n_variables}) must be >= data.n_eval_num_vars ({c.n_eval_num_vars}) and the vars a training doc needs")
     need_entities = max(c.n_eval_facts, c.n_dialogue_facts,
-                        c.n_far_facts + c.n_distractor_facts + c.local_pairs_per_segment * c.train_max_segments)
+                        c.n_far_facts + c.n_distractor_facts + c.local_pairs_per_segment * longest_train_segments(c))
     if c.n_entities < need_entities:
         raise ConfigError(f"data.n_entities ({c.n_entities}) must be >= {need_entities}: entities are unique within a document")
     if any(int(n) < 1 or int(n) % 2 for n in c.rare_counts):

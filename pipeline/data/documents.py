@@ -452,6 +452,8 @@ def check_layouts(cfg: DataConfig) -> None:
             layout_train(r, b, k, n_seg)
             if n_seg == cfg.train_min_segments:
                 est_slots += pk * b.n_slots
+        if cfg.n_train_long_docs:
+            layout_train(r, DocBuilder(cfg, vocab), k, cfg.train_long_segments)
     need = rare_slots_needed(cfg)
     est = est_slots * cfg.n_train_docs
     if need > cfg.max_rare_fraction * est:

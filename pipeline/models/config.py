@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional
 
+from pipeline.data.config import longest_train_segments
 from pipeline.errors import ConfigError
 
 POSITIONS = ("rotary", "learned")
@@ -312,7 +313,8 @@ def longest_input(full_cfg: Any) -> int:
     rare = _get(full_cfg, "data.rare_eval_length")
     if rare is not None:
         lengths.append(int(rare))
-    max_seg = _get(full_cfg, "data.train_max_segments")
+    data = _get(full_cfg, "data")
+    max_seg = longest_train_segments(data) if data is not None and _get(full_cfg, "data.train_max_segments") else None
     window = _get(full_cfg, "backbone.window")
     if max_seg is not None and window is not None:
         lengths.append(int(max_seg) * int(window))

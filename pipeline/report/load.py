@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from pipeline.data.config import longest_train_segments
 from pipeline.errors import DataError
 from pipeline.paths import run_name
 
@@ -102,16 +103,19 @@ def norm_key(v: Any) -> Any:
 class TrainLength:
     """How long the training documents were: beyond it `full` sees positions it never trained on."""
 
-    tokens: int | None  # data.train_max_segments * backbone.window (or the manifest's longest train doc)
+    tokens: int | None  # longest training document's segments * backbone.window (or the manifest's longest train doc)
     segments: int | None  # the same in segments of W tokens
     source: str
 
 
 def train_length(cfg: Mapping[str, Any], manifest: Mapping[str, Any] | None) -> TrainLength:
     window = int((cfg.get("backbone") or {}).get("window") or 0)
-    segs = (cfg.get("data") or {}).get("train_max_segments")
+    data = cfg.get("data") or {}
+    segs = longest_train_segments(data) if data.get("train_max_segments") else None
     if segs and window:
-        return TrainLength(int(segs) * window, int(segs), "data.train_max_segments x backbone.window")
+        return TrainLength(int(segs) * window, int(segs),
+                           "the longest training document (data.train_max_segments, or data.train_long_segments "
+                           "with a long pool) x backbone.window")
     tr = ((manifest or {}).get("splits") or {}).get("train") or {}
     if tr.get("max_tokens") and window:
         return TrainLength(int(tr["max_tokens"]), math.ceil(int(tr["max_tokens"]) / window),
