@@ -86,6 +86,13 @@ class DataConfig:
     # --- checks ---
     verify_docs: int = 32  # docs per split round-tripped through the saved tokenizer
 
+    @property
+    def longest_train_segments(self) -> int:
+        """Segments of the longest training document: the long pool's when it has documents."""
+        if self.n_train_long_docs > 0:
+            return max(self.train_max_segments, self.train_long_segments)
+        return self.train_max_segments
+
 
 def keys() -> list[str]:
     return [f.name for f in dataclasses.fields(DataConfig)]
@@ -110,15 +117,6 @@ def as_data_config(obj: Any) -> DataConfig:
     if unknown:
         raise ConfigError(f"data.{unknown[0]}: unknown key; allowed keys: {', '.join(keys())}")
     return DataConfig(**obj)
-
-
-def longest_train_segments(data: Any) -> int:
-    """Segments of the longest training document: the long pool's when it has documents."""
-    get = data.get if hasattr(data, "get") else lambda k, d=None: getattr(data, k, d)
-    longest = int(get("train_max_segments", 0) or 0)
-    if int(get("n_train_long_docs", 0) or 0) > 0:
-        longest = max(longest, int(get("train_long_segments", 0) or 0))
-    return longest
 
 
 def _full_get(full_cfg: Any, dotted: str) -> Any:
@@ -195,7 +193,7 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
     if c.n_variables < max(c.n_eval_num_vars, 2 * max(1, c.n_far_facts // 2) + 2):
         raise ConfigError(f"data.n_variables ({c.n_variables}) must be >= data.n_eval_num_vars ({c.n_eval_num_vars}) and the vars a training doc needs")
     need_entities = max(c.n_eval_facts, c.n_dialogue_facts,
-                        c.n_far_facts + c.n_distractor_facts + c.local_pairs_per_segment * longest_train_segments(c))
+                        c.n_far_facts + c.n_distractor_facts + c.local_pairs_per_segment * c.longest_train_segments)
     if c.n_entities < need_entities:
         raise ConfigError(f"data.n_entities ({c.n_entities}) must be >= {need_entities}: entities are unique within a document")
     if any(int(n) < 1 or int(n) % 2 for n in c.rare_counts):

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional
 
-from pipeline.data.config import longest_train_segments
+from pipeline.data.config import as_data_config
 from pipeline.errors import ConfigError
 
 POSITIONS = ("rotary", "learned")
@@ -313,8 +313,8 @@ def longest_input(full_cfg: Any) -> int:
     rare = _get(full_cfg, "data.rare_eval_length")
     if rare is not None:
         lengths.append(int(rare))
-    data = _get(full_cfg, "data")
-    max_seg = longest_train_segments(data) if data is not None and _get(full_cfg, "data.train_max_segments") else None
+    max_seg = as_data_config(_get(full_cfg, "data")).longest_train_segments \
+        if _get(full_cfg, "data.train_max_segments") is not None else None
     window = _get(full_cfg, "backbone.window")
     if max_seg is not None and window is not None:
         lengths.append(int(max_seg) * int(window))

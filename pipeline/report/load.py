@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from pipeline.data.config import longest_train_segments
+from pipeline.data.config import as_data_config
 from pipeline.errors import DataError
 from pipeline.paths import run_name
 
@@ -111,7 +111,7 @@ class TrainLength:
 def train_length(cfg: Mapping[str, Any], manifest: Mapping[str, Any] | None) -> TrainLength:
     window = int((cfg.get("backbone") or {}).get("window") or 0)
     data = cfg.get("data") or {}
-    segs = longest_train_segments(data) if data.get("train_max_segments") else None
+    segs = as_data_config(data).longest_train_segments if data.get("train_max_segments") else None
     if segs and window:
         return TrainLength(int(segs) * window, int(segs),
                            "the longest training document (data.train_max_segments, or data.train_long_segments "
