@@ -486,7 +486,8 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
 
     data_dir = (cfg.get("paths") or {}).get("data_dir", "data")
     window = int(cfg.backbone.window)
-    dm = MemoryDataModule(data_dir, window, int(t.batch_size), int(t.val_batch_size), t.curriculum, int(seed))
+    dm = MemoryDataModule(data_dir, window, int(t.batch_size), int(t.val_batch_size), t.curriculum, int(seed),
+                          max_batch_tokens=t.get("max_batch_tokens"))
     dm.setup("fit")
     vocab_size = _vocab_size(data_dir)
     for ds in (dm.train_set, *dm.val_sets.values()):

@@ -43,6 +43,9 @@ class CurriculumStage:
 class TrainConfig:
     # optimisation
     batch_size: int = 64
+    # tokens per batch at most (null = off): a batch of long documents holds fewer of them, so the long
+    # pool of training documents costs about what a short batch costs (README "Time budget")
+    max_batch_tokens: Optional[int] = None
     lr: float = 3.0e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
     warmup_steps: int = 100
@@ -128,8 +131,8 @@ def validate(train_cfg: Any, full_cfg: Any = None) -> None:
         if not math.isfinite(fv) or (fv <= 0 if strict else fv < 0):
             raise ConfigError(f"train.{key} must be {'> 0' if strict else '>= 0'} and finite, got {v!r}")
 
-    for k in ("batch_size", "max_steps", "val_check_interval", "val_batch_size", "threads", "devices",
-              "num_nodes", "log_every_n_steps"):
+    for k in ("batch_size", "max_batch_tokens", "max_steps", "val_check_interval", "val_batch_size", "threads",
+              "devices", "num_nodes", "log_every_n_steps"):
         pos(k, kind=int)
     for k in ("lr",):
         pos(k)

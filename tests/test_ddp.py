@@ -39,6 +39,17 @@ def test_ranks_split_the_one_process_batch_into_disjoint_shares():
         CurriculumBatchSampler(lengths, n_seg, 8, SCHED, 3, rank=0, world_size=3)
 
 
+def test_token_cap_keeps_an_equal_share_for_every_rank():
+    n_seg = np.repeat([1, 4], 10)
+    lengths = n_seg * W
+    ranks = [CurriculumBatchSampler(lengths, n_seg, 8, [], 3, rank=r, world_size=2, max_batch_tokens=3 * W)
+             for r in (0, 1)]
+    for step in range(20):
+        shares = [s.batch_at(step) for s in ranks]
+        assert len({int(lengths[i]) for i in shares[0] + shares[1]}) == 1
+        assert len(shares[0]) == len(shares[1]) == 1  # 3 one-segment documents fit: 2, a multiple of 2 ranks
+
+
 def test_each_rank_validates_its_own_batches_and_together_all():
     lengths = np.repeat([16, 32, 48], 7)
     whole = eval_batches(lengths, 4)

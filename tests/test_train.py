@@ -17,7 +17,7 @@ from pipeline import train as T  # noqa: E402
 from pipeline.data.loader import CurriculumBatchSampler, MemoryDataModule  # noqa: E402
 from pipeline.models.checkpoint import load_trained  # noqa: E402
 from pipeline.errors import ConfigError, TrainingError  # noqa: E402
-from pipeline.train_config import TrainConfig, curriculum_limit  # noqa: E402
+from pipeline.train_config import TrainConfig, curriculum_limit, validate as validate_train  # noqa: E402
 
 W = 16  # the real generator needs room for a local pair plus a far fact in one segment
 
@@ -305,6 +305,24 @@ def test_curriculum_sampler_respects_limit_and_equal_lengths():
     assert [next(it) for _ in range(3)] == [s.batch_at(17), s.batch_at(18), s.batch_at(19)]
     with pytest.raises(ConfigError, match="step 0"):
         CurriculumBatchSampler(lengths[n_seg > 1], n_seg[n_seg > 1], 4, sched, 0)
+
+
+def test_token_cap_shrinks_only_long_batches():
+    n_seg = np.repeat([1, 2, 8], 20)
+    lengths = n_seg * W
+    off = CurriculumBatchSampler(lengths, n_seg, batch_size=4, curriculum=[], seed=1)
+    none = CurriculumBatchSampler(lengths, n_seg, 4, [], 1, max_batch_tokens=None)
+    cap = CurriculumBatchSampler(lengths, n_seg, 4, [], 1, max_batch_tokens=4 * W)
+    sizes = {}
+    for step in range(60):
+        assert none.batch_at(step) == off.batch_at(step)  # off: the batches are those of no cap at all
+        b = cap.batch_at(step)
+        ln = int(lengths[b[0]])
+        assert len({int(lengths[i]) for i in b}) == 1 and len(b) * ln <= max(4 * W, ln)
+        sizes.setdefault(ln // W, set()).add(len(b))
+    assert sizes == {1: {4}, 2: {2}, 8: {1}}  # as many as fit, at least one document
+    with pytest.raises(ConfigError, match="max_batch_tokens"):
+        validate_train(OmegaConf.create({"max_batch_tokens": 0}))
 
 
 def test_load_trained_round_trips(env, tmp_path):

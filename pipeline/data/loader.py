@@ -89,17 +89,21 @@ class CurriculumBatchSampler(torch.utils.data.Sampler):
     uniform over allowed documents), then `batch_size` documents from it. Resuming at step s
     therefore continues the exact sequence, and no per-epoch state needs saving.
     `step_source` (set by the DataModule) reports the global step when iteration starts.
+    With `max_batch_tokens`, a batch of long documents holds only as many as fit in that many tokens
+    (at least one per process): long documents then cost about what a short batch costs.
     With `world_size` processes (DDP), `batch_size` is the global batch: every rank draws the same
-    batch and keeps its own contiguous `batch_size / world_size` documents, so the ranks see disjoint
-    parts of exactly the batch one process would see.
+    batch and keeps its own contiguous share of it, so the ranks see disjoint parts of exactly the
+    batch one process would see (under `max_batch_tokens`, rounded down to a multiple of the process count).
     """
 
     def __init__(self, lengths: np.ndarray, n_segments: np.ndarray, batch_size: int, curriculum: Any,
-                 seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+                 seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1,
+                 max_batch_tokens: Optional[int] = None):
         if int(world_size) < 1 or not 0 <= int(rank) < int(world_size) or int(batch_size) % int(world_size):
             raise ConfigError(f"train.batch_size={batch_size} is the global batch and must split evenly over "
                               f"{world_size} processes (rank {rank})")
         self.batch_size = int(batch_size)
+        self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
         self.rank, self.world_size = int(rank), int(world_size)
         self.curriculum = [dict(until_step=_g(s, "until_step"), max_segments=_g(s, "max_segments"))
                            for s in (curriculum or [])]
@@ -118,20 +122,29 @@ class CurriculumBatchSampler(torch.utils.data.Sampler):
     def limit(self, step: int) -> Optional[int]:
         return curriculum_limit(self.curriculum, step)
 
-    def allowed_groups(self, step: int) -> list[np.ndarray]:
+    def allowed_groups(self, step: int) -> list[tuple[int, np.ndarray]]:
+        """(document length in tokens, indices) of every length group the curriculum allows at `step`."""
         lim = self.limit(step)
-        return [idx for n, _, idx in self.groups if lim is None or n <= lim]
+        return [(ln, idx) for n, ln, idx in self.groups if lim is None or n <= lim]
+
+    def docs_per_batch(self, length: int) -> int:
+        """`batch_size`, or fewer where `max_batch_tokens` caps it: a multiple of the process count."""
+        if self.max_batch_tokens is None:
+            return self.batch_size
+        fit = self.max_batch_tokens // int(length) // self.world_size * self.world_size
+        return min(self.batch_size, max(self.world_size, fit))
 
     def batch_at(self, step: int) -> list[int]:
         groups = self.allowed_groups(step)
         if not groups:
             raise ConfigError(f"train.curriculum allows no training document at step {step}")
         rng = np.random.default_rng([self.seed, int(step)])
-        sizes = np.array([len(g) for g in groups], dtype=np.float64)
-        g = groups[int(rng.choice(len(groups), p=sizes / sizes.sum()))]
-        pick = rng.choice(len(g), size=self.batch_size, replace=len(g) < self.batch_size)
+        sizes = np.array([len(g) for _, g in groups], dtype=np.float64)
+        ln, g = groups[int(rng.choice(len(groups), p=sizes / sizes.sum()))]
+        n = self.docs_per_batch(ln)
+        pick = rng.choice(len(g), size=n, replace=len(g) < n)
         if self.world_size > 1:
-            per = self.batch_size // self.world_size
+            per = n // self.world_size
             pick = pick[self.rank * per:(self.rank + 1) * per]
         return g[pick].tolist()
 
@@ -164,10 +177,11 @@ class MemoryDataModule(L.LightningDataModule):
     the data have it) in fixed equal-length batches, one dataloader each, in `val_names` order."""
 
     def __init__(self, data_dir: str | Path, window: int, batch_size: int, val_batch_size: int,
-                 curriculum: Any, seed: int):
+                 curriculum: Any, seed: int, max_batch_tokens: Optional[int] = None):
         super().__init__()
         self.data_dir, self.window = str(data_dir), int(window)
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
+        self.max_batch_tokens = max_batch_tokens
         self.curriculum, self.seed = curriculum, int(seed)
         self.train_set: Optional[DocumentSet] = None
         self.val_sets: dict[str, DocumentSet] = {}
@@ -196,7 +210,8 @@ class MemoryDataModule(L.LightningDataModule):
     def make_train_sampler(self) -> CurriculumBatchSampler:
         rank, world = self._rank()
         s = CurriculumBatchSampler(self.train_set.lengths, self.train_set.n_segments, self.batch_size,
-                                   self.curriculum, self.seed, rank=rank, world_size=world)
+                                   self.curriculum, self.seed, rank=rank, world_size=world,
+                                   max_batch_tokens=self.max_batch_tokens)
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             s.step_source = lambda: int(trainer.global_step)
