@@ -14,7 +14,6 @@ Only pandas / scipy / matplotlib are imported (no torch).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -27,7 +26,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.errors import ConfigError, DataError, PipelineError
+from pipeline import stage_cli
+from pipeline.errors import ConfigError, DataError
 from pipeline.io import atomic_write_bytes, atomic_write_text
 
 SEED_KEY = "sweep.seed"
@@ -356,18 +356,16 @@ def write_outputs(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ablations", description=__doc__.splitlines()[0])
+    parser = stage_cli.parser("ablations", __doc__.splitlines()[0], params=False, overrides=False)
     parser.add_argument("sweep_dirs", nargs="+", help="folders of `python -m pipeline.sweep -m` runs")
     parser.add_argument("--out", default="results", help="output folder (default: results)")
-    args = parser.parse_args(argv)
-    try:
-        df = aggregate(args.sweep_dirs)
-        for p in write_outputs(df, args.out):
+    args = stage_cli.parse(parser, argv)
+
+    def body() -> None:
+        for p in write_outputs(aggregate(args.sweep_dirs), args.out):
             print(f"wrote {p}")
-    except (PipelineError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return stage_cli.run(body)
 
 
 if __name__ == "__main__":

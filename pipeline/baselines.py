@@ -15,7 +15,6 @@ The report stage depends on that folder and shows the baselines' rows when their
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -134,19 +133,18 @@ def time_with_window(cfg: Any, params: str | Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.baselines", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml", help="the study's composed config (default: params.yaml)")
+    from pipeline import stage_cli
+
+    ap = stage_cli.parser("baselines", __doc__.split("\n\n")[0], overrides=False)
     ap.add_argument("--out", default=None, help="where the report's inputs go (default: <results_dir>/baselines)")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="which parts to run (default: all)")
-    args = ap.parse_args(argv)
-    try:
-        out = args.out or Path(str(load_params(args.params).paths.results_dir)) / "baselines"
-        done = run(args.params, out, args.stages)
-    except (PipelineError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"baselines: {', '.join(args.stages)} done ({done})")
-    return 0
+    args = stage_cli.parse(ap, argv)
+
+    def body() -> None:
+        out = args.out or Path(str(stage_cli.load_config(args).paths.results_dir)) / "baselines"
+        print(f"baselines: {', '.join(args.stages)} done ({run(args.params, out, args.stages)})")
+
+    return stage_cli.run(body)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`cmr-repro <stage> [args]`: one command for every stage of the study (dvc.yaml calls it).
 
-Each stage keeps its own flags (`cmr-repro <stage> --help`) and stays runnable as `python -m <module>`;
-this front door lists them, runs one, and turns a pipeline, config or OS error that escapes a stage
-into one line on stderr and exit status 2.
+Every stage parses its flags with pipeline/stage_cli.py (`--params F`, `key=value` overrides validated like
+the file, `--variant` / `--seeds` where it runs per run; `cmr-repro <stage> --help`) and stays runnable as
+`python -m <module>`; this front door lists them, runs one, and turns a pipeline, config or OS error that
+escapes a stage into one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from pipeline.errors import PipelineError
+from pipeline import stage_cli
 
 # stage -> module whose main(argv) runs it (in the study's order, then the studies beside it)
 STAGES = {
@@ -22,7 +23,7 @@ STAGES = {
     "evaluate": "pipeline.evaluate.__main__",
     "overhead": "pipeline.evaluate.overhead",
     "attention": "pipeline.evaluate.attention",
-    "report": "pipeline.report",
+    "report": "pipeline.report.cli",
     "readme-results": "pipeline.readme_results",
     "baselines": "pipeline.baselines",
     "hf-pretrain": "pipeline.hf_pretrain",
@@ -49,11 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown stage {stage!r}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
     sys.argv[0] = f"cmr-repro {stage}"
-    try:
-        return int(importlib.import_module(STAGES[stage]).main(rest) or 0)
-    except (PipelineError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return stage_cli.run(lambda: importlib.import_module(STAGES[stage]).main(rest))
 
 
 if __name__ == "__main__":

@@ -7,27 +7,22 @@ It writes the same text DVC's Hydra integration writes for `dvc exp run -S OVERR
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from pipeline import stage_cli
 from pipeline.config import PARAMS_FILE, compose, to_params_yaml
-from pipeline.errors import PipelineError
 from pipeline.io import write_or_check
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.compose", description=__doc__.splitlines()[0])
+    parser = stage_cli.parser("compose", __doc__.splitlines()[0], params=False, overrides=False)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=ci models.cmr.k=4")
     parser.add_argument("-o", "--output", default=PARAMS_FILE, help="where to write (default: params.yaml)")
     parser.add_argument("--check", action="store_true", help="only compare with the existing file")
-    args = parser.parse_args(argv)
-    try:
-        text = to_params_yaml(compose(args.overrides))
-    except (PipelineError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return write_or_check(args.output, text, check=args.check,
-                          fix_hint=f"run python -m pipeline.compose {' '.join(args.overrides)}".strip())
+    args = stage_cli.parse(parser, argv)
+    return stage_cli.run(lambda: write_or_check(
+        args.output, to_params_yaml(compose(args.overrides)), check=args.check,
+        fix_hint=f"run python -m pipeline.compose {' '.join(args.overrides)}".strip()))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ class StudyConfig:
     """Which variants and seeds the study trains and evaluates (the DVC matrix)."""
 
     variants: list[str] = field(default_factory=lambda: ["window", "xl", "full", "cmr"])
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # Processes that train one variant's seeds side by side (1 torch thread each): on 2 cores two
     # runs at once give ~1.6x the throughput of one; 3 leave no seed running alone at the end.
     # Not a DVC param of the stages: it changes no result.
@@ -50,10 +50,12 @@ class PathsConfig:
 
 def _components() -> dict[str, Any]:
     """Each component owns its config dataclass; imported here lazily (none imports torch)."""
-    from pipeline.data import config as data_config
-    from pipeline.evaluate import config as eval_config
-    from pipeline import logging_config, report_config, train_config
-    from pipeline.models import config as model_config
+    import pipeline.data.config as data_config
+    import pipeline.evaluate.config as eval_config
+    import pipeline.logging_config as logging_config
+    import pipeline.models.config as model_config
+    import pipeline.report_config as report_config
+    import pipeline.train_config as train_config
 
     return {
         "data": data_config,
@@ -212,18 +214,6 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: Sequence[str] = ()) -
 def as_plain(cfg: DictConfig) -> dict:
     """A plain dict (for wandb configs, checkpoints and manifests)."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
-def cfg_get(node: Any, key: str, default: Any = None) -> Any:
-    """Read `key` from a DictConfig, dict or dataclass alike (component validators accept all three)."""
-    if node is None:
-        return default
-    if isinstance(node, dict):
-        return node.get(key, default)
-    try:
-        return node.get(key, default)  # DictConfig
-    except AttributeError:
-        return getattr(node, key, default)
 
 
 def dataclass_keys(cls: type) -> list[str]:

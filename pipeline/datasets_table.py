@@ -9,7 +9,6 @@ reads results/datasets/datasets.csv for REPORT.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from pipeline.errors import ConfigError, DataError, PipelineError
+from pipeline.errors import DataError
 from pipeline.io import atomic_write_text
 
 COLUMNS = ("split", "kind", "documents", "mean_tokens", "max_tokens", "mean_words", "facts_per_doc",
@@ -98,23 +97,18 @@ def write_datasets(manifest_path: Path, results_dir: Path) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.datasets_table", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
-    args = ap.parse_args(argv)
-    try:
-        import yaml
+    from pipeline import stage_cli
 
-        p = Path(args.params)
-        if not p.is_file():
-            raise ConfigError(f"params file not found: {p}")
-        paths = (yaml.safe_load(p.read_text()) or {}).get("paths") or {}
-        results = Path(paths.get("results_dir", "results"))
-        df = write_datasets(Path(paths.get("data_dir", "data")) / "manifest.json", results)
-    except (PipelineError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"Table I: {len(df)} splits -> {results}/datasets/datasets.(csv|md|tex|png), {results}/plots/datasets.csv")
-    return 0
+    args = stage_cli.parse(stage_cli.parser("datasets", __doc__.split("\n\n")[0]), argv)
+
+    def body() -> None:
+        cfg = stage_cli.load_config(args)
+        results = Path(str(cfg.paths.results_dir))
+        df = write_datasets(Path(str(cfg.paths.data_dir)) / "manifest.json", results)
+        print(f"Table I: {len(df)} splits -> {results}/datasets/datasets.(csv|md|tex|png), "
+              f"{results}/plots/datasets.csv")
+
+    return stage_cli.run(body)
 
 
 if __name__ == "__main__":

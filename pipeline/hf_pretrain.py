@@ -11,7 +11,6 @@ in a Lightning loop. The folder it writes is what `backbone.hf_model` names: `bu
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -92,24 +91,21 @@ def pretrain(cfg: Any, out: str | Path, steps: Optional[int] = None, seed: int =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.config import load_params
+    from pipeline import stage_cli
 
-    ap = argparse.ArgumentParser(prog="python -m pipeline.hf_pretrain", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
+    ap = stage_cli.parser("hf-pretrain", __doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="folder to save into (default: backbone.hf_model)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: train.max_steps)")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_params(args.params)
+    args = stage_cli.parse(ap, argv)
+
+    def body() -> None:
+        cfg = stage_cli.load_config(args)
         out = args.out or cfg.backbone.get("hf_model")
         if not out:
             raise PipelineError("no --out and no backbone.hf_model to save the pretrained model to")
-        done = pretrain(cfg, out, args.steps)
-    except (PipelineError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"pretrained GPT-2 saved to {done}")
-    return 0
+        print(f"pretrained GPT-2 saved to {pretrain(cfg, out, args.steps)}")
+
+    return stage_cli.run(body)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline import stage_cli
 from pipeline.config import CONF_DIR, compose
-from pipeline.errors import ConfigError, PipelineError, TrainingError
+from pipeline.errors import ConfigError, TrainingError
 
 SEARCH_DIR = CONF_DIR / "hparams_search"
 METRICS = ("val_recall", "recall_mean")
@@ -231,17 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     names = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("hparams_search=")]
     rest = [a for a in argv if not a.lstrip("+").startswith("hparams_search=")]
-    try:
+
+    def body() -> None:
         if len(names) != 1:
             raise ConfigError(f"give exactly one hparams_search=<name>; available: {', '.join(available())}")
         study = run_search(names[0], rest)
-    except (PipelineError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    done = [t for t in study.trials if t.value is not None]
-    if done:
-        print(f"best trial {study.best_trial.number}: {study.best_trial.params} -> {study.best_value:.4f}")
-    return 0
+        if any(t.value is not None for t in study.trials):
+            print(f"best trial {study.best_trial.number}: {study.best_trial.params} -> {study.best_value:.4f}")
+
+    return stage_cli.run(body)
 
 
 if __name__ == "__main__":

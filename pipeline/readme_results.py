@@ -6,13 +6,13 @@ typed by hand; a test runs `--check` so the README cannot drift from the committ
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from pipeline import stage_cli
 from pipeline.config import REPO_ROOT
 from pipeline.io import write_or_check
 
@@ -138,11 +138,11 @@ def render(results: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.readme_results", description=__doc__.splitlines()[0])
+    parser = stage_cli.parser("readme-results", __doc__.splitlines()[0], params=False, overrides=False)
     parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"))
     parser.add_argument("--results", default=str(REPO_ROOT / "results"))
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
-    args = parser.parse_args(argv)
+    args = stage_cli.parse(parser, argv)
     readme = Path(args.readme)
     text = readme.read_text()
     if START not in text or END not in text:

@@ -15,7 +15,6 @@ Only pandas / matplotlib are imported (no torch).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -25,7 +24,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from pipeline.errors import DataError, PipelineError
+from pipeline import stage_cli
+from pipeline.errors import DataError
 from pipeline.io import atomic_write_bytes, atomic_write_text
 
 OUTPUT_STEM = "sanity"
@@ -181,20 +181,19 @@ def build(roots: Sequence[str | Path], out_dir: str | Path) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sanity", description=__doc__.splitlines()[0])
+    parser = stage_cli.parser("sanity", __doc__.splitlines()[0], params=False, overrides=False)
     parser.add_argument("sweep_dirs", nargs="+", help="folder(s) of a `python -m pipeline.sweep -m "
                                                       "experiment=sanity_recall` run")
     parser.add_argument("--out", default="results/sanity", help="output folder (default: results/sanity)")
-    args = parser.parse_args(argv)
-    try:
+    args = stage_cli.parse(parser, argv)
+
+    def body() -> None:
         result = build(args.sweep_dirs, args.out)
-    except (PipelineError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for name, c in result["checks"].items():
-        print(f"{name}: {c['passed']} - {c['detail']}")
-    print(f"wrote {args.out}/{OUTPUT_STEM}.{{csv,md,png,json}}")
-    return 0
+        for name, c in result["checks"].items():
+            print(f"{name}: {c['passed']} - {c['detail']}")
+        print(f"wrote {args.out}/{OUTPUT_STEM}.{{csv,md,png,json}}")
+
+    return stage_cli.run(body)
 
 
 if __name__ == "__main__":

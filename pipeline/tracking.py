@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from pipeline.config import cfg_get as _get
+from pipeline.config_access import cfg_get as _get
 from pipeline.errors import ConfigError
 from pipeline.logging_config import WANDB_MODES
 

@@ -11,7 +11,6 @@ Writes experiments/train/<variant>/s<seed>/:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -26,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import load_params
-from pipeline.errors import ConfigError, DataError, PipelineError, TrainingError
+from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.io import atomic_write_json, write_stage_time
-from pipeline import paths
+from pipeline import paths, stage_cli
 from pipeline.train_config import QUERY_TYPES, RUNTIME_KEYS, TrainConfig, resolve_monitor
 from pipeline.train_config import validate as validate_train
 
@@ -464,6 +462,20 @@ def is_lead_process() -> bool:
     return int(rank_zero_only.rank) == 0 and int(os.environ.get("NODE_RANK", 0) or 0) == 0
 
 
+def data_module(cfg: Any, t: DictConfig, seed: int) -> tuple[MemoryDataModule, int]:
+    """The study's data, set up (a curriculum that allows no document fails here), and the tokenizer's size;
+    a token id the model has no embedding for fails before any training."""
+    data_dir = (cfg.get("paths") or {}).get("data_dir", "data")
+    dm = MemoryDataModule(data_dir, int(cfg.backbone.window), int(t.batch_size), int(t.val_batch_size), t.curriculum,
+                          int(seed), max_batch_tokens=t.get("max_batch_tokens"))
+    dm.setup("fit")
+    vocab_size = _vocab_size(data_dir)
+    for ds in (dm.train_set, *dm.val_sets.values()):
+        if ds.max_token >= vocab_size:
+            raise DataError(f"split {ds.split!r} has token id {ds.max_token} >= vocab size {vocab_size}")
+    return dm, vocab_size
+
+
 def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = None,
           extra_callbacks: Optional[list] = None) -> dict:
     """Train `variant` with `seed` on the composed config `cfg`; returns (and writes) metrics.json.
@@ -485,14 +497,7 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
     torch.set_num_threads(int(t.threads))
 
     data_dir = (cfg.get("paths") or {}).get("data_dir", "data")
-    window = int(cfg.backbone.window)
-    dm = MemoryDataModule(data_dir, window, int(t.batch_size), int(t.val_batch_size), t.curriculum, int(seed),
-                          max_batch_tokens=t.get("max_batch_tokens"))
-    dm.setup("fit")
-    vocab_size = _vocab_size(data_dir)
-    for ds in (dm.train_set, *dm.val_sets.values()):
-        if ds.max_token >= vocab_size:
-            raise DataError(f"split {ds.split!r} has token id {ds.max_token} >= vocab size {vocab_size}")
+    dm, vocab_size = data_module(cfg, t, seed)
     monitor = resolve_monitor(str(t.monitor), str(cfg.models[variant].name), "val_long" in dm.val_sets)
     check_monitor(monitor, dm.val_sets)
 
@@ -561,18 +566,14 @@ def train_seeds(cfg: DictConfig, variant: str, seeds: list[int], jobs: int) -> l
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n")[0])
-    ap.add_argument("--variant", required=True, help="a key of cfg.models (window, xl, full, cmr, ...)")
-    ap.add_argument("--seed", type=int, nargs="+", default=None, dest="seeds",
-                    help="seed(s) to train (default: study.seeds)")
+    ap = stage_cli.parser("train", __doc__.split("\n")[0], variant=True, seeds=True)
     ap.add_argument("--jobs", type=int, default=None, help="processes at once (default: study.jobs)")
-    ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
     ap.add_argument("--run-dir", default=None, help="override experiments/train/<variant>/s<seed> (one seed only)")
-    ap.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.max_steps=100")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_params(args.params, args.overrides)
-        seeds = [int(s) for s in (args.seeds if args.seeds is not None else cfg.study.seeds)]
+    args = stage_cli.parse(ap, argv)
+
+    def body() -> None:
+        cfg = stage_cli.load_config(args)
+        seeds = stage_cli.seeds_of(args, cfg)
         if args.run_dir is not None:
             if len(seeds) != 1:
                 raise ConfigError(f"--run-dir names one run's folder; got {len(seeds)} seeds {seeds}")
@@ -583,14 +584,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             t0 = time.perf_counter()
             results = train_seeds(cfg, args.variant, seeds, jobs)
             write_stage_time(paths.variant_dir(cfg, "train", args.variant), t0, seeds=seeds, jobs=jobs)
-    except (PipelineError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for metrics in results if is_lead_process() else []:  # under DDP, rank 0 speaks for the run
-        short = {k: metrics[k] for k in ("variant", "seed", "steps", "wall_s", "train_tokens_per_s", "val_recall",
-                                         "val_recall_far", "steps_to_90")}
-        print(json.dumps(short))
-    return 0
+        for metrics in results if is_lead_process() else []:  # under DDP, rank 0 speaks for the run
+            short = {k: metrics[k] for k in ("variant", "seed", "steps", "wall_s", "train_tokens_per_s",
+                                             "val_recall", "val_recall_far", "steps_to_90")}
+            print(json.dumps(short))
+
+    return stage_cli.run(body)
 
 
 if __name__ == "__main__":

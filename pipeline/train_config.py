@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from pipeline.config import cfg_get as _get
+from pipeline.config_access import cfg_get as _get
 from pipeline.errors import ConfigError
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
@@ -119,7 +119,25 @@ def curriculum_limit(curriculum: Any, step: int) -> Optional[int]:
 def validate(train_cfg: Any, full_cfg: Any = None) -> None:
     """Cross-field checks for `cfg.train` (raises ConfigError naming the key)."""
     t = train_cfg
+    _check_numbers(t)
+    _check_loss_weights(t)
+    choices = {"accelerator": ACCELERATORS, "precision": PRECISIONS, "strategy": STRATEGIES,
+               "progress_bar": PROGRESS_BARS,
+               "monitor": MONITORS}
+    for k, allowed in choices.items():
+        v = _get(t, k)
+        if v is not None and str(v) not in allowed:
+            raise ConfigError(f"train.{k}={v!r} is not allowed; allowed: {', '.join(allowed)}")
 
+    world = int(_get(t, "devices") or 1) * int(_get(t, "num_nodes") or 1)
+    if world > 1 and int(_get(t, "batch_size") or 0) % world:
+        raise ConfigError(f"train.batch_size={_get(t, 'batch_size')} is the global batch and must split evenly over "
+                          f"devices x num_nodes = {world} processes")
+    _check_curriculum(list(_get(t, "curriculum") or []), _get(full_cfg, "data"))
+
+
+def _check_numbers(t: Any) -> None:
+    """Sizes and rates: positive, non-negative or in [0, 1] as each must be."""
     def pos(key: str, strict: bool = True, kind=float) -> None:
         v = _get(t, key)
         if v is None:
@@ -149,6 +167,8 @@ def validate(train_cfg: Any, full_cfg: Any = None) -> None:
     if lvb is not None and float(lvb) > 1.0 and float(lvb) != int(float(lvb)):
         raise ConfigError(f"train.limit_val_batches: a fraction <= 1.0 or a whole number of batches, got {lvb!r}")
 
+
+def _check_loss_weights(t: Any) -> None:
     for q, w in dict(_get(t, "answer_loss_weights") or {}).items():
         if str(q) not in QUERY_TYPES:
             raise ConfigError(f"train.answer_loss_weights: unknown query type {q!r}; known: {', '.join(QUERY_TYPES)}")
@@ -159,20 +179,9 @@ def validate(train_cfg: Any, full_cfg: Any = None) -> None:
         if not math.isfinite(fw) or fw < 0:
             raise ConfigError(f"train.answer_loss_weights.{q} must be >= 0 and finite, got {w!r}")
 
-    choices = {"accelerator": ACCELERATORS, "precision": PRECISIONS, "strategy": STRATEGIES,
-               "progress_bar": PROGRESS_BARS,
-               "monitor": MONITORS}
-    for k, allowed in choices.items():
-        v = _get(t, k)
-        if v is not None and str(v) not in allowed:
-            raise ConfigError(f"train.{k}={v!r} is not allowed; allowed: {', '.join(allowed)}")
 
-    world = int(_get(t, "devices") or 1) * int(_get(t, "num_nodes") or 1)
-    if world > 1 and int(_get(t, "batch_size") or 0) % world:
-        raise ConfigError(f"train.batch_size={_get(t, 'batch_size')} is the global batch and must split evenly over "
-                          f"devices x num_nodes = {world} processes")
-
-    stages = list(_get(t, "curriculum") or [])
+def _check_curriculum(stages: list, data: Any) -> None:
+    """Stages with increasing until_step, only the last open-ended, the first allowing the shortest document."""
     prev_until = -1
     for i, st in enumerate(stages):
         ms, until = _get(st, "max_segments"), _get(st, "until_step")
@@ -186,7 +195,6 @@ def validate(train_cfg: Any, full_cfg: Any = None) -> None:
                 raise ConfigError(f"train.curriculum until_step must increase; stage {i} has {until!r}")
             prev_until = int(until)
 
-    data = _get(full_cfg, "data")
     lo = _get(data, "train_min_segments")
     if stages and lo is not None:
         first = int(_get(stages[0], "max_segments"))

@@ -3,14 +3,14 @@ composes, and each bad config fails at once with a message naming the key."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 
 from pipeline.compose import main as compose_main
 from pipeline.config import REPO_ROOT, compose, load_params, to_params_yaml, validate
 from pipeline.errors import ConfigError
+
+CONF = REPO_ROOT / "conf"
 
 
 def test_committed_params_match_conf():
@@ -72,3 +72,51 @@ def test_unknown_key_in_params_file_names_key_and_allowed(tmp_path):
 def test_missing_params_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such params file"):
         load_params(tmp_path / "nope.yaml")
+
+
+def _base_yaml(rel: str) -> dict:
+    import yaml
+
+    return {k: v for k, v in (yaml.safe_load((CONF / rel).read_text()) or {}).items() if k != "defaults"}
+
+
+def _disagreements(schema_cls: type, written: dict, where: str) -> list[str]:
+    """Keys whose value in a base YAML file differs from the dataclass default (interpolations aside)."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema_cls), resolve=False)
+
+    def walk(schema: dict, yml: dict, path: str) -> list[str]:
+        out = []
+        for k, v in yml.items():
+            if k not in schema:
+                out.append(f"{where}.{path}{k}: not in the schema")
+            elif isinstance(v, dict) and isinstance(schema[k], dict):
+                out += walk(schema[k], v, f"{path}{k}.")
+            elif schema[k] != v and not (isinstance(v, str) and v.startswith("${")):
+                out.append(f"{where}.{path}{k}: yaml {v!r}, schema {schema[k]!r}")
+        return out
+
+    return walk(defaults, written, "")
+
+
+def test_base_yaml_files_and_schema_defaults_agree():
+    """Defaults are written in the dataclasses and in conf/'s base files: the two must never disagree."""
+    from pipeline.config import PathsConfig, StudyConfig, SweepConfig
+    from pipeline.data.config import DataConfig
+    from pipeline.evaluate.config import EvalConfig
+    from pipeline.logging_config import LoggerConfig
+    from pipeline.models.config import MEMORY_CONFIGS, BackboneConfig
+    from pipeline.report_config import ReportConfig
+    from pipeline.train_config import TrainConfig
+
+    pairs = [(DataConfig, "data/synthetic.yaml", "data"), (TrainConfig, "train/default.yaml", "train"),
+             (EvalConfig, "eval/default.yaml", "eval"), (LoggerConfig, "logger/wandb_offline.yaml", "logger"),
+             (BackboneConfig, "backbone/default.yaml", "backbone"), (ReportConfig, "report/default.yaml", "report")]
+    pairs += [(cls, f"model/{name}.yaml", f"models.{name}") for name, cls in MEMORY_CONFIGS.items()]
+    bad = [d for cls, rel, where in pairs for d in _disagreements(cls, _base_yaml(rel), where)]
+    root = _base_yaml("config.yaml")
+    for cls, key in ((StudyConfig, "study"), (SweepConfig, "sweep"), (PathsConfig, "paths")):
+        bad += _disagreements(cls, root[key], key)
+    assert bad == []
+    assert _disagreements(TrainConfig, {"lr": 1.0}, "train") == ["train.lr: yaml 1.0, schema 0.003"]  # it can fail

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.config import compose, to_params_yaml
 from pipeline.datasets_table import datasets_table, main, write_datasets
 from pipeline.errors import DataError
 
@@ -38,9 +39,9 @@ def test_table_has_every_split_in_order():
 def test_stage_writes_tables_plot_and_plot_data(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "manifest.json").write_text(json.dumps(MANIFEST))
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"paths": {"data_dir": str(tmp_path / "data"),
-                                                "results_dir": str(tmp_path / "results")}}))
+    params = tmp_path / "params.yaml"  # a whole composed config: the stage validates it like every stage
+    params.write_text(to_params_yaml(compose(["profile=ci", f"paths.data_dir={tmp_path / 'data'}",
+                                              f"paths.results_dir={tmp_path / 'results'}"])))
     assert main(["--params", str(params)]) == 0
     tab = tmp_path / "results" / "datasets"
     for ext in ("csv", "md", "tex"):
@@ -64,6 +65,8 @@ def test_missing_or_bad_manifest(tmp_path):
     with pytest.raises(DataError, match="corrupt"):
         write_datasets(tmp_path / "manifest.json", tmp_path / "results")
     params = tmp_path / "params.yaml"
+    params.write_text(to_params_yaml(compose(["profile=ci", f"paths.data_dir={tmp_path / 'nodata'}"])))
+    assert main(["--params", str(params)]) == 2  # a valid config whose data folder has no manifest
     params.write_text(yaml.safe_dump({"paths": {"data_dir": str(tmp_path / "nodata")}}))
-    assert main(["--params", str(params)]) == 2
+    assert main(["--params", str(params)]) == 2  # not a whole config: validated like every stage's
     assert main(["--params", str(tmp_path / "nope.yaml")]) == 2

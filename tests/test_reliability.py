@@ -122,7 +122,7 @@ def test_staged_outputs_swap_in_whole_or_not_at_all(tmp_path):
 
 
 def test_a_failing_report_leaves_the_old_results(tmp_path, monkeypatch, capsys):
-    from pipeline import report
+    from pipeline.report import cli as report
 
     res = tmp_path / "res"
     (res / "tables").mkdir(parents=True)
@@ -141,7 +141,7 @@ def test_a_failing_report_leaves_the_old_results(tmp_path, monkeypatch, capsys):
         (out / "tables" / "recall.csv").write_text("new")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(report, "_study_dirs", lambda cfg, all_runs: ([], []))
+    monkeypatch.setattr(report, "study_dirs", lambda cfg, all_runs: ([], []))
     monkeypatch.setattr(report, "build_report", half_then_fail)
     assert report.main(["--params", str(params)]) == 2
     assert "No space left on device" in capsys.readouterr().err

@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.paths import run_dir
-from pipeline.report import build_report, main
+from pipeline.report.build import build_report
+from pipeline.report.cli import main
 from pipeline.report.paper import load_paper_numbers
 
 NS = (500, 1000, 1500)
@@ -577,7 +578,7 @@ def test_missing_attention_output_names_the_file(tmp_path, monkeypatch):
 
 def test_stage_times_use_the_stage_clock_when_seeds_ran_side_by_side(tmp_path):
     """Two seeds trained at once: the stage's own wall time, not the sum of the runs' times."""
-    from pipeline.report import stage_time_rows
+    from pipeline.report.costs import stage_time_rows
 
     cfg = {"paths": {"experiments_dir": str(tmp_path / "experiments")}}
     runs = [{"variant": "cmr", "seed": s, "dir": f"e/{s}", "metrics": {"wall_s": 30.0}} for s in (0, 1)]

@@ -102,13 +102,10 @@ def as_data_config(obj: Any) -> DataConfig:
     """DataConfig from a DataConfig, a dict / DictConfig of its keys, or a whole config with `.data`."""
     if isinstance(obj, DataConfig):
         return obj
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
-        if isinstance(obj, DictConfig):
-            obj = OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(obj, DictConfig):
+        obj = OmegaConf.to_container(obj, resolve=True)
     if not isinstance(obj, dict):
         raise ConfigError(f"data: expected a mapping of DataConfig keys, got {type(obj).__name__}")
     if "data" in obj and isinstance(obj["data"], dict):
@@ -143,6 +140,17 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
         except TypeError:
             pass
     c = as_data_config(data_cfg)
+    _check_sources(c, full_cfg)
+    _check_sizes(c)
+    _check_lists(c)
+    # Templates, layouts and rare-count capacity: checked by dry-running the layout code.
+    from pipeline.data.documents import check_layouts
+
+    check_layouts(c)
+
+
+def _check_sources(c: DataConfig, full_cfg: Any) -> None:
+    """Where filler text comes from, the seed families, and the segment length against the backbone."""
     if c.filler not in FILLER_SOURCES:
         raise ConfigError(f"data.filler: unknown filler source '{c.filler}'; allowed: {', '.join(FILLER_SOURCES)}")
     if c.filler == "hf" and not c.hf_name:
@@ -164,6 +172,10 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
             f"data.segment_len={c.segment_len} must equal backbone.window={window} "
             "(training documents are whole segments)"
         )
+
+
+def _check_sizes(c: DataConfig) -> None:
+    """Counts and sizes: positive where they must be, and enough entities and variables for a document."""
     positive = ["filler_vocab_size", "n_entities", "n_common_values", "n_variables", "segment_len",
                 "n_train_docs", "n_val_docs", "train_min_segments", "n_eval_docs", "n_eval_facts",
                 "rare_eval_length", "n_rare_docs", "n_val_long_docs", "dialogue_turn_len", "n_dialogue_facts", "max_number",
@@ -196,6 +208,10 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
                         c.n_far_facts + c.n_distractor_facts + c.local_pairs_per_segment * c.longest_train_segments)
     if c.n_entities < need_entities:
         raise ConfigError(f"data.n_entities ({c.n_entities}) must be >= {need_entities}: entities are unique within a document")
+
+
+def _check_lists(c: DataConfig) -> None:
+    """Rare counts, speakers, the training mix and the length lists."""
     if any(int(n) < 1 or int(n) % 2 for n in c.rare_counts):
         raise ConfigError(
             f"data.rare_counts: each count must be a positive even number (every occurrence is a fact "
@@ -217,8 +233,3 @@ def validate(data_cfg: Any, full_cfg: Any = None) -> None:
             raise ConfigError(f"data.{key}: must be a non-empty list of distinct lengths, got {lengths}")
     if sorted(set(c.dialogue_turns)) != sorted(c.dialogue_turns) or any(t < 2 for t in c.dialogue_turns):
         raise ConfigError(f"data.dialogue_turns: must be distinct integers >= 2, got {list(c.dialogue_turns)}")
-
-    # Templates, layouts and rare-count capacity: checked by dry-running the layout code.
-    from pipeline.data.documents import check_layouts
-
-    check_layouts(c)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.data.config import DataConfig
 from pipeline.data.vocab import PLACEHOLDER, Vocab
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: data.config dry-runs the layouts below (check_layouts)
+    from pipeline.data.config import DataConfig
 
 
 @dataclass
@@ -348,7 +351,7 @@ def layout_numeric(r: random.Random, b: DocBuilder, length: int) -> tuple[list, 
 
 def layout_dialogue(r: random.Random, b: DocBuilder, turns: int) -> tuple[list, int]:
     """`turns` turns of dialogue_turn_len tokens: facts in random early turns, asked in the last turn."""
-    cfg, v = b.cfg, b.vocab
+    cfg = b.cfg
     L = cfg.dialogue_turn_len
     first = r.randrange(len(b.speakers))
     ents = r.sample(b.entities, cfg.n_dialogue_facts)

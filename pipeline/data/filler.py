@@ -116,12 +116,9 @@ def _force_offline() -> None:
     import datasets.config as dcfg
 
     dcfg.HF_HUB_OFFLINE = True
-    try:
-        import huggingface_hub.constants as hc
+    import huggingface_hub.constants as hc
 
-        hc.HF_HUB_OFFLINE = True
-    except ImportError:  # pragma: no cover
-        pass
+    hc.HF_HUB_OFFLINE = True
 
 
 def load_corpus_texts(cfg: DataConfig) -> tuple[list[str], str]:

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from pipeline.config_access import cfg_get
 from pipeline.errors import ConfigError, DataError
 from pipeline.train_config import QUERY_TYPES, VAL_SPLITS, curriculum_limit
 
@@ -105,7 +106,7 @@ class CurriculumBatchSampler(torch.utils.data.Sampler):
         self.batch_size = int(batch_size)
         self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
         self.rank, self.world_size = int(rank), int(world_size)
-        self.curriculum = [dict(until_step=_g(s, "until_step"), max_segments=_g(s, "max_segments"))
+        self.curriculum = [dict(until_step=cfg_get(s, "until_step"), max_segments=cfg_get(s, "max_segments"))
                            for s in (curriculum or [])]
         self.seed = int(seed)
         self.start_step = int(start_step)
@@ -153,10 +154,6 @@ class CurriculumBatchSampler(torch.utils.data.Sampler):
         while True:
             yield self.batch_at(step)
             step += 1
-
-
-def _g(obj: Any, key: str) -> Any:
-    return obj.get(key) if hasattr(obj, "get") else getattr(obj, key)
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = 0, rank: int = 0,

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -21,7 +20,7 @@ from pipeline.data.build import (check_disjoint, gen_eval, gen_train, make_sourc
 from pipeline.data.config import DataConfig, as_data_config, validate
 from pipeline.data.store import COUNTS, MANIFEST, SPLITS, load_split, save_split
 from pipeline.data.vocab import make_tokenizer, vocab_summary
-from pipeline.errors import DataError, PipelineError
+from pipeline.errors import DataError
 from pipeline.io import atomic_dir, atomic_write_json, atomic_write_text, write_stage_time
 from pipeline.paths import experiments_dir
 
@@ -139,22 +138,20 @@ def summary(manifest: dict, out: Path, wall_s: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.data.prepare", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
-    ap.add_argument("--out", default=None, help="output folder (default: paths.data_dir)")
-    args = ap.parse_args(argv)
-    try:
-        from pipeline.config import load_params
+    from pipeline import stage_cli
 
-        cfg = load_params(args.params)
+    ap = stage_cli.parser("prepare", __doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="output folder (default: paths.data_dir)")
+    args = stage_cli.parse(ap, argv)
+
+    def body() -> None:
+        cfg = stage_cli.load_config(args)
         t0 = time.perf_counter()
         prepare(cfg, args.out)
         if args.out is None or Path(args.out).resolve() == Path(cfg.paths.data_dir).resolve():
             write_stage_time(experiments_dir(cfg) / "prepare", t0)  # the stage's record: only for its own data/
-    except (PipelineError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return stage_cli.run(body)
 
 
 if __name__ == "__main__":

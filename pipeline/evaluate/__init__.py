@@ -4,20 +4,20 @@
 pipeline.evaluate` for DVC, or a Hydra job). It writes experiments/eval/<variant>/s<seed>/
 atomically: either the whole folder appears, or (on any error) nothing changes.
 
-Heavy imports (torch, pandas, the task modules) happen inside functions: `pipeline.config`
-imports `pipeline.evaluate.config`, which imports this package, and must stay fast.
+Heavy imports (torch, pandas, the task modules) happen inside functions: importing
+`pipeline.evaluate.config` (which `pipeline.config` does) runs this package's import, which must stay fast.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline import paths
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError
+from pipeline.evaluate.trained import check_trained, overhead_vocab_size, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -30,38 +30,6 @@ def train_dir(cfg: Any, variant: str, seed: int) -> Path:
 
 def eval_dir(cfg: Any, variant: str, seed: int) -> Path:
     return paths.run_dir(cfg, "eval", variant, seed)
-
-
-def check_trained(run_dir: Path, variant: str, seed: int) -> None:
-    """Fail with a message that says what to run, before any work is done: only a finished training
-    run is scored (its best.ckpt, and a metrics.json that says it reached its max_steps). A run killed or
-    diverged mid-way leaves a last.ckpt but no such metrics.json, and is refused."""
-    hint = f"run `python -m pipeline.train --variant {variant} --seed {seed}` (or `dvc repro`) first"
-    if not run_dir.is_dir():
-        raise DataError(f"no trained model for {variant} seed {seed}: {run_dir} does not exist; {hint}")
-    best = run_dir / "checkpoints" / "best.ckpt"
-    if not best.is_file():
-        raise DataError(f"no best.ckpt in {best.parent}: training of {variant} seed {seed} did not finish; {hint}")
-    metrics = run_dir / "metrics.json"
-    try:
-        m = json.loads(metrics.read_text())
-    except (OSError, ValueError):
-        raise DataError(f"{metrics} missing or unreadable: training of {variant} seed {seed} did not finish "
-                        f"(killed or diverged); {hint}") from None
-    want = (m.get("config") or {}).get("max_steps")
-    if want is not None and int(m.get("steps") or 0) < int(want):
-        raise DataError(f"{metrics}: training of {variant} seed {seed} stopped at step {m.get('steps')} of {want}; "
-                        f"{hint}")
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("eval.device is 'cuda' but no CUDA device is available; allowed: cpu, cuda, auto")
-    return name
 
 
 def _wandb_start(cfg: Any, variant: str, seed: int, run_dir: Path):
@@ -121,11 +89,8 @@ def evaluate(
 
     model / loader / train_counts: injected by tests (default: load_trained, pipeline.data).
     """
-    import pandas as pd
-    import torch
-
-    from pipeline.evaluate import dialogue, numeric, overhead as overhead_mod, rare, recall
-    from pipeline.evaluate.predict import empty_predictions, load_split_docs
+    from pipeline.evaluate import overhead as overhead_mod, recall
+    from pipeline.evaluate.predict import load_split_docs
     from pipeline.io import atomic_dir, atomic_write_json
 
     t_start = time.perf_counter()
@@ -134,63 +99,24 @@ def evaluate(
     ecfg = cfg.eval
     tasks = list(ecfg.tasks)
     data_dir = str(cfg.paths.data_dir)
-    tdir = train_dir(cfg, variant, seed)
-    if model is None:
-        check_trained(tdir, variant, seed)
-        from pipeline.models.checkpoint import load_trained
-
-        model, hparams = load_trained(tdir)
-        if getattr(model, "vocab_size", None) is None and hparams.get("vocab_size"):
-            model.vocab_size = int(hparams["vocab_size"])
-    device = resolve_device(ecfg.device)
-    torch.set_num_threads(int(ecfg.threads))
-    model = model.to(device) if hasattr(model, "to") else model
-    model.eval()
+    model, device = _ready_model(cfg, variant, seed, model)
     loader = loader or load_split_docs
     buckets = _buckets_or_none(cfg, required="rare" in tasks)
     if train_counts is None and any(t in ACCURACY_TASKS for t in tasks):
         from pipeline.data import load_train_counts
 
         train_counts = load_train_counts(data_dir)
-
-    modules = {"recall": recall, "rare": rare, "numeric": numeric, "dialogue": dialogue}
     timing: dict[str, float] = {}
     out_dir = eval_dir(cfg, variant, seed)
     with atomic_dir(out_dir) as tmp:
         wb = _wandb_start(cfg, variant, seed, tmp)
         try:
-            preds, tables = [], {}
-            for task in [t for t in tasks if t in modules]:
-                t0 = time.perf_counter()
-                log.info("evaluate %s-s%s: %s", variant, seed, task)
-                preds.append(modules[task].predict(model, cfg, variant=variant, seed=seed,
-                                                   train_counts=train_counts, device=device, loader=loader))
-                timing[task] = time.perf_counter() - t0
-            pred = pd.concat(preds, ignore_index=True) if preds else empty_predictions()
-            pred = rare.with_buckets(pred, buckets)  # + `bucket` (measured-count bucket; -1: none configured)
-            if "recall" in tasks:
-                tables["recall"] = recall.score(pred)
-                tables["recall_by_type"] = recall.score_by_type(pred)
-            if "rare" in tasks:
-                tables["rare"] = rare.score(pred, buckets)
-            if "numeric" in tasks:
-                tables["numeric"] = numeric.score(pred)
-            if "dialogue" in tasks:
-                tables["dialogue"] = dialogue.score(pred)
-
+            pred = predict_tasks(model, cfg, variant, seed, tasks, buckets, train_counts, device, loader, timing)
+            tables = score_tables(pred, tasks, buckets)
             oh = None
             if "overhead" in tasks:
                 t0 = time.perf_counter()
-                ocfg = ecfg.overhead
-                vocab = _vocab_size(data_dir, model)
-                make = overhead_mod.input_maker(data_dir, vocab, seed=int(seed),
-                                                loader=lambda d, n: loader(d, n, 1))
-                oh = overhead_mod.measure(model, list(ocfg.lengths), make, warmup=int(ocfg.warmup),
-                                          repeats=int(ocfg.repeats), batch_size=int(ocfg.batch_size),
-                                          measure_memory=bool(ocfg.measure_memory), device=device)
-                oh["inputs"] = dict(make.sources)
-                oh["train_tokens_per_s"] = overhead_mod.train_throughput(tdir)
-                oh["variant"], oh["seed"] = variant, int(seed)
+                oh = _measure_overhead(cfg, variant, seed, model, device, loader)
                 tables["overhead"] = overhead_mod.score(oh, variant, seed)
                 atomic_write_json(tmp / "overhead.json", oh)
                 timing["overhead"] = time.perf_counter() - t0
@@ -217,6 +143,79 @@ def evaluate(
     return out_dir
 
 
+def _ready_model(cfg: Any, variant: str, seed: int, model: Any = None) -> tuple[Any, str]:
+    """(the model in eval mode on its device, the device): the run's best.ckpt unless a test injects one."""
+    import torch
+
+    if model is None:
+        tdir = train_dir(cfg, variant, seed)
+        check_trained(tdir, variant, seed)
+        from pipeline.models.checkpoint import load_trained
+
+        model, hparams = load_trained(tdir)
+        if getattr(model, "vocab_size", None) is None and hparams.get("vocab_size"):
+            model.vocab_size = int(hparams["vocab_size"])
+    device = resolve_device(cfg.eval.device)
+    torch.set_num_threads(int(cfg.eval.threads))
+    model = model.to(device) if hasattr(model, "to") else model
+    model.eval()
+    return model, device
+
+
+def predict_tasks(model: Any, cfg: Any, variant: str, seed: int, tasks: list[str], buckets: list[int] | None,
+                  train_counts: dict | None, device: str, loader: Callable, timing: dict[str, float]) -> Any:
+    """One predictions frame over every accuracy task (each task's seconds into `timing`), with the `bucket`
+    of each answer's measured training count (-1: no buckets configured)."""
+    import pandas as pd
+
+    from pipeline.evaluate import dialogue, numeric, rare, recall
+    from pipeline.evaluate.predict import empty_predictions
+
+    modules = {"recall": recall, "rare": rare, "numeric": numeric, "dialogue": dialogue}
+    preds = []
+    for task in [t for t in tasks if t in modules]:
+        t0 = time.perf_counter()
+        log.info("evaluate %s-s%s: %s", variant, seed, task)
+        preds.append(modules[task].predict(model, cfg, variant=variant, seed=seed,
+                                           train_counts=train_counts, device=device, loader=loader))
+        timing[task] = time.perf_counter() - t0
+    pred = pd.concat(preds, ignore_index=True) if preds else empty_predictions()
+    return rare.with_buckets(pred, buckets)
+
+
+def score_tables(pred: Any, tasks: list[str], buckets: list[int] | None) -> dict[str, Any]:
+    """Each accuracy task's table from the predictions (recall also by query type)."""
+    from pipeline.evaluate import dialogue, numeric, rare, recall
+
+    tables = {}
+    if "recall" in tasks:
+        tables["recall"] = recall.score(pred)
+        tables["recall_by_type"] = recall.score_by_type(pred)
+    if "rare" in tasks:
+        tables["rare"] = rare.score(pred, buckets)
+    if "numeric" in tasks:
+        tables["numeric"] = numeric.score(pred)
+    if "dialogue" in tasks:
+        tables["dialogue"] = dialogue.score(pred)
+    return tables
+
+
+def _measure_overhead(cfg: Any, variant: str, seed: int, model: Any, device: str, loader: Callable) -> dict:
+    """ms/token by N on the run's own inputs (the overhead stage times every variant in turns instead)."""
+    from pipeline.evaluate import overhead as overhead_mod
+
+    data_dir, ocfg = str(cfg.paths.data_dir), cfg.eval.overhead
+    make = overhead_mod.input_maker(data_dir, overhead_vocab_size(data_dir, model), seed=int(seed),
+                                    loader=lambda d, n: loader(d, n, 1))
+    oh = overhead_mod.measure(model, list(ocfg.lengths), make, warmup=int(ocfg.warmup),
+                              repeats=int(ocfg.repeats), batch_size=int(ocfg.batch_size),
+                              measure_memory=bool(ocfg.measure_memory), device=device)
+    oh["inputs"] = dict(make.sources)
+    oh["train_tokens_per_s"] = overhead_mod.train_throughput(train_dir(cfg, variant, seed))
+    oh["variant"], oh["seed"] = variant, int(seed)
+    return oh
+
+
 def _buckets_or_none(cfg: Any, required: bool) -> list[int] | None:
     from pipeline.evaluate.config import rare_buckets
 
@@ -226,16 +225,6 @@ def _buckets_or_none(cfg: Any, required: bool) -> list[int] | None:
         if required:
             raise
         return None
-
-
-def _vocab_size(data_dir: str, model: Any) -> int | None:
-    """For random overhead inputs only: the tokenizer's size, else the model's, else None."""
-    try:
-        from pipeline.data import load_tokenizer
-
-        return int(load_tokenizer(data_dir).get_vocab_size())
-    except (ImportError, DataError, OSError):
-        return getattr(model, "vocab_size", None)
 
 
 def _wandb_log(run: Any, metrics: dict[str, Any], tables: dict[str, Any]) -> None:

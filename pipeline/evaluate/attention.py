@@ -41,7 +41,6 @@ experiments/attention/<variant>/s<seed>/{attention.parquet, summary.json} atomic
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -135,12 +134,32 @@ def captured_flags(captured, query_pos, facts, value_pos, window: int):
 def top_slot_flags(mem_probs, slot_pos, facts):
     """Whether the highest-attention filled slot (heads averaged) holds one of the fact's tokens.
     mem_probs [Q, H, n]; slot_pos [Q, n] (-1: empty); facts [Q, F]. -> bool [Q] (False: no slot)"""
-    import torch
-
     avg = mem_probs.mean(1).masked_fill(slot_pos < 0, -1.0)  # [Q, n]
     top = avg.argmax(-1, keepdim=True)  # [Q, 1]
     hit = position_columns(slot_pos.gather(1, top), facts).any(-1)
     return hit & (slot_pos >= 0).any(-1)
+
+
+def slot_metrics(rec: dict, q, facts, any_facts, value_pos) -> dict:
+    """A memory layer's read at each query [Q]: the gated mass on its slots, how many are filled, the read's
+    entropy, the mass on the query's fact (and on any fact), and whether the fact or its value is in a slot."""
+    import torch
+
+    mp = rec["memory"][0].index_select(0, q.to(rec["memory"].device)).float().cpu()  # [Q, H, n]
+    sp = rec["slot_pos"][0].index_select(0, q.to(rec["slot_pos"].device)).cpu()  # [Q, n]
+    g = rec["gate"][0].index_select(0, q.to(rec["gate"].device)).float().cpu()  # [Q]
+    filled = sp >= 0
+    n_slots = filled.sum(-1)
+    return {
+        "mass_memory": memory_gate_mass(g, sp),
+        "n_slots": n_slots,
+        "entropy_memory": torch.where(n_slots > 0, entropy(mp, filled), torch.full_like(g, float("nan"))),
+        "mass_fact_slots": column_mass(mp, position_columns(sp, facts)),
+        "mass_any_fact_slots": column_mass(mp, position_columns(sp, any_facts)),
+        "fact_in_memory": position_columns(sp, facts).any(-1),
+        "value_in_memory": position_columns(sp, value_pos[:, None]).any(-1),
+        "top_slot_on_fact": top_slot_flags(mp, sp, facts),
+    }
 
 
 def document_rows(layers: list[dict], logits, *, query_pos: list[int], fact_pos: list[int], answers: list[int],
@@ -176,23 +195,7 @@ def document_rows(layers: list[dict], logits, *, query_pos: list[int], fact_pos:
         f_vis = (fact_cols & vis).any(-1)
         n_mem = int(rec.get("memory_columns", 0) or 0)
         m_mem = column_mass(probs[..., :n_mem], vis[..., :n_mem]) if n_mem else None
-        slots = None
-        if "memory" in rec:
-            mp = rec["memory"][0].index_select(0, q.to(rec["memory"].device)).float().cpu()  # [Q, H, n]
-            sp = rec["slot_pos"][0].index_select(0, q.to(rec["slot_pos"].device)).cpu()  # [Q, n]
-            g = rec["gate"][0].index_select(0, q.to(rec["gate"].device)).float().cpu()  # [Q]
-            filled = sp >= 0
-            n_slots = filled.sum(-1)
-            slots = {
-                "mass_memory": memory_gate_mass(g, sp),
-                "n_slots": n_slots,
-                "entropy_memory": torch.where(n_slots > 0, entropy(mp, filled), torch.full_like(g, nan)),
-                "mass_fact_slots": column_mass(mp, position_columns(sp, facts)),
-                "mass_any_fact_slots": column_mass(mp, position_columns(sp, any_facts)),
-                "fact_in_memory": position_columns(sp, facts).any(-1),
-                "value_in_memory": position_columns(sp, value_pos[:, None]).any(-1),
-                "top_slot_on_fact": top_slot_flags(mp, sp, facts),
-            }
+        slots = slot_metrics(rec, q, facts, any_facts, value_pos) if "memory" in rec else None
         for i in range(len(query_pos)):
             rows.append({
                 "query_idx": i,
@@ -223,7 +226,7 @@ def document_rows(layers: list[dict], logits, *, query_pos: list[int], fact_pos:
 # ------------------------------------------------------------------------------- the stage
 def _fact_template(cfg: Any) -> str:
     """The template the saved documents were built with (data manifest), else the config's."""
-    from pipeline.config import cfg_get
+    from pipeline.config_access import cfg_get
 
     try:
         from pipeline.data import load_manifest
@@ -251,8 +254,8 @@ def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
     import pandas as pd
     import torch
 
-    from pipeline.config import cfg_get
-    from pipeline.evaluate import resolve_device
+    from pipeline.config_access import cfg_get
+    from pipeline.evaluate.trained import resolve_device
     from pipeline.evaluate.predict import load_split_docs
     from pipeline.io import atomic_dir, atomic_write_json
     from pipeline.paths import run_dir
@@ -262,7 +265,7 @@ def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
         raise ConfigError(f"--variant '{variant}' is not configured; allowed: {', '.join(cfg.models.keys())}")
     acfg = cfg.eval.attention
     if model is None:
-        from pipeline.evaluate import check_trained
+        from pipeline.evaluate.trained import check_trained
         from pipeline.paths import run_dir as train_run_dir
         from pipeline.models.checkpoint import load_trained
 
@@ -287,27 +290,10 @@ def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
             if missing:
                 raise DataError(f"split '{name}' lacks columns {missing}; has {ds.column_names}")
             for doc in ds:
-                ids = list(doc["input_ids"])
-                k = len(doc["query_pos"]) if max_q is None else min(int(max_q), len(doc["query_pos"]))
-                qpos, fpos = list(doc["query_pos"])[:k], list(doc["fact_pos"])[:k]
-                every = list(doc["fact_pos"])
-                bad = [p for p in qpos + fpos if not 0 <= p < len(ids)]
-                if len(fpos) != k or bad:
-                    raise DataError(f"split '{name}' doc {doc['doc_id']}: query/fact positions {bad or fpos} "
-                                    f"do not fit a document of {len(ids)} tokens")
-                out = model(torch.tensor([ids], dtype=torch.long, device=device), return_attention=True)
-                layers = out.diagnostics.get("attention")
-                if not layers:
-                    raise DataError(f"model {variant} returned no attention maps (return_attention=True)")
-                cap = out.diagnostics.get("captured_pos")
-                cap = torch.cat([c[0] for c in cap.values()]).cpu() if cap else None
-                for r in document_rows(layers, out.logits, query_pos=qpos, fact_pos=fpos,
-                                       answers=list(doc["answers"])[:k], offsets=offsets, window=window,
-                                       all_fact_pos=every, captured=cap):
+                for r in _read_document(model, doc, name, max_q, offsets, window, device, variant):
                     r.update(variant=variant, seed=int(seed), length=int(length), doc_id=str(doc["doc_id"]),
                              query_type=str(doc["query_type"][r["query_idx"]]))
                     rows.append(r)
-                del out, layers
     df = _typed(pd.DataFrame(rows, columns=COLUMNS))
     summary = {"variant": variant, "seed": int(seed), "lengths": attention_lengths(cfg),
                "n_docs": int(df[["length", "doc_id"]].drop_duplicates().shape[0]),
@@ -320,6 +306,28 @@ def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
         atomic_write_json(tmp / "summary.json", summary)
     log.info("wrote %s (%d rows) in %.1f s", out_dir, len(df), summary["wall_s"])
     return out_dir
+
+
+def _read_document(model: Any, doc: dict, name: str, max_q: int | None, offsets: list[int], window: int,
+                   device: str, variant: str) -> list[dict]:
+    """One document read with attention maps returned: document_rows for its first `max_q` queries."""
+    import torch
+
+    ids = list(doc["input_ids"])
+    k = len(doc["query_pos"]) if max_q is None else min(int(max_q), len(doc["query_pos"]))
+    qpos, fpos = list(doc["query_pos"])[:k], list(doc["fact_pos"])[:k]
+    bad = [p for p in qpos + fpos if not 0 <= p < len(ids)]
+    if len(fpos) != k or bad:
+        raise DataError(f"split '{name}' doc {doc['doc_id']}: query/fact positions {bad or fpos} "
+                        f"do not fit a document of {len(ids)} tokens")
+    out = model(torch.tensor([ids], dtype=torch.long, device=device), return_attention=True)
+    layers = out.diagnostics.get("attention")
+    if not layers:
+        raise DataError(f"model {variant} returned no attention maps (return_attention=True)")
+    cap = out.diagnostics.get("captured_pos")
+    cap = torch.cat([c[0] for c in cap.values()]).cpu() if cap else None
+    return document_rows(layers, out.logits, query_pos=qpos, fact_pos=fpos, answers=list(doc["answers"])[:k],
+                         offsets=offsets, window=window, all_fact_pos=list(doc["fact_pos"]), captured=cap)
 
 
 def _typed(df):
@@ -461,36 +469,25 @@ def plot_attention(df, png_path) -> Path:
 
 # ------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.attention",
-                                     description="Attention allocation of trained models at recall queries.")
-    parser.add_argument("--variant", required=True, help="window | xl | full | cmr")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: study.seeds")
-    parser.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. paths.experiments_dir=/tmp/exp")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # key=value words are overrides wherever they stand (`--seeds 0 1 a=b` must not eat `a=b`)
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    args = parser.parse_args([a for a in argv if a not in overrides])
-    args.overrides = overrides
+    from pipeline import stage_cli
+
+    ap = stage_cli.parser("attention", "Attention allocation of trained models at recall queries.", variant=True,
+                          seeds=True)
+    args = stage_cli.parse(ap, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from pipeline.config import load_params
-    from pipeline.errors import PipelineError
-
-    try:
-        cfg = load_params(args.params, args.overrides)
-        seeds = args.seeds if args.seeds is not None else [int(s) for s in cfg.study.seeds]
+    def body() -> None:
         from pipeline import paths
         from pipeline.io import write_stage_time
 
+        cfg = stage_cli.load_config(args)
+        seeds = stage_cli.seeds_of(args, cfg)
         t0 = time.perf_counter()
         for s in seeds:
             print(f"wrote {evaluate_attention(cfg, args.variant, s)}")
-        write_stage_time(paths.variant_dir(cfg, "attention", args.variant), t0, seeds=[int(s) for s in seeds])
-    except (PipelineError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        write_stage_time(paths.variant_dir(cfg, "attention", args.variant), t0, seeds=seeds)
+
+    return stage_cli.run(body)
 
 
 if __name__ == "__main__":

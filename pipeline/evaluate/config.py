@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from pipeline.config import cfg_get as _get
+from pipeline.config_access import cfg_get as _get
 from pipeline.errors import ConfigError
 
 # Every task the evaluation stage runs. The attention analysis is its own stage

@@ -290,7 +290,7 @@ def run_stage(cfg: Any) -> list[Path]:
     import torch
 
     from pipeline import paths
-    from pipeline.evaluate import _vocab_size, check_trained, resolve_device
+    from pipeline.evaluate.trained import check_trained, overhead_vocab_size, resolve_device
     from pipeline.evaluate.predict import load_split_docs
     from pipeline.io import atomic_dir, atomic_write_json, write_stage_time
     from pipeline.models.checkpoint import load_trained
@@ -306,7 +306,7 @@ def run_stage(cfg: Any) -> list[Path]:
         check_trained(tdir, v, s)
         models[paths.run_name(v, s)] = load_trained(tdir)[0].to(device)
     data_dir = str(cfg.paths.data_dir)
-    make = input_maker(data_dir, _vocab_size(data_dir, next(iter(models.values()))), seed=0,
+    make = input_maker(data_dir, overhead_vocab_size(data_dir, next(iter(models.values()))), seed=0,
                        loader=lambda d, n: load_split_docs(d, n, 1))
     res = measure_round_robin(models, list(ocfg.lengths), make, warmup=int(ocfg.warmup),
                               repeats=int(ocfg.repeats), batch_size=int(ocfg.batch_size),
@@ -327,24 +327,17 @@ def run_stage(cfg: Any) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.evaluate.overhead [--params params.yaml]` (the DVC stage)."""
-    import argparse
-    import sys
+    """`cmr-repro overhead [--params params.yaml] [key=value ...]` (the DVC stage)."""
+    from pipeline import stage_cli
 
-    from pipeline.config import load_params
-    from pipeline.errors import PipelineError
+    args = stage_cli.parse(stage_cli.parser("overhead", "Table III: time every trained model of the study in turns."),
+                           argv)
 
-    ap = argparse.ArgumentParser(prog="python -m pipeline.evaluate.overhead",
-                                 description="Table III: time every trained model of the study in turns.")
-    ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
-    args = ap.parse_args(argv)
-    try:
-        for out in run_stage(load_params(args.params)):
+    def body() -> None:
+        for out in run_stage(stage_cli.load_config(args)):
             print(f"wrote {out}")
-    except (PipelineError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return stage_cli.run(body)
 
 
 if __name__ == "__main__":

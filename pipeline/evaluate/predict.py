@@ -87,8 +87,6 @@ def predict_split(
     length: the table's row key (N for recall/numeric, turns for dialogue). None -> the document's
     token count, or n_turns for dialogue documents.
     """
-    import torch
-
     missing = [c for c in REQUIRED_SPLIT_COLUMNS if c not in ds.column_names]
     if missing:
         raise DataError(f"split '{split}' lacks columns {missing}; has {ds.column_names}")
@@ -96,7 +94,6 @@ def predict_split(
         raise ValueError("batch_size must be >= 1")
     counts = normalize_counts(train_counts)
     cols = ds.select_columns(REQUIRED_SPLIT_COLUMNS)[:]  # dict: column -> list over documents
-    n_docs = len(cols["doc_id"])
 
     # Group document indices by token length, in order of first appearance.
     groups: "OrderedDict[int, list[int]]" = OrderedDict()
@@ -105,7 +102,16 @@ def predict_split(
                    cols["distance"][i])
         groups.setdefault(len(ids), []).append(i)
 
-    preds: list[list[int] | None] = [None] * n_docs
+    preds = _argmax_at_queries(model, cols, groups, batch_size, device)
+    return _typed(pd.DataFrame(_rows(cols, preds, counts, variant, seed, split, task, length)))
+
+
+def _argmax_at_queries(model: Any, cols: dict, groups: Mapping[int, list[int]], batch_size: int,
+                       device: str) -> list[list[int]]:
+    """The model's argmax token at each query position of every document, in batches of equal length."""
+    import torch
+
+    preds: list = [None] * len(cols["doc_id"])
     model.eval()
     with torch.no_grad():
         for n_tok, idxs in groups.items():
@@ -119,9 +125,14 @@ def predict_split(
                 for b, i in enumerate(chunk):
                     q = torch.tensor(cols["query_pos"][i], dtype=torch.long, device=logits.device)  # [Q]
                     preds[i] = logits[b].index_select(0, q).argmax(-1).tolist()  # [Q]
+    return preds
 
+
+def _rows(cols: dict, preds: list[list[int]], counts: Mapping[int, int], variant: str, seed: int, split: str,
+          task: str | None, length: int | None) -> dict[str, list]:
+    """The prediction table's columns: one entry per query."""
     rows: dict[str, list] = {c: [] for c in PRED_COLUMNS}
-    for i in range(n_docs):
+    for i in range(len(cols["doc_id"])):
         n_turns = int(cols["n_turns"][i])
         doc_task = str(cols["task"][i])
         if length is not None:
@@ -146,7 +157,7 @@ def predict_split(
             rows["query_pos"].append(int(cols["query_pos"][i][j]))
             rows["answer_train_count"].append(counts.get(int(a), 0))
             rows["n_turns"].append(n_turns)
-    return _typed(pd.DataFrame(rows))
+    return rows
 
 
 def load_split_docs(data_dir: str, name: str, max_docs: int | None = None):

@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.models.config import (
+    MEMORIES,
     MODEL_NAMES,
     BackboneConfig,
     ARMTConfig,
@@ -24,6 +25,7 @@ from pipeline.models.config import (
 )
 
 __all__ = [
+    "MEMORIES",
     "MODEL_NAMES",
     "BackboneConfig",
     "MemoryConfig",
@@ -40,18 +42,6 @@ __all__ = [
     "validate",
 ]
 
-
-# variant -> (module, class): build_model imports only the chosen memory's module, so a stage that trains or
-# evaluates one variant depends on that file alone among the memories (dvc.yaml lists them so)
-MEMORIES = {
-    "window": ("pipeline.models.window", "WindowMemory"),
-    "xl": ("pipeline.models.xl", "XLMemory"),
-    "full": ("pipeline.models.full", "FullMemory"),
-    "cmr": ("pipeline.models.cmr", "CMRMemory"),
-    "rmt": ("pipeline.models.rmt", "RMTMemory"),
-    "armt": ("pipeline.models.armt", "ARMTMemory"),
-    "memorizing": ("pipeline.models.memorizing", "MemorizingMemory"),
-}
 
 
 def build_model(backbone_cfg: Any, memory_cfg: Any, vocab_size: int):

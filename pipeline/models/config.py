@@ -7,11 +7,23 @@ conf/backbone/ and conf/model/ hold exactly these keys.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional
 
 from pipeline.data.config import as_data_config
 from pipeline.errors import ConfigError
+
+# variant -> (module, class): pipeline.models.build_model imports only the chosen memory's module, so a stage
+# that trains or evaluates one variant depends on that file alone among the memories (dvc.yaml lists them so)
+MEMORIES = {
+    "window": ("pipeline.models.window", "WindowMemory"),
+    "xl": ("pipeline.models.xl", "XLMemory"),
+    "full": ("pipeline.models.full", "FullMemory"),
+    "cmr": ("pipeline.models.cmr", "CMRMemory"),
+    "rmt": ("pipeline.models.rmt", "RMTMemory"),
+    "armt": ("pipeline.models.armt", "ARMTMemory"),
+    "memorizing": ("pipeline.models.memorizing", "MemorizingMemory"),
+}
 
 POSITIONS = ("rotary", "learned")
 SELECTIONS = ("learned", "norm", "random", "recent")

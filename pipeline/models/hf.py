@@ -25,7 +25,7 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.models.base import Memory, ModelOutput, Step
-from pipeline.models.config import BackboneConfig, MemoryConfig, check_model, memory_config
+from pipeline.models.config import MEMORIES, BackboneConfig, MemoryConfig, check_model, memory_config
 
 # config.model_type -> where its decoder layers live
 DECODER_LAYERS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "llama": "model.layers"}
@@ -136,8 +136,6 @@ def build_hf_model(lm: nn.Module, memory_cfg: Any, window: int) -> HFMemoryLM:
     """HFMemoryLM for a memory config (`window` or `cmr` as in conf/model/) around a loaded causal LM, checked
     against it by config.check_model (supported variants, no short-convolution scorer input)."""
     import importlib
-
-    from pipeline.models import MEMORIES
 
     backbone = backbone_of(lm, window)
     mem: MemoryConfig = memory_config(memory_cfg)

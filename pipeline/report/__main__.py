@@ -1,7 +1,7 @@
-"""`python -m pipeline.report`: the report stage (see pipeline/report/__init__.py)."""
+"""`python -m pipeline.report`: the report stage (pipeline/report/cli.py)."""
 
 import sys
 
-from pipeline.report import main
+from pipeline.report.cli import main
 
 sys.exit(main())

@@ -109,5 +109,3 @@ def write_curves(train: Mapping[str, dict], tables_dir: Path, plots_dir: Path, t
                 "checkpoint the evaluation uses.")
     return curves, steps
 
-
-__all__ = ["curves_table", "steps_to", "plot_curves", "write_curves", "VARIANT_ORDER"]

@@ -1,0 +1,18 @@
+"""Reading one key of a config node, whatever its form (DictConfig, dict or dataclass): the component
+validators accept all three. A leaf module (it imports nothing from the package), so every schema can use it
+without importing pipeline.config, which imports every schema."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def cfg_get(node: Any, key: str, default: Any = None) -> Any:
+    """Read `key` from a DictConfig, dict or dataclass alike (component validators accept all three)."""
+    if node is None:
+        return default
+    if isinstance(node, dict):
+        return node.get(key, default)
+    try:
+        return node.get(key, default)  # DictConfig
+    except AttributeError:
+        return getattr(node, key, default)

@@ -1,0 +1,62 @@
+"""What every stage's command line shares, so the flags mean the same everywhere: `--params F` (the composed
+config), `key=value` overrides validated like the file, `--variant` and `--seeds` (or `--seed`) where a stage
+runs per variant and seed, and one error handler: a PipelineError or OSError prints one line `error: ...` and
+exits 2, with no traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from pipeline.errors import PipelineError
+
+
+def parser(stage: str, description: str, *, params: bool = True, variant: bool = False, seeds: bool = False,
+           overrides: bool = True) -> argparse.ArgumentParser:
+    """An ArgumentParser for `cmr-repro <stage>` with the shared flags the stage takes."""
+    ap = argparse.ArgumentParser(prog=f"cmr-repro {stage}", description=description)
+    if params:
+        ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
+    if variant:
+        ap.add_argument("--variant", required=True, help="a key of `models` (window, xl, full, cmr, rmt, armt, "
+                                                         "memorizing)")
+    if seeds:
+        ap.add_argument("--seeds", "--seed", type=int, nargs="+", default=None, dest="seeds",
+                        help="seed(s) to run (default: study.seeds)")
+    if overrides:
+        ap.add_argument("overrides", nargs="*", help="key=value overrides of the params file, validated like it "
+                                                     "(e.g. train.max_steps=100)")
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse argv; key=value words are overrides wherever they stand (`--seeds 0 1 a=b` must not eat `a=b`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    over = [a for a in argv if "=" in a and not a.startswith("-")]
+    if not over:
+        return ap.parse_args(argv)
+    args = ap.parse_args([a for a in argv if a not in over])
+    if not hasattr(args, "overrides"):
+        ap.error(f"this stage takes no key=value overrides: {' '.join(over)}")
+    args.overrides = over
+    return args
+
+
+def load_config(args: argparse.Namespace) -> Any:
+    """The params file with the overrides applied, validated (pipeline.config.load_params)."""
+    from pipeline.config import load_params
+
+    return load_params(args.params, getattr(args, "overrides", None) or ())
+
+
+def seeds_of(args: argparse.Namespace, cfg: Any) -> list[int]:
+    return [int(s) for s in (args.seeds if args.seeds is not None else cfg.study.seeds)]
+
+
+def run(body: Callable[[], Optional[int]]) -> int:
+    """The stage's exit code: body's (0 if None), or 2 with one line on stderr for a pipeline or OS error."""
+    try:
+        return int(body() or 0)
+    except (PipelineError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,41 @@
+"""The flags every stage shares (pipeline/stage_cli.py)."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline import stage_cli
+from pipeline.errors import ConfigError
+
+
+def test_overrides_are_found_wherever_they_stand():
+    ap = stage_cli.parser("train", "t", variant=True, seeds=True)
+    args = stage_cli.parse(ap, ["--variant", "cmr", "--seeds", "0", "1", "train.lr=0.1", "--params", "p.yaml"])
+    assert args.seeds == [0, 1] and args.overrides == ["train.lr=0.1"] and args.params == "p.yaml"
+    assert stage_cli.parse(ap, ["--variant", "cmr", "--seed", "2"]).seeds == [2]  # --seed is an alias
+
+
+def test_a_stage_without_overrides_refuses_them(capsys):
+    ap = stage_cli.parser("baselines", "b", overrides=False)
+    with pytest.raises(SystemExit):
+        stage_cli.parse(ap, ["a.b=1"])
+    assert "takes no key=value overrides" in capsys.readouterr().err
+
+
+def test_overrides_are_validated_like_the_file(tmp_path, capsys):
+    from pipeline.config import compose, to_params_yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(to_params_yaml(compose(["profile=ci"])))
+    args = stage_cli.parse(stage_cli.parser("x", "x"), ["--params", str(params), "train.lr=abc"])
+    assert stage_cli.run(lambda: stage_cli.load_config(args)) == 2
+    assert "train.lr" in capsys.readouterr().err
+
+
+def test_run_turns_pipeline_and_os_errors_into_exit_2(capsys):
+    def fail():
+        raise ConfigError("data.x is wrong")
+
+    assert stage_cli.run(fail) == 2 and capsys.readouterr().err == "error: data.x is wrong\n"
+    assert stage_cli.run(lambda: None) == 0 and stage_cli.run(lambda: 1) == 1
+    with pytest.raises(ZeroDivisionError):  # a bug is not a pipeline error: its traceback stays
+        stage_cli.run(lambda: 1 / 0)
