@@ -50,7 +50,7 @@ class PathsConfig:
 
 def _components() -> dict[str, Any]:
     """Each component owns its config dataclass; imported here lazily (none imports torch)."""
-    import pipeline.data.config as data_config
+    import pipeline.data.checks as data_checks
     import pipeline.evaluate.config as eval_config
     import pipeline.logging_config as logging_config
     import pipeline.models.config as model_config
@@ -58,7 +58,7 @@ def _components() -> dict[str, Any]:
     import pipeline.train_config as train_config
 
     return {
-        "data": data_config,
+        "data": data_checks,
         "backbone": model_config,
         "models": model_config,
         "train": train_config,

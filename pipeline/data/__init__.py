@@ -6,7 +6,8 @@ stays cheap to import.
 
 from __future__ import annotations
 
-from pipeline.data.config import DataConfig, validate
+from pipeline.data.checks import validate
+from pipeline.data.config import DataConfig
 
 
 def load_split(data_dir, name, verify: bool = True):

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.data.vocab import PLACEHOLDER, Vocab
+from pipeline.data.config import DataConfig
 from pipeline.errors import ConfigError
-
-if TYPE_CHECKING:  # annotations only: data.config dry-runs the layouts below (check_layouts)
-    from pipeline.data.config import DataConfig
 
 
 @dataclass

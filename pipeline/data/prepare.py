@@ -17,7 +17,8 @@ import numpy as np
 
 from pipeline.data.build import (check_disjoint, gen_eval, gen_train, make_source, split_hash, split_plan,
                                  to_columns)
-from pipeline.data.config import DataConfig, as_data_config, validate
+from pipeline.data.checks import validate
+from pipeline.data.config import DataConfig, as_data_config
 from pipeline.data.store import COUNTS, MANIFEST, SPLITS, load_split, save_split
 from pipeline.data.vocab import make_tokenizer, vocab_summary
 from pipeline.errors import DataError

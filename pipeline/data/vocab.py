@@ -11,14 +11,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.data.config import DataConfig
 from pipeline.errors import ConfigError, DataError
-
-if TYPE_CHECKING:  # annotations only: data.config's layout check reaches this module
-    from pipeline.data.config import DataConfig
 
 PAD, UNK = "[PAD]", "[UNK]"
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr", "st", "sh", "ch", "gl"]
