@@ -16,3 +16,12 @@ def cfg_get(node: Any, key: str, default: Any = None) -> Any:
         return node.get(key, default)  # DictConfig
     except AttributeError:
         return getattr(node, key, default)
+
+
+def cfg_path(node: Any, dotted: str, default: Any = None) -> Any:
+    """`cfg_get` along a dotted path (`backbone.window`): `default` where any part is missing or None."""
+    for part in dotted.split("."):
+        node = cfg_get(node, part)
+        if node is None:
+            return default
+    return node

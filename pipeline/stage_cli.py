@@ -38,7 +38,8 @@ def parse(ap: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> 
     args = ap.parse_args([a for a in argv if a not in over])
     if not hasattr(args, "overrides"):
         ap.error(f"this stage takes no key=value overrides: {' '.join(over)}")
-    args.overrides = over
+    rest = set(args.overrides or [])  # positional words without '=' (e.g. Hydra's `~key`): kept, in argv order
+    args.overrides = [a for a in argv if a in over or a in rest]
     return args
 
 

@@ -462,10 +462,9 @@ def is_lead_process() -> bool:
     return int(rank_zero_only.rank) == 0 and int(os.environ.get("NODE_RANK", 0) or 0) == 0
 
 
-def data_module(cfg: Any, t: DictConfig, seed: int) -> tuple[MemoryDataModule, int]:
+def data_module(cfg: Any, t: DictConfig, seed: int, data_dir: str) -> tuple[MemoryDataModule, int]:
     """The study's data, set up (a curriculum that allows no document fails here), and the tokenizer's size;
     a token id the model has no embedding for fails before any training."""
-    data_dir = (cfg.get("paths") or {}).get("data_dir", "data")
     dm = MemoryDataModule(data_dir, int(cfg.backbone.window), int(t.batch_size), int(t.val_batch_size), t.curriculum,
                           int(seed), max_batch_tokens=t.get("max_batch_tokens"))
     dm.setup("fit")
@@ -497,7 +496,7 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
     torch.set_num_threads(int(t.threads))
 
     data_dir = (cfg.get("paths") or {}).get("data_dir", "data")
-    dm, vocab_size = data_module(cfg, t, seed)
+    dm, vocab_size = data_module(cfg, t, seed, data_dir)
     monitor = resolve_monitor(str(t.monitor), str(cfg.models[variant].name), "val_long" in dm.val_sets)
     check_monitor(monitor, dm.val_sets)
 

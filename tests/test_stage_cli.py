@@ -39,3 +39,12 @@ def test_run_turns_pipeline_and_os_errors_into_exit_2(capsys):
     assert stage_cli.run(lambda: None) == 0 and stage_cli.run(lambda: 1) == 1
     with pytest.raises(ZeroDivisionError):  # a bug is not a pipeline error: its traceback stays
         stage_cli.run(lambda: 1 / 0)
+
+
+def test_positional_words_without_equals_are_kept_in_order():
+    ap = stage_cli.parser("compose", "c", params=False, overrides=False)
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("-o", "--output")
+    args = stage_cli.parse(ap, ["profile=ci", "~models.rmt", "-o", "x.yaml", "models.cmr.k=4"])
+    assert args.overrides == ["profile=ci", "~models.rmt", "models.cmr.k=4"]  # Hydra's deletion is not lost
+    assert args.output == "x.yaml"

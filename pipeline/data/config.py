@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from pipeline.config_access import cfg_path
 from pipeline.errors import ConfigError
 
 FILLER_SOURCES = ("synthetic", "hf", "local")
@@ -117,18 +118,6 @@ def as_data_config(obj: Any) -> DataConfig:
     return DataConfig(**obj)
 
 
-def _full_get(full_cfg: Any, dotted: str) -> Any:
-    node = full_cfg
-    for part in dotted.split("."):
-        if node is None:
-            return None
-        try:
-            node = node[part] if part in node else None
-        except TypeError:
-            return None
-    return node
-
-
 def validate(data_cfg: Any, full_cfg: Any = None) -> DataConfig:
     """Cross-field checks of the fields; raise ConfigError naming the key and the allowed values.
 
@@ -164,7 +153,7 @@ def _check_sources(c: DataConfig, full_cfg: Any) -> None:
             f"data.train_seed and data.eval_seed must differ (both {c.train_seed}): "
             "evaluation documents must come from a seed disjoint from training"
         )
-    window = _full_get(full_cfg, "backbone.window") if full_cfg is not None else None
+    window = cfg_path(full_cfg, "backbone.window")
     if window is not None and int(window) != c.segment_len:
         raise ConfigError(
             f"data.segment_len={c.segment_len} must equal backbone.window={window} "

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from pipeline import paths
 from pipeline.errors import ConfigError
-from pipeline.evaluate.trained import check_trained, overhead_vocab_size, resolve_device
+from pipeline.evaluate.trained import check_trained, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def _measure_overhead(cfg: Any, variant: str, seed: int, model: Any, device: str
     from pipeline.evaluate import overhead as overhead_mod
 
     data_dir, ocfg = str(cfg.paths.data_dir), cfg.eval.overhead
-    make = overhead_mod.input_maker(data_dir, overhead_vocab_size(data_dir, model), seed=int(seed),
+    make = overhead_mod.input_maker(data_dir, overhead_mod.vocab_size_of(data_dir, model), seed=int(seed),
                                     loader=lambda d, n: loader(d, n, 1))
     oh = overhead_mod.measure(model, list(ocfg.lengths), make, warmup=int(ocfg.warmup),
                               repeats=int(ocfg.repeats), batch_size=int(ocfg.batch_size),

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from pipeline.errors import DataError
+
 PEAK_MEMORY_METHOD = (
     "peak total bytes of tensor storages produced by aten ops during one forward and alive at once "
     "(TorchDispatchMode tracking; parameters, buffers and input excluded; kernel-internal scratch not seen)"
@@ -262,7 +264,6 @@ def input_maker(data_dir: str | Path, vocab_size: int | None, seed: int = 0,
     `make.sources[str(N)]` records which one was used (written to overhead.json)."""
     import torch
 
-    from pipeline.errors import DataError
 
     def make(n: int):
         if loader is not None:
@@ -284,13 +285,23 @@ def input_maker(data_dir: str | Path, vocab_size: int | None, seed: int = 0,
     return make
 
 
+def vocab_size_of(data_dir: str, model: Any) -> int | None:
+    """For random overhead inputs only: the tokenizer's size, else the model's, else None."""
+    try:
+        from pipeline.data import load_tokenizer
+
+        return int(load_tokenizer(data_dir).get_vocab_size())
+    except (DataError, OSError):
+        return getattr(model, "vocab_size", None)
+
+
 def run_stage(cfg: Any) -> list[Path]:
     """The `overhead` DVC stage: every trained (variant, seed) of the study timed in turns on the
     same inputs; writes experiments/overhead/<variant>/s<seed>/overhead.json (evaluate's format)."""
     import torch
 
     from pipeline import paths
-    from pipeline.evaluate.trained import check_trained, overhead_vocab_size, resolve_device
+    from pipeline.evaluate.trained import check_trained, resolve_device
     from pipeline.evaluate.predict import load_split_docs
     from pipeline.io import atomic_dir, atomic_write_json, write_stage_time
     from pipeline.models.checkpoint import load_trained
@@ -306,7 +317,7 @@ def run_stage(cfg: Any) -> list[Path]:
         check_trained(tdir, v, s)
         models[paths.run_name(v, s)] = load_trained(tdir)[0].to(device)
     data_dir = str(cfg.paths.data_dir)
-    make = input_maker(data_dir, overhead_vocab_size(data_dir, next(iter(models.values()))), seed=0,
+    make = input_maker(data_dir, vocab_size_of(data_dir, next(iter(models.values()))), seed=0,
                        loader=lambda d, n: load_split_docs(d, n, 1))
     res = measure_round_robin(models, list(ocfg.lengths), make, warmup=int(ocfg.warmup),
                               repeats=int(ocfg.repeats), batch_size=int(ocfg.batch_size),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from pipeline.errors import ConfigError, DataError
 
@@ -39,13 +38,3 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("eval.device is 'cuda' but no CUDA device is available; allowed: cpu, cuda, auto")
     return name
-
-
-def overhead_vocab_size(data_dir: str, model: Any) -> int | None:
-    """For random overhead inputs only: the tokenizer's size, else the model's, else None."""
-    try:
-        from pipeline.data import load_tokenizer
-
-        return int(load_tokenizer(data_dir).get_vocab_size())
-    except (DataError, OSError):
-        return getattr(model, "vocab_size", None)

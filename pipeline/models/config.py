@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional
 
+from pipeline.config_access import cfg_path
 from pipeline.data.config import as_data_config
 from pipeline.errors import ConfigError
 
@@ -303,31 +304,16 @@ def _int_at_least(key: str, val: Any, lo: int) -> None:
         raise ConfigError(f"{key} = {val!r} must be an integer >= {lo}")
 
 
-def _get(cfg: Any, path: str, default: Any = None) -> Any:
-    cur = cfg
-    for part in path.split("."):
-        if cur is None:
-            return default
-        if isinstance(cur, Mapping) or hasattr(cur, "get"):
-            try:
-                cur = cur.get(part, None)
-            except Exception:
-                return default
-        else:
-            cur = getattr(cur, part, None)
-    return default if cur is None else cur
-
-
 def longest_input(full_cfg: Any) -> int:
     """Longest document the config will feed a model: eval and val_long lengths, rare length, training docs."""
-    lengths = [int(n) for n in (_get(full_cfg, "data.eval_lengths", []) or [])]
-    lengths += [int(n) for n in (_get(full_cfg, "data.val_long_lengths", []) or [])]
-    rare = _get(full_cfg, "data.rare_eval_length")
+    lengths = [int(n) for n in (cfg_path(full_cfg, "data.eval_lengths", []) or [])]
+    lengths += [int(n) for n in (cfg_path(full_cfg, "data.val_long_lengths", []) or [])]
+    rare = cfg_path(full_cfg, "data.rare_eval_length")
     if rare is not None:
         lengths.append(int(rare))
-    max_seg = as_data_config(_get(full_cfg, "data")).longest_train_segments \
-        if _get(full_cfg, "data.train_max_segments") is not None else None
-    window = _get(full_cfg, "backbone.window")
+    max_seg = as_data_config(cfg_path(full_cfg, "data")).longest_train_segments \
+        if cfg_path(full_cfg, "data.train_max_segments") is not None else None
+    window = cfg_path(full_cfg, "backbone.window")
     if max_seg is not None and window is not None:
         lengths.append(int(max_seg) * int(window))
     return max(lengths, default=0)
@@ -340,9 +326,9 @@ def validate(cfg: Any, full_cfg: Any = None) -> None:
     `validate(cfg_part, full_cfg)`, in which case the whole config `full_cfg` is checked.
     """
     root = full_cfg if full_cfg is not None else cfg
-    backbone = backbone_config(_get(root, "backbone", {}))
-    models = _get(root, "models", {}) or {}
-    variants = list(_get(root, "study.variants", None) or list(models))
+    backbone = backbone_config(cfg_path(root, "backbone", {}))
+    models = cfg_path(root, "models", {}) or {}
+    variants = list(cfg_path(root, "study.variants", None) or list(models))
     for v in variants:
         if v not in MEMORY_CONFIGS:
             raise ConfigError(f"study.variants: {v!r} is not a known memory; allowed: {list(MODEL_NAMES)}")
