@@ -164,6 +164,8 @@ class MemoryLMModule(L.LightningModule):
                 f"non-finite training loss ({loss.item()}) at step {self.global_step} "
                 f"(variant {self.hparams.variant}, seed {self.hparams.seed}); lower train.lr or check the data"
             )
+        if not self._logs_this_step():
+            return loss
         with torch.no_grad():
             acc = (res["q_logits"].argmax(-1) == batch["answers"])[res["mask"]].float().mean()
         bs = batch["input_ids"].size(0)
@@ -174,6 +176,14 @@ class MemoryLMModule(L.LightningModule):
         self.log("train/n_segments", float(batch["input_ids"].size(1)) / self._window(), batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether the loggers write this step's values (Lightning writes step metrics when the
+        count of optimizer steps taken, this one included, is a multiple of log_every_n_steps).
+        A `self.log` call costs ~1 ms of Lightning bookkeeping, ~5% of a default-profile step, and
+        values logged on the other steps are overwritten unread."""
+        n = self.trainer.log_every_n_steps
+        return n > 0 and (self.global_step + 1) % n == 0
 
     def _window(self) -> int:
         return int(self.hparams.cfg["backbone"].get("window", 1) or 1)

@@ -221,6 +221,33 @@ def test_curriculum_reaches_the_long_pool_only_when_it_allows_its_length():
     assert any(set(segs[s.batch_at(t)]) == {16} for t in range(10, 60))
 
 
+def test_document_set_holds_each_row_and_names_the_first_bad_document(data_dir):
+    """DocumentSet reads whole columns at once: each document must still come back as its own row, and a
+    bad row is named by its index (the checks run on all rows together)."""
+    import datasets
+    import torch
+
+    from pipeline.data.loader import TYPE_INDEX, DocumentSet
+
+    ds = load_split(data_dir, "train").select([5, 0, 17])  # an index mapping: rows out of storage order
+    docs = DocumentSet(ds, TINY.segment_len, "train")
+    for i, row in enumerate(ds):
+        assert torch.equal(docs.ids[i], torch.tensor(row["input_ids"]))
+        assert torch.equal(docs.qpos[i], torch.tensor(row["query_pos"]))
+        assert torch.equal(docs.answers[i], torch.tensor(row["answers"]))
+        assert docs.qtype[i].tolist() == [TYPE_INDEX[t] for t in row["query_type"]]
+        assert docs.lengths[i] == len(row["input_ids"]) and docs.n_segments[i] == row["n_segments"]
+
+    good = {"input_ids": [1, 2, 3, 4], "query_pos": [1], "answers": [3], "query_type": ["far"]}
+    for bad, message in [({"answers": [3, 4]}, "lengths differ"), ({"query_type": ["zzz"]}, "unknown query_type"),
+                         ({"answers": [2]}, r"input_ids\[query_pos \+ 1\] != answers"),
+                         ({"query_pos": [3]}, "!= answers"), ({"query_pos": [-1]}, "!= answers")]:
+        rows = [good, {**good, **bad}]
+        table = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in good})
+        with pytest.raises(DataError, match=f"split 'x' doc 1: .*{message}"):
+            DocumentSet(table, 2, "x")
+
+
 def test_no_fact_straddles_a_segment_boundary(data_dir):
     """A value whose entity sits in the previous segment could not be bound to it by anything that reads
     segment by segment, so every fact of every split lies inside one segment (as in training documents)."""

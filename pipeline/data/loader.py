@@ -18,6 +18,20 @@ TYPE_INDEX = {name: i for i, name in enumerate(QUERY_TYPES)}
 REQUIRED_COLUMNS = ("input_ids", "query_pos", "answers", "query_type")
 
 
+def _flat(table: Any, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (all values in row order, offsets [n_rows + 1]): row i is values[off[i]:off[i+1]].
+    String values come back as their index in QUERY_TYPES (-1: unknown)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = table.column(column)
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    values = pc.list_flatten(col)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        values = pc.index_in(values, value_set=pa.array(list(QUERY_TYPES), values.type)).fill_null(-1)
+    return values.to_numpy(zero_copy_only=False), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
 def _identity(batch: Any) -> Any:
     return batch
 
@@ -33,29 +47,39 @@ class DocumentSet(torch.utils.data.Dataset):
         if len(ds) == 0:
             raise DataError(f"split {split!r} is empty")
         self.split = split
-        self.ids = [torch.tensor(x, dtype=torch.long) for x in ds["input_ids"]]
-        self.lengths = np.array([len(x) for x in self.ids], dtype=np.int64)
-        if "n_segments" in ds.column_names:
-            self.n_segments = np.array(ds["n_segments"], dtype=np.int64)
-        else:
-            self.n_segments = -(-self.lengths // int(window))
-        self.qpos, self.answers, self.qtype = [], [], []
-        for i, (qp, ans, qt) in enumerate(zip(ds["query_pos"], ds["answers"], ds["query_type"])):
-            if not (len(qp) == len(ans) == len(qt)):
-                raise DataError(f"split {split!r} doc {i}: query_pos/answers/query_type lengths differ")
-            unknown = set(qt) - set(TYPE_INDEX)
-            if unknown:
-                raise DataError(f"split {split!r} doc {i}: unknown query_type {sorted(unknown)}; known: {list(QUERY_TYPES)}")
-            qp_t = torch.tensor(qp, dtype=torch.long)
-            ans_t = torch.tensor(ans, dtype=torch.long)
-            ids = self.ids[i]
-            if len(qp) and (int(qp_t.min()) < 0 or int(qp_t.max()) + 1 >= len(ids)
-                            or not torch.equal(ids[qp_t + 1], ans_t)):
-                raise DataError(f"split {split!r} doc {i}: input_ids[query_pos + 1] != answers")
-            self.qpos.append(qp_t)
-            self.answers.append(ans_t)
-            self.qtype.append(torch.tensor([TYPE_INDEX[t] for t in qt], dtype=torch.long))
-        self.max_token = max(int(x.max()) for x in self.ids)
+        extra = ["n_segments"] if "n_segments" in ds.column_names else []
+        table = ds.select_columns([*REQUIRED_COLUMNS, *extra]).with_format("arrow")[:]  # columns, no rows
+        ids, id_off = _flat(table, "input_ids")
+        qpos, q_off = _flat(table, "query_pos")
+        answers, a_off = _flat(table, "answers")
+        qtype, t_off = _flat(table, "query_type")
+        self.lengths = np.diff(id_off)
+        bad = np.flatnonzero((np.diff(a_off) != np.diff(q_off)) | (np.diff(t_off) != np.diff(q_off)))
+        if bad.size:
+            raise DataError(f"split {split!r} doc {bad[0]}: query_pos/answers/query_type lengths differ")
+        self.n_segments = (table.column("n_segments").to_numpy().astype(np.int64) if extra
+                           else -(-self.lengths // int(window)))
+        self._check_queries(table, ids, id_off, qpos, q_off, answers, qtype)
+        # one tensor per column; a document's rows are views into it
+        self.ids = list(torch.from_numpy(ids.astype(np.int64)).split(self.lengths.tolist()))
+        sizes = np.diff(q_off).tolist()
+        self.qpos = list(torch.from_numpy(qpos.astype(np.int64)).split(sizes))
+        self.answers = list(torch.from_numpy(answers.astype(np.int64)).split(sizes))
+        self.qtype = list(torch.from_numpy(qtype.astype(np.int64)).split(sizes))
+        self.max_token = int(ids.max())
+
+    def _check_queries(self, table, ids, id_off, qpos, q_off, answers, qtype) -> None:
+        """Every query type known, and every answer the token right after its query position."""
+        doc = np.repeat(np.arange(len(q_off) - 1), np.diff(q_off))  # document of each query
+        if (qtype < 0).any():
+            i = int(doc[qtype < 0][0])
+            bad = sorted(set(table.column("query_type")[i].as_py()) - set(TYPE_INDEX))
+            raise DataError(f"split {self.split!r} doc {i}: unknown query_type {bad}; known: {list(QUERY_TYPES)}")
+        inside = (qpos >= 0) & (qpos + 1 < self.lengths[doc])
+        nxt = np.where(inside, id_off[doc] + qpos + 1, 0)
+        wrong = ~inside | (ids[nxt] != answers)
+        if wrong.any():
+            raise DataError(f"split {self.split!r} doc {int(doc[wrong][0])}: input_ids[query_pos + 1] != answers")
 
     def __len__(self) -> int:
         return len(self.ids)
