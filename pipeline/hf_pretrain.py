@@ -47,8 +47,9 @@ def pretrain(cfg: Any, out: str | Path, steps: Optional[int] = None, seed: int =
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.train import lr_factor, train_settings
     from pipeline.train import _vocab_size
+    from pipeline.train_config import train_settings
+    from pipeline.train_module import lr_factor
 
     t, b, data_dir = train_settings(cfg), cfg.backbone, str(cfg.paths.data_dir)
     steps = int(steps if steps is not None else t.max_steps)

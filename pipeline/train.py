@@ -1,9 +1,10 @@
 """Training stage: `python -m pipeline.train --variant cmr --seed 0 [--params params.yaml]`.
 
-One LightningModule trains every memory variant (the variants differ only inside
-`pipeline.models.build_model`), one LightningDataModule (pipeline/data/loader.py) serves the saved splits with a
-curriculum over document length, and `train(cfg, variant, seed)` is the single function both
-the DVC stage (this module's `main`) and Hydra sweeps call.
+One LightningModule trains every memory variant (pipeline/train_module.py), one LightningDataModule
+(pipeline/data/loader.py) serves the saved splits with a curriculum over document length, and
+`train(cfg, variant, seed)` is the single function both the DVC stage (this module's `main`) and Hydra
+sweeps call. Lightning is imported inside `train`: the stage's parent process, which only spawns one
+process per seed, starts without it (~5 s per stage).
 
 Writes experiments/train/<variant>/s<seed>/:
   checkpoints/last.ckpt, checkpoints/best.ckpt (max of train.monitor), metrics.json, csv/, wandb/
@@ -13,38 +14,29 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-import lightning as L
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.io import atomic_write_json, write_stage_time
 from pipeline import paths, stage_cli
-from pipeline.train_config import QUERY_TYPES, RUNTIME_KEYS, TrainConfig, resolve_monitor
+from pipeline.train_config import RUNTIME_KEYS, resolve_monitor, train_settings
 from pipeline.train_config import validate as validate_train
 
-from pipeline.data.loader import DocumentSet, MemoryDataModule
+if TYPE_CHECKING:
+    import lightning as L
+
+    from pipeline.data.loader import DocumentSet, MemoryDataModule
+    from pipeline.train_module import MemoryLMModule, ThroughputMonitor
 
 
 # ----------------------------------------------------------------------------- config helpers
-
-
-def train_settings(cfg: Any) -> DictConfig:
-    """`cfg.train` merged over TrainConfig's defaults (typos in keys fail here, not mid-run)."""
-    part = cfg.get("train") if cfg is not None else None
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), part or {})
-    except Exception as e:  # omegaconf's ValidationError / ConfigKeyError
-        raise ConfigError(f"bad train config: {e}") from None
-    return merged
 
 
 def check_variant(cfg: Any, variant: str) -> None:
@@ -60,249 +52,10 @@ def _to_container(cfg: Any) -> dict:
     return dict(cfg)
 
 
-def _build_model(cfg: dict, variant: str, vocab_size: int) -> torch.nn.Module:
-    from pipeline import models  # lazy: lets tests (and sweeps) swap build_model
-
-    return models.build_model(OmegaConf.create(cfg["backbone"]), OmegaConf.create(cfg["models"][variant]),
-                              int(vocab_size))
-
-
 def _vocab_size(data_dir: str | Path) -> int:
     from pipeline import data as pdata
 
     return int(pdata.load_tokenizer(data_dir).get_vocab_size())
-
-
-# ----------------------------------------------------------------------------- module
-
-
-def gather_queries(logits: torch.Tensor, query_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [B, N, V], query_pos [B, Q] (-1 = padding) -> (query logits [B, Q, V], mask [B, Q])."""
-    mask = query_pos >= 0
-    idx = query_pos.clamp(min=0).unsqueeze(-1).expand(-1, -1, logits.size(-1))  # [B, Q, V]
-    return logits.gather(1, idx), mask
-
-
-class MemoryLMModule(L.LightningModule):
-    """Any MemoryLM variant, trained on answer cross-entropy (+ optional next-token LM loss).
-
-    Hyperparameters saved in every checkpoint: the whole composed config (plain dict), the
-    variant, the seed and the vocabulary size - enough for `load_trained` to rebuild the model.
-    """
-
-    def __init__(self, cfg: dict, variant: str, seed: int, vocab_size: int):
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = _build_model(cfg, variant, vocab_size)
-        self.tcfg = train_settings(cfg)
-        bptt = (cfg["models"][variant] or {}).get("bptt_segments")
-        self.forward_kwargs = {} if bptt is None else {"bptt_segments": int(bptt)}
-        self.val_history: list[dict] = []  # one entry per validation: {"step", "val/recall_far", "val_long/loss", ...}
-        self.val_names: list[str] = ["val"]  # split of each validation dataloader (set by train())
-        self.monitor = str(self.tcfg.monitor)  # resolved by train() when `auto`
-        self._val_sums: Optional[torch.Tensor] = None
-        weights = [float((self.tcfg.answer_loss_weights or {}).get(q, 1.0)) for q in QUERY_TYPES]
-        self.type_weights: Optional[torch.Tensor] = (  # [len(QUERY_TYPES)], in QUERY_TYPES order; None: plain mean
-            None if all(w == 1.0 for w in weights) else torch.tensor(weights))
-        self.fingerprint: dict[str, str] = {}  # run_fingerprint, set by train(), saved in every checkpoint
-
-    def forward(self, input_ids: torch.Tensor, **kw: Any):
-        return self.model(input_ids, **kw)
-
-    def losses(self, batch: dict, train: bool) -> dict:
-        ids = batch["input_ids"]  # [B, N]
-        w = float(self.tcfg.lm_loss_weight)
-        kw = dict(self.forward_kwargs) if train else {}
-        full_logits = train and w > 0
-        if not full_logits:
-            kw["logits_at"] = batch["query_pos"]
-        logits = self.model(ids, **kw).logits  # [B, N, V], or [B, Q, V] at the query positions
-        if full_logits:
-            q_logits, mask = gather_queries(logits, batch["query_pos"])  # [B, Q, V], [B, Q]
-        else:
-            q_logits, mask = logits, batch["query_pos"] >= 0
-        if not bool(mask.any()):
-            raise DataError("a batch has no queries; every document must ask at least one")
-        answers = batch["answers"][mask]
-        answer_loss = F.cross_entropy(q_logits[mask].float(), answers, reduction="none")  # [n_queries]
-        weights = None if self.type_weights is None else self.type_weights.to(answer_loss.device)[batch["query_type"][mask]]
-        if train and self._world_size() > 1:
-            answer_loss = self._global_mean(answer_loss, weights)
-        elif weights is None:
-            answer_loss = answer_loss.mean()
-        else:  # a weighted mean over the batch's answers, by query type
-            answer_loss = (weights * answer_loss).sum() / weights.sum().clamp_min(1e-12)
-        res = {"answer_loss": answer_loss, "q_logits": q_logits, "mask": mask}
-        if full_logits:
-            lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), ids[:, 1:].reshape(-1))
-            res["lm_loss"] = lm
-            res["loss"] = answer_loss + w * lm
-        else:
-            res["loss"] = answer_loss
-        return res
-
-    def _world_size(self) -> int:
-        return int(self._trainer.world_size) if self._trainer is not None else 1
-
-    def _global_mean(self, losses: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
-        """The (weighted) mean over the answers of the global batch, as this rank's share: DDP averages
-        gradients over ranks, so sum_r(num_r * world / den) / world = the one-process mean's gradient
-        although ranks hold different numbers of answers."""
-        import torch.distributed as dist
-
-        num = losses.sum() if weights is None else (weights * losses).sum()
-        den = torch.tensor(float(losses.numel()), dtype=losses.dtype, device=losses.device) if weights is None \
-            else weights.sum().detach().clone()
-        dist.all_reduce(den)
-        return num * self._world_size() / den.clamp_min(1e-12)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        res = self.losses(batch, train=True)
-        loss = res["loss"]
-        if not bool(torch.isfinite(loss)):
-            raise TrainingError(
-                f"non-finite training loss ({loss.item()}) at step {self.global_step} "
-                f"(variant {self.hparams.variant}, seed {self.hparams.seed}); lower train.lr or check the data"
-            )
-        if not self._logs_this_step():
-            return loss
-        with torch.no_grad():
-            acc = (res["q_logits"].argmax(-1) == batch["answers"])[res["mask"]].float().mean()
-        bs = batch["input_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/answer_acc", acc, prog_bar=True, batch_size=bs)
-        if "lm_loss" in res:
-            self.log("train/lm_loss", res["lm_loss"], batch_size=bs)
-        self.log("train/n_segments", float(batch["input_ids"].size(1)) / self._window(), batch_size=bs)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
-        return loss
-
-    def _logs_this_step(self) -> bool:
-        """Whether the loggers write this step's values (Lightning writes step metrics when the
-        count of optimizer steps taken, this one included, is a multiple of log_every_n_steps).
-        A `self.log` call costs ~1 ms of Lightning bookkeeping, ~5% of a default-profile step, and
-        values logged on the other steps are overwritten unread."""
-        n = self.trainer.log_every_n_steps
-        return n > 0 and (self.global_step + 1) % n == 0
-
-    def _window(self) -> int:
-        return int(self.hparams.cfg["backbone"].get("window", 1) or 1)
-
-    def on_validation_epoch_start(self) -> None:
-        # per validation split and query type: [correct, count, loss sum]
-        self._val_sums = torch.zeros(len(self.val_names), len(QUERY_TYPES), 3, dtype=torch.float64)
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        res = self.losses(batch, train=False)
-        mask = res["mask"]
-        correct = (res["q_logits"].argmax(-1) == batch["answers"])[mask].double().cpu()
-        types = batch["query_type"][mask].cpu()
-        nll = F.cross_entropy(res["q_logits"][mask].float(), batch["answers"][mask], reduction="none").double().cpu()
-        n = len(QUERY_TYPES)
-        sums = self._val_sums[dataloader_idx]
-        sums[:, 0] += torch.bincount(types, weights=correct, minlength=n)
-        sums[:, 1] += torch.bincount(types, minlength=n).double()
-        sums[:, 2] += torch.bincount(types, weights=nll, minlength=n)
-
-    def on_validation_epoch_end(self) -> None:
-        if self._world_size() > 1:  # each rank scored its share of the batches
-            import torch.distributed as dist
-
-            sums = self._val_sums.to(self.device)
-            dist.all_reduce(sums)
-            self._val_sums = sums.cpu()
-        metrics = {}
-        for split, s in zip(self.val_names, self._val_sums):
-            total = s[:, 1].sum().item()
-            metrics[f"{split}/recall"] = s[:, 0].sum().item() / max(total, 1.0)
-            metrics[f"{split}/loss"] = s[:, 2].sum().item() / max(total, 1.0)
-            for i, name in enumerate(QUERY_TYPES):
-                if s[i, 1] > 0:
-                    metrics[f"{split}/recall_{name}"] = (s[i, 0] / s[i, 1]).item()
-        self.log_dict(metrics, add_dataloader_idx=False)
-        if not self.trainer.sanity_checking:
-            entry = {"step": int(self.global_step), **{k: float(v) for k, v in metrics.items()}}
-            self.val_history.append(entry)
-            if str(self.tcfg.progress_bar) == "none" and self.trainer.is_global_zero:  # the only sign of life
-                hp = self.hparams
-                print(f"{hp.variant}-s{hp.seed} step {entry['step']}/{self.tcfg.max_steps}: "
-                      f"{self.monitor} {entry.get(self.monitor, float('nan')):.3f}", file=sys.stderr, flush=True)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["val_history"] = list(self.val_history)
-        checkpoint["fingerprint"] = dict(self.fingerprint)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.val_history = list(checkpoint.get("val_history", []))
-
-    def configure_optimizers(self):
-        t = self.tcfg
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(t.weight_decay)},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=float(t.lr), betas=(float(t.beta1), float(t.beta2)), eps=float(t.eps))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_factor(step, int(t.warmup_steps), int(t.max_steps), float(t.min_lr_ratio)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
-
-
-def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
-    """Linear warm-up to 1 over `warmup` steps, then cosine decay to `min_ratio` at `max_steps`."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ----------------------------------------------------------------------------- callbacks
-
-
-class ThroughputMonitor(L.Callback):
-    """Training tokens/s, timed with perf_counter around each training batch (forward, backward,
-    optimizer step; excludes validation and checkpointing). Logs the rate over the last
-    `log_every_n_steps` batches; keeps totals (and the wall time of fit) across resumes."""
-
-    def __init__(self) -> None:
-        self.tokens = 0
-        self.seconds = 0.0
-        self.prior_wall_s = 0.0
-        self._win_tokens, self._win_s = 0, 0.0
-        self._t0 = 0.0
-        self._fit_t0: Optional[float] = None
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self._fit_t0 = time.perf_counter()
-
-    def wall_s(self) -> float:
-        now = 0.0 if self._fit_t0 is None else time.perf_counter() - self._fit_t0
-        return self.prior_wall_s + now
-
-    def tokens_per_s(self) -> Optional[float]:
-        return self.tokens / self.seconds if self.seconds > 0 else None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        dt = time.perf_counter() - self._t0
-        n = int(batch["input_ids"].numel()) * int(trainer.world_size)  # the global batch (ranks take equal shares)
-        self.tokens += n
-        self.seconds += dt
-        self._win_tokens += n
-        self._win_s += dt
-        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0 and self._win_s > 0:
-            pl_module.log("train/tokens_per_s", self._win_tokens / self._win_s)
-            self._win_tokens, self._win_s = 0, 0.0
-
-    def state_dict(self) -> dict:
-        return {"tokens": self.tokens, "seconds": self.seconds, "wall_s": self.wall_s()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.tokens = int(state.get("tokens", 0))
-        self.seconds = float(state.get("seconds", 0.0))
-        self.prior_wall_s = float(state.get("wall_s", 0.0))
-        self._fit_t0 = time.perf_counter()
 
 
 # ----------------------------------------------------------------------------- trainer / entry
@@ -323,8 +76,8 @@ def run_fingerprint(cfg: dict, variant: str, seed: int, data_dir: str | Path) ->
     mismatch can be named: the run's identity, its training, backbone and model config, the data
     (manifest) and the code that defines model and training (an edited model is a new run)."""
     here = Path(__file__).resolve().parent
-    sources = sorted((here / "models").glob("*.py")) + [here / "train.py", here / "train_config.py",
-                                                         here / "data" / "loader.py"]
+    sources = sorted((here / "models").glob("*.py")) + [here / "train.py", here / "train_module.py",
+                                                         here / "train_config.py", here / "data" / "loader.py"]
     parts = {"variant": variant, "seed": int(seed), "backbone": cfg["backbone"], "model": cfg["models"][variant],
              "train": {k: v for k, v in cfg["train"].items() if k not in RUNTIME_KEYS}}
     fp = {k: _sha(json.dumps(v, sort_keys=True, default=str).encode()) for k, v in parts.items()}
@@ -374,6 +127,7 @@ def check_monitor(monitor: str, val_sets: dict[str, DocumentSet]) -> None:
 
 
 def build_trainer(t: DictConfig, run_dir: Path, loggers: list, callbacks: list, monitor: str) -> L.Trainer:
+    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
     # Two callbacks: Lightning 2.6's save_last only rewrites last.ckpt when the top-k one improved,
@@ -475,6 +229,8 @@ def is_lead_process() -> bool:
 def data_module(cfg: Any, t: DictConfig, seed: int, data_dir: str) -> tuple[MemoryDataModule, int]:
     """The study's data, set up (a curriculum that allows no document fails here), and the tokenizer's size;
     a token id the model has no embedding for fails before any training."""
+    from pipeline.data.loader import MemoryDataModule
+
     dm = MemoryDataModule(data_dir, int(cfg.backbone.window), int(t.batch_size), int(t.val_batch_size), t.curriculum,
                           int(seed), max_batch_tokens=t.get("max_batch_tokens"))
     dm.setup("fit")
@@ -509,6 +265,10 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
     dm, vocab_size = data_module(cfg, t, seed, data_dir)
     monitor = resolve_monitor(str(t.monitor), str(cfg.models[variant].name), "val_long" in dm.val_sets)
     check_monitor(monitor, dm.val_sets)
+
+    import lightning as L
+
+    from pipeline.train_module import MemoryLMModule, ThroughputMonitor
 
     L.seed_everything(int(seed), workers=True, verbose=False)
     cfg_dict = _to_container(cfg)

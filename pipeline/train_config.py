@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from omegaconf import DictConfig, OmegaConf
+
 from pipeline.config_access import cfg_get as _get
 from pipeline.errors import ConfigError
 
@@ -114,6 +116,16 @@ def curriculum_limit(curriculum: Any, step: int) -> Optional[int]:
         if until is None or step < int(until):
             return int(_get(stage, "max_segments"))
     return None
+
+
+def train_settings(cfg: Any) -> DictConfig:
+    """`cfg.train` merged over TrainConfig's defaults (typos in keys fail here, not mid-run)."""
+    part = cfg.get("train") if cfg is not None else None
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), part or {})
+    except Exception as e:  # omegaconf's ValidationError / ConfigKeyError
+        raise ConfigError(f"bad train config: {e}") from None
+    return merged
 
 
 def validate(train_cfg: Any, full_cfg: Any = None) -> None:

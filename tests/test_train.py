@@ -17,6 +17,7 @@ L = pytest.importorskip("lightning")
 from pipeline import train as T  # noqa: E402
 from pipeline.data.loader import CurriculumBatchSampler, MemoryDataModule  # noqa: E402
 from pipeline.models.checkpoint import load_trained  # noqa: E402
+from pipeline.train_module import MemoryLMModule  # noqa: E402
 from pipeline.errors import ConfigError, TrainingError  # noqa: E402
 from pipeline.train_config import TrainConfig, curriculum_limit, validate as validate_train  # noqa: E402
 
@@ -229,7 +230,7 @@ def test_answer_loss_weights_weight_each_query_type(env):
     def loss_and_ce(weights):
         cfg["train"]["answer_loss_weights"] = weights
         torch.manual_seed(1)  # the same model each time
-        module = T.MemoryLMModule(cfg, "window", 0, 64)
+        module = MemoryLMModule(cfg, "window", 0, 64)
         module.eval()
         res = module.losses(batch, train=False)
         mask = res["mask"]
@@ -335,7 +336,7 @@ def test_load_trained_round_trips(env, tmp_path):
 
     T.train(env, "window", 0, run_dir=tmp_path / "r")
     ckpt = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    module = T.MemoryLMModule(**ckpt["hyper_parameters"])
+    module = MemoryLMModule(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
     model, hp = load_trained(tmp_path / "r", which="last")
