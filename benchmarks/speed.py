@@ -100,14 +100,17 @@ def run_cell(shape: str, d: int, lengths: list[int], variants: list[str], args) 
     bb, mems = shape_configs(shape, d)
     backbone = BackboneConfig(**bb)
     models = {v: build_model(backbone, mems[v], args.vocab).eval().to(args.device) for v in variants}
+    if args.compile:  # each variant also as a copy with its blocks compiled, timed in the same rounds
+        for v in variants:
+            models[f"{v}+compile"] = compiled_copy(models[v])
     rows = []
     for n in lengths:
-        run = [v for v in variants if not (v == "full" and n > args.max_full_tokens)]
+        run = [v for v in models if not (v.startswith("full") and n > args.max_full_tokens)]
         x = torch.randint(0, args.vocab, (1, n)).to(args.device)
         res = measure_round_robin({v: models[v] for v in run}, [n], lambda _: x, warmup=args.warmup,
                                   repeats=args.repeats, measure_memory=False, device=args.device)
         base = res["window"]["ms_per_token_repeats"][str(n)]
-        for v in variants:
+        for v in models:
             row = {"device": args.device_name, "shape": shape, "d_model": d, "n_layers": backbone.n_layers, "window": backbone.window,
                    "variant": v, "n_tokens": n, "params": models[v].num_parameters(),
                    "memory_floats": models[v].memory_floats(), "threads": args.threads, "repeats": args.repeats}
@@ -119,12 +122,26 @@ def run_cell(shape: str, d: int, lengths: list[int], variants: list[str], args) 
             lo, hi = ci(ratios)
             rows.append({**row, "ms_per_token": statistics.median(ms), "tokens_per_s": 1000.0 / statistics.median(ms),
                          "ratio_to_window": statistics.median(ratios), "ratio_ci_low": lo, "ratio_ci_high": hi,
-                         "flops_per_token": flops_per_token(models[v], x),
+                         "flops_per_token": flops_per_token(models[v.removesuffix("+compile")], x),
                          "peak_mb": peak_forward_bytes(models[v], x) / 1e6, "note": ""})
         print(f"{shape} d={d} N={n}: " + ", ".join(
-            f"{r['variant']} {r['ms_per_token']:.4f} ms ({r['ratio_to_window']:.2f}x)" for r in rows[-len(variants):]
+            f"{r['variant']} {r['ms_per_token']:.4f} ms ({r['ratio_to_window']:.2f}x)" for r in rows[-len(models):]
             if r.get("ms_per_token") is not None), flush=True)
     return rows
+
+
+def compiled_copy(model):
+    """The model with each decoder block compiled (torch.compile, inductor; the memories' own Python -
+    banks, top-k, segment loop - stays eager: its data-dependent shapes would break the graph anyway)."""
+    import copy
+
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = 64  # every block of every model shares Block.forward's cache
+    model = copy.deepcopy(model)
+    for block in model.blocks:
+        block.compile()
+    return model
 
 
 def targets(df) -> list[str]:
@@ -205,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--vocab", type=int, default=160)
+    ap.add_argument("--compile", action="store_true", help="also time each variant with torch.compile'd blocks "
+                                                            "(rows '<variant>+compile', ratios to eager window)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (the card is named in every row)")
     ap.add_argument("--out", default="results/speed_benchmark.csv", help="CSV; the plot and a .md beside it")
     ap.add_argument("--replot", action="store_true", help="only redo the .md and the plot from the CSV at --out")
