@@ -365,6 +365,18 @@ def test_evaluation_loads_checkpoints_without_lightning():
     assert out.strip() == "[]", out
 
 
+def test_training_stage_parent_starts_without_lightning():
+    """The train stage's parent only spawns one process per seed: importing its entry loads no Lightning
+    (~5 s a stage); train() imports it in the process that trains."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import pipeline.cli, pipeline.train, pipeline.parallel, pipeline.config; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
 def test_train_config_defaults_match_yaml():
     from pathlib import Path
 
