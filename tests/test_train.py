@@ -351,30 +351,31 @@ def test_load_trained_round_trips(env, tmp_path):
     assert not best.training
 
 
-def test_evaluation_loads_checkpoints_without_lightning():
-    """Checkpoints are read by pipeline.models.checkpoint with plain torch: the evaluation stages import
-    neither Lightning nor the training module."""
+def _lightning_modules_after(imports: str) -> str:
+    """The Lightning modules a fresh interpreter has loaded after `import <imports>`."""
     import subprocess
     import sys
 
-    code = ("import sys; import pipeline.evaluate, pipeline.evaluate.attention, pipeline.evaluate.overhead, "
-            "pipeline.models.checkpoint; "
+    code = (f"import sys; import {imports}; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning') "
-            "or m == 'pipeline.train'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]", out
+            "or m in ('pipeline.train', 'pipeline.train_module')))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_evaluation_loads_checkpoints_without_lightning():
+    """Checkpoints are read by pipeline.models.checkpoint with plain torch: the evaluation stages import
+    neither Lightning nor the training module."""
+    out = _lightning_modules_after("pipeline.evaluate, pipeline.evaluate.attention, pipeline.evaluate.overhead, "
+                                   "pipeline.models.checkpoint")
+    assert out == "[]", out
 
 
 def test_training_stage_parent_starts_without_lightning():
     """The train stage's parent only spawns one process per seed: importing its entry loads no Lightning
     (~5 s a stage); train() imports it in the process that trains."""
-    import subprocess
-    import sys
-
-    code = ("import sys; import pipeline.cli, pipeline.train, pipeline.parallel, pipeline.config; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]", out
+    out = _lightning_modules_after("pipeline.cli, pipeline.parallel, pipeline.config")
+    assert out == "[]", out
+    assert _lightning_modules_after("pipeline.cli, pipeline.train") == "['pipeline.train']"
 
 
 def test_train_config_defaults_match_yaml():

@@ -8,6 +8,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import lightning as L
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from pipeline.config_access import cfg_get
@@ -18,18 +20,23 @@ TYPE_INDEX = {name: i for i, name in enumerate(QUERY_TYPES)}
 REQUIRED_COLUMNS = ("input_ids", "query_pos", "answers", "query_type")
 
 
-def _flat(table: Any, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as (all values in row order, offsets [n_rows + 1]): row i is values[off[i]:off[i+1]].
-    String values come back as their index in QUERY_TYPES (-1: unknown)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
+def _flat(table: Any, column: str) -> tuple[pa.Array, np.ndarray]:
+    """A list column as (all values in row order, offsets [n_rows + 1]): row i is values[off[i]:off[i+1]]."""
     col = table.column(column)
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    values = pc.list_flatten(col)
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        values = pc.index_in(values, value_set=pa.array(list(QUERY_TYPES), values.type)).fill_null(-1)
-    return values.to_numpy(zero_copy_only=False), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return pc.list_flatten(col), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def _ints(table: Any, column: str) -> tuple[np.ndarray, np.ndarray]:
+    values, off = _flat(table, column)
+    return values.to_numpy(zero_copy_only=False), off
+
+
+def _type_index(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """query_type as each query's index in QUERY_TYPES (-1: unknown), with offsets."""
+    names, off = _flat(table, "query_type")
+    index = pc.index_in(names, value_set=pa.array(QUERY_TYPES, names.type)).fill_null(-1)
+    return index.to_numpy(zero_copy_only=False), off
 
 
 def _identity(batch: Any) -> Any:
@@ -49,10 +56,10 @@ class DocumentSet(torch.utils.data.Dataset):
         self.split = split
         extra = ["n_segments"] if "n_segments" in ds.column_names else []
         table = ds.select_columns([*REQUIRED_COLUMNS, *extra]).with_format("arrow")[:]  # columns, no rows
-        ids, id_off = _flat(table, "input_ids")
-        qpos, q_off = _flat(table, "query_pos")
-        answers, a_off = _flat(table, "answers")
-        qtype, t_off = _flat(table, "query_type")
+        ids, id_off = _ints(table, "input_ids")
+        qpos, q_off = _ints(table, "query_pos")
+        answers, a_off = _ints(table, "answers")
+        qtype, t_off = _type_index(table)
         self.lengths = np.diff(id_off)
         bad = np.flatnonzero((np.diff(a_off) != np.diff(q_off)) | (np.diff(t_off) != np.diff(q_off)))
         if bad.size:
