@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
 from pipeline.models import MODEL_NAMES, build_model
@@ -69,6 +70,26 @@ def test_short_conv_reads_only_the_last_kernel_tokens():
         x2[:, t] += 1.0
         changed = (conv(x2) - y).abs().sum(dim=(0, 2)) > 0
         assert changed.nonzero().flatten().tolist() == list(range(t, min(10, t + 3)))  # t .. t+kernel-1
+
+
+def test_short_conv_is_the_stated_sum_of_taps_with_its_gradients():
+    """u_t = x_t + sum_j w_j * x_{t-j}, written out, against the module (a 2-D channels-last convolution)."""
+    from pipeline.models.transformer import ShortConv
+
+    torch.manual_seed(0)
+    conv = ShortConv(8, 3)
+    with torch.no_grad():
+        conv.weight.normal_()
+    x = torch.randn(5, 7, 8, requires_grad=True)
+    g = torch.randn(5, 7, 8)
+    xp = F.pad(x, (0, 0, 2, 0))
+    want = x + sum(conv.weight[:, 0, j] * xp[:, j:j + 7] for j in range(3))  # tap j reads x_{t-(2-j)}
+    got = conv(x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    gx_want, gw_want = torch.autograd.grad(want, (x, conv.weight), g)
+    gx, gw = torch.autograd.grad(got, (x, conv.weight), g)
+    torch.testing.assert_close(gx, gx_want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gw, gw_want, atol=1e-5, rtol=1e-5)
 
 
 def test_window_conv_does_not_reach_into_the_previous_segment():
