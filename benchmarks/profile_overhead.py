@@ -15,6 +15,7 @@ with window's total. torch.profiler's top operators by self CPU time are written
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import io
 import os
@@ -63,12 +64,10 @@ def instrument(cmr_memory, timer: ExclusiveTimer) -> None:
 
 
 def build(backbone: dict, variant: str, root: Path, vocab: int, extra: dict):
-    import yaml
-
     from pipeline.models import build_model
-    from pipeline.models.config import BackboneConfig
+    from pipeline.schema import MEMORY_CONFIGS, BackboneConfig
 
-    mem = {**yaml.safe_load((root / f"conf/model/{variant}.yaml").read_text()), **extra.get(variant, {})}
+    mem = {**dataclasses.asdict(MEMORY_CONFIGS[variant]()), **extra.get(variant, {})}  # the schema's defaults
     return build_model(BackboneConfig(**backbone), mem, vocab).eval()
 
 
@@ -128,7 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.io import atomic_write_text
 
     root = Path(__file__).resolve().parents[1]
-    default = yaml.safe_load((root / "conf/backbone/default.yaml").read_text())
+    from pipeline.schema import BackboneConfig
+
+    default = dataclasses.asdict(BackboneConfig())
     prof = yaml.safe_load((root / "conf/profile/paper.yaml").read_text())
     paper = {**default, **prof["backbone"]}
     profile_model = yaml.safe_load((root / "conf/profile/default.yaml").read_text())["models"]

@@ -1,8 +1,8 @@
 """How inference cost grows with width, depth and document length, for every variant (issue "Table III at
 every scale"): batch 1, no grad, random weights and tokens (cost does not depend on what a model learned).
 
-Two backbone shapes, each at every width d (heads d/16, d_ff 4d): `default` (conf/backbone/default.yaml and
-conf/model/*.yaml: 2 layers, W 16) and `paper` (the paper profile's depth, window and memory sizes:
+Two backbone shapes, each at every width d (heads d/16, d_ff 4d): `default` (the schema's defaults,
+pipeline/schema.py: 2 layers, W 16) and `paper` (the paper profile's depth, window and memory sizes:
 conf/profile/paper.yaml: 8 layers, W 128, cmr k 32 / capacity 256, xl mem_len 128). At each (shape, d, N)
 the variants are timed in turns, one forward each per round (pipeline.evaluate.overhead.measure_round_robin),
 so a slow spell of the shared machine lands on all alike; a ratio to `window` is taken per round and its
@@ -31,11 +31,16 @@ RECURRENT = ("xl", "cmr", "rmt", "armt", "memorizing")  # linear in N: ms/token 
 
 
 def shape_configs(shape: str, d_model: int) -> tuple[dict, dict[str, dict]]:
-    """(backbone, {variant: memory config}) of a shape at width d_model, from conf/ (defaults in one place)."""
+    """(backbone, {variant: memory config}) of a shape at width d_model: the schema's defaults (pipeline/schema.py,
+    defaults in one place), with the paper profile's depth, window and memory sizes for `paper`."""
+    import dataclasses
+
     import yaml
 
-    backbone = yaml.safe_load((ROOT / "conf/backbone/default.yaml").read_text())
-    models = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "conf/model").glob("*.yaml")}
+    from pipeline.schema import MEMORY_CONFIGS, BackboneConfig
+
+    backbone = dataclasses.asdict(BackboneConfig())
+    models = {name: dataclasses.asdict(cls()) for name, cls in MEMORY_CONFIGS.items()}
     if shape == "paper":
         profile = yaml.safe_load((ROOT / "conf/profile/paper.yaml").read_text())
         backbone.update({k: v for k, v in profile["backbone"].items() if k in ("n_layers", "window")})
@@ -44,10 +49,6 @@ def shape_configs(shape: str, d_model: int) -> tuple[dict, dict[str, dict]]:
     elif shape != "default":
         raise SystemExit(f"error: unknown shape {shape!r} (default, paper)")
     backbone.update(d_model=d_model, n_heads=max(1, d_model // 16), d_ff=4 * d_model, hf_model=None)
-    for m in models.values():  # interpolations like ${models.cmr.bptt_segments} only matter in training
-        for k, v in list(m.items()):
-            if isinstance(v, str) and v.startswith("${"):
-                m.pop(k)
     return backbone, models
 
 
@@ -94,7 +95,7 @@ def run_cell(shape: str, d: int, lengths: list[int], variants: list[str], args) 
 
     from pipeline.evaluate.overhead import measure_round_robin, peak_forward_bytes
     from pipeline.models import build_model
-    from pipeline.models.config import BackboneConfig
+    from pipeline.schema import BackboneConfig
 
     torch.manual_seed(0)
     bb, mems = shape_configs(shape, d)

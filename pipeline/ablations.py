@@ -150,7 +150,7 @@ def reference_values(jobs: Sequence[Job], keys: Sequence[str]) -> dict[str, Any]
 
     base = [f"{k}={v}" for k, v in jobs[0].overrides.items() if k not in keys and k != SEED_KEY]
     try:
-        cfg = OmegaConf.to_container(compose(base), resolve=True)
+        cfg = OmegaConf.to_container(compose(base), resolve=True, enum_to_str=True)
     except ConfigError:
         return None
     return {k: _select(cfg, k) for k in keys}
@@ -182,7 +182,7 @@ def _mean(values: Sequence[Any]) -> float:
 def aggregate(roots: Sequence[str | Path]) -> pd.DataFrame:
     """One row per (sweep, setting) over every job under `roots`."""
     from pipeline.report.tables import cell_stats
-    from pipeline.report_config import report_config
+    from pipeline.config_checks import report_config
     from pipeline.stats import align_pairs, holm, mcnemar_from_outcomes
 
     jobs = [load_job(d) for d in find_job_dirs(roots)]

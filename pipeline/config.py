@@ -1,96 +1,28 @@
-"""The study's configuration: one schema assembled from each component's dataclass, Hydra
-composition of `conf/`, and validation that turns every mistake into a ConfigError naming the key.
+"""The study's configuration: Hydra composition of `conf/` over the schema (pipeline/schema.py), and validation
+that turns every mistake into a ConfigError naming the key (types here, the rest in pipeline/config_checks.py).
 
 Two ways in, one config: DVC stages read the composed `params.yaml` (`load_params`); Hydra
 entry points and tests compose `conf/` (`compose`). Both go through `validate`.
 No torch import here: `report` and `--help` must start fast.
 """
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.config_checks import check_all
 from pipeline.errors import ConfigError
+from pipeline.schema import MEMORY_CONFIGS, MODEL_NAMES, RootConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 PARAMS_FILE = "params.yaml"
 
 
-@dataclass
-class StudyConfig:
-    """Which variants and seeds the study trains and evaluates (the DVC matrix)."""
-
-    variants: list[str] = field(default_factory=lambda: ["window", "xl", "full", "cmr"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    # Processes that train one variant's seeds side by side (1 torch thread each): on 2 cores two
-    # runs at once give ~1.6x the throughput of one; 3 leave no seed running alone at the end.
-    # Not a DVC param of the stages: it changes no result.
-    jobs: int = 3
-
-
-@dataclass
-class SweepConfig:
-    """The job a Hydra sweep runs (`python -m pipeline.sweep -m sweep.variant=window,cmr`)."""
-
-    variant: str = "cmr"
-    seed: int = 0
-
-
-@dataclass
-class PathsConfig:
-    data_dir: str = "data"
-    experiments_dir: str = "experiments"
-    results_dir: str = "results"
-
-
-def _components() -> dict[str, Any]:
-    """Each component owns its config dataclass; imported here lazily (none imports torch)."""
-    import pipeline.data.checks as data_checks
-    import pipeline.evaluate.config as eval_config
-    import pipeline.logging_config as logging_config
-    import pipeline.models.config as model_config
-    import pipeline.report_config as report_config
-    import pipeline.train_config as train_config
-
-    return {
-        "data": data_checks,
-        "backbone": model_config,
-        "models": model_config,
-        "train": train_config,
-        "eval": eval_config,
-        "logger": logging_config,
-        "report": report_config,
-    }
-
-
 def _schema() -> DictConfig:
     """The structured schema of the whole composed config (unknown keys and bad types fail)."""
-    from pipeline.data.config import DataConfig
-    from pipeline.evaluate.config import EvalConfig
-    from pipeline.logging_config import LoggerConfig
-    from pipeline.models.config import BackboneConfig
-    from pipeline.report_config import ReportConfig
-    from pipeline.train_config import TrainConfig
-
-    @dataclass
-    class RootConfig:
-        profile_name: str = "default"
-        study: StudyConfig = field(default_factory=StudyConfig)
-        sweep: SweepConfig = field(default_factory=SweepConfig)
-        paths: PathsConfig = field(default_factory=PathsConfig)
-        data: DataConfig = field(default_factory=DataConfig)
-        backbone: BackboneConfig = field(default_factory=BackboneConfig)
-        models: dict[str, Any] = field(default_factory=dict)
-        train: TrainConfig = field(default_factory=TrainConfig)
-        eval: EvalConfig = field(default_factory=EvalConfig)
-        logger: LoggerConfig = field(default_factory=LoggerConfig)
-        report: ReportConfig = field(default_factory=ReportConfig)
-
     return OmegaConf.structured(RootConfig)
 
 
@@ -98,19 +30,20 @@ def _allowed_keys(node: Any) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
-def _explain(err: OmegaConfBaseException, schema: DictConfig) -> str:
-    """Rephrase an OmegaConf error so it names the full key and what is allowed there."""
-    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
-    parent_path = key.rsplit(".", 1)[0] if "." in str(key) else ""
+def _explain(err: OmegaConfBaseException, schema: DictConfig, prefix: str = "") -> str:
+    """Rephrase an OmegaConf error so it names the full key and, for an unknown key, what is allowed there."""
+    key = str(getattr(err, "full_key", None) or getattr(err, "key", None) or "?")
+    parent_path = key.rsplit(".", 1)[0] if "." in key else ""
     parent = OmegaConf.select(schema, parent_path) if parent_path else schema
     msg = str(err).splitlines()[0]
     allowed = _allowed_keys(parent)
-    hint = f"; allowed keys under '{parent_path or '<root>'}': {', '.join(allowed)}" if allowed else ""
-    return f"bad config key '{key}': {msg}{hint}"
+    known = key.rsplit(".", 1)[-1] in allowed  # then the value is what is wrong (a type, a choice), not the key
+    hint = f"; allowed keys under '{prefix}{parent_path or '<root>'}': {', '.join(allowed)}" if allowed and not known else ""
+    return f"bad config key '{prefix}{key}': {msg}{hint}"
 
 
 def validate(cfg: DictConfig | dict) -> DictConfig:
-    """Merge onto the schema (types, unknown keys), then run each component's cross-field checks."""
+    """Merge onto the schema (types, unknown keys), then run every cross-field check (pipeline/config_checks.py)."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     schema = _schema()
@@ -120,49 +53,19 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err, schema)) from None
 
-    comps = _components()
-    model_config = comps["models"]
-    allowed = list(model_config.MODEL_NAMES)
-    for name in merged.study.variants:
-        if name not in allowed:
-            raise ConfigError(f"study.variants: unknown variant '{name}'; allowed: {', '.join(allowed)}")
-        if name not in merged.models:
-            raise ConfigError(f"study.variants lists '{name}' but models.{name} is not configured")
-    if merged.sweep.variant not in merged.models:
-        raise ConfigError(f"sweep.variant: unknown variant '{merged.sweep.variant}'; "
-                          f"allowed: {', '.join(merged.models.keys())}")
-    if len(set(merged.study.seeds)) != len(merged.study.seeds) or not merged.study.seeds:
-        raise ConfigError(f"study.seeds must be a non-empty list of distinct integers, got {list(merged.study.seeds)}")
-    if merged.study.jobs < 1:
-        raise ConfigError(f"study.jobs must be >= 1 (processes per stage), got {merged.study.jobs}")
     typed = {}
-    for key, node in merged.models.items():
+    for key, node in merged.models.items():  # each memory onto its own schema (which one: its `name`)
         name = node.get("name") if isinstance(node, DictConfig) else None
-        if name not in model_config.MEMORY_CONFIGS:
-            raise ConfigError(f"models.{key}.name: unknown memory {name!r}; allowed: {', '.join(allowed)}")
-        schema_m = OmegaConf.structured(model_config.MEMORY_CONFIGS[name])
+        if name not in MEMORY_CONFIGS:
+            raise ConfigError(f"models.{key}.name: unknown memory {name!r}; allowed: {', '.join(MODEL_NAMES)}")
+        schema_m = OmegaConf.structured(MEMORY_CONFIGS[name])
         try:
             typed[key] = OmegaConf.merge(schema_m, node)
         except OmegaConfBaseException as err:
-            keys = ", ".join(schema_m.keys())
-            raise ConfigError(f"models.{key}: {str(err).splitlines()[0]}; allowed keys: {keys}") from None
+            raise ConfigError(_explain(err, schema_m, prefix=f"models.{key}.")) from None
     merged.models = typed
-
-    for part, module in comps.items():
-        if part == "models":
-            continue  # one module owns backbone and models; checked once, with the whole config
-        _call_validate(module, merged[part], merged)
+    check_all(merged)
     return merged
-
-
-def _call_validate(module: Any, part: Any, full: DictConfig) -> None:
-    """Components validate either (their part, the whole config) or just the whole config."""
-    import inspect
-
-    if len(inspect.signature(module.validate).parameters) >= 2:
-        module.validate(part, full)
-    else:
-        module.validate(full)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
@@ -174,8 +77,10 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     try:
         with initialize_config_dir(str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-    except HydraException as err:
-        raise ConfigError(f"cannot compose conf/ with overrides {list(overrides)}: {err}") from None
+    except HydraException as err:  # an override the schema refuses says why in its cause (the key, the choices)
+        why = f" ({str(err.__cause__).splitlines()[0]}; key {getattr(err.__cause__, 'full_key', '?')})" \
+            if isinstance(err.__cause__, OmegaConfBaseException) else ""
+        raise ConfigError(f"cannot compose conf/ with overrides {list(overrides)}: {err}{why}") from None
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
@@ -213,8 +118,4 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: Sequence[str] = ()) -
 
 def as_plain(cfg: DictConfig) -> dict:
     """A plain dict (for wandb configs, checkpoints and manifests)."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
-def dataclass_keys(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]

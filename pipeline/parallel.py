@@ -43,7 +43,7 @@ def map_seeds(fn: Callable[[DictConfig, str, int], Any], cfg: DictConfig, varian
     jobs = max(1, min(int(jobs), len(seeds)))
     if jobs == 1:
         return [fn(cfg, variant, int(s)) for s in seeds]
-    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_call, fn, cfg_dict, variant, int(s)) for s in seeds]

@@ -72,7 +72,7 @@ def ensure_data(cfg: DictConfig) -> None:
     from pipeline.data.store import read_manifest
 
     data_dir = Path(cfg.paths.data_dir)
-    want = dataclasses.asdict(as_data_config(OmegaConf.to_container(cfg.data, resolve=True)))
+    want = dataclasses.asdict(as_data_config(OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)))
     if not (data_dir / "manifest.json").is_file():
         prepare(cfg, data_dir)
         return

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional
 
 from pipeline.config_access import cfg_get as _get
 from pipeline.errors import ConfigError
-from pipeline.logging_config import WANDB_MODES
+from pipeline.config_checks import WANDB_MODES
 
 
 

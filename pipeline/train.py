@@ -26,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.io import atomic_write_json, write_stage_time
 from pipeline import paths, stage_cli
+from pipeline.config_checks import check_train
 from pipeline.train_config import RUNTIME_KEYS, resolve_monitor, train_settings
-from pipeline.train_config import validate as validate_train
 
 if TYPE_CHECKING:
     import lightning as L
@@ -48,7 +48,7 @@ def check_variant(cfg: Any, variant: str) -> None:
 
 def _to_container(cfg: Any) -> dict:
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     return dict(cfg)
 
 
@@ -253,7 +253,7 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
         cfg = OmegaConf.create(cfg)
     check_variant(cfg, variant)
     t = train_settings(cfg)
-    validate_train(t, cfg)
+    check_train(t, cfg)
     if int(t.max_steps) % int(t.val_check_interval) != 0:
         raise ConfigError(f"train.max_steps={t.max_steps} must be a multiple of train.val_check_interval="
                           f"{t.val_check_interval} (so the last checkpoint holds the final, validated model)")

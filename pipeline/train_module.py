@@ -16,7 +16,6 @@ from typing import Any, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from pipeline.errors import DataError, TrainingError
 from pipeline.train_config import QUERY_TYPES, train_settings
@@ -25,8 +24,7 @@ from pipeline.train_config import QUERY_TYPES, train_settings
 def _build_model(cfg: dict, variant: str, vocab_size: int) -> torch.nn.Module:
     from pipeline import models  # lazy: lets tests (and sweeps) swap build_model
 
-    return models.build_model(OmegaConf.create(cfg["backbone"]), OmegaConf.create(cfg["models"][variant]),
-                              int(vocab_size))
+    return models.build_model(cfg["backbone"], cfg["models"][variant], int(vocab_size))
 
 
 def gather_queries(logits: torch.Tensor, query_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluate import attention as att
-from pipeline.evaluate import config as ecfg
+from pipeline.config_checks import check_eval
+from pipeline.schema import EvalConfig
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
@@ -155,7 +156,7 @@ def tiny_model(variant):
 
 
 def stage_cfg(tmp_path, max_queries=None):
-    ev = OmegaConf.structured(ecfg.EvalConfig)
+    ev = OmegaConf.structured(EvalConfig)
     ev.attention.lengths = [20, 36]
     ev.attention.n_docs = 2
     ev.attention.max_queries = max_queries
@@ -288,20 +289,20 @@ def test_attention_table_means_cis_and_counts(tmp_path):
 # ------------------------------------------------------------------------------------ config
 def test_attention_config_is_checked():
     def full(**kw):
-        ev = OmegaConf.structured(ecfg.EvalConfig)
+        ev = OmegaConf.structured(EvalConfig)
         for k, v in kw.items():
             ev.attention[k] = v
         return OmegaConf.create({"data": {"rare_counts": [10], "eval_lengths": [500, 1000, 2500]}, "eval": ev})
 
-    ecfg.validate(full())
+    check_eval(full())
     with pytest.raises(ConfigError, match=r"eval.attention.lengths: \[700\] not in data.eval_lengths"):
-        ecfg.validate(full(lengths=[500, 700]))
+        check_eval(full(lengths=[500, 700]))
     with pytest.raises(ConfigError, match="attention.n_docs"):
-        ecfg.validate(full(n_docs=0))
+        check_eval(full(n_docs=0))
     with pytest.raises(ConfigError, match="attention.max_queries"):
-        ecfg.validate(full(max_queries=0))
+        check_eval(full(max_queries=0))
     with pytest.raises(ConfigError, match="at least one"):
-        ecfg.validate(full(lengths=[]))
+        check_eval(full(lengths=[]))
 
 
 def test_captured_and_top_slot_flags_on_hand_built_inputs():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,7 +15,9 @@ from datasets import Dataset
 from omegaconf import OmegaConf
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.evaluate import config as ecfg
+from pipeline.config_checks import check_eval
+from pipeline.evaluate.config import rare_buckets
+from pipeline.schema import EvalConfig
 from pipeline.evaluate import dialogue, numeric, overhead, rare, recall
 from pipeline.evaluate.predict import PRED_COLUMNS, predict_split
 
@@ -304,37 +305,31 @@ def test_overhead_reads_train_throughput(tmp_path):
 
 # ------------------------------------------------------------------------------------ config
 def test_config_defaults_validate_and_bad_values_name_the_key():
-    full = OmegaConf.create({"data": {"rare_counts": [10, 50]}, "eval": OmegaConf.structured(ecfg.EvalConfig)})
-    ecfg.validate(full.eval, full)
-    ecfg.validate(full)  # the lead's one-argument form
-    assert ecfg.rare_buckets(full) == [10, 50]
+    full = OmegaConf.create({"data": {"rare_counts": [10, 50]}, "eval": OmegaConf.structured(EvalConfig)})
+    check_eval(full.eval, full)
+    check_eval(full)  # the lead's one-argument form
+    assert rare_buckets(full) == [10, 50]
     bad = full.copy()
     bad.eval.tasks = ["recall", "perplexity"]
     with pytest.raises(ConfigError, match="eval.tasks.*perplexity.*allowed"):
-        ecfg.validate(bad)
+        check_eval(bad)
     bad = full.copy()
     bad.eval.overhead.repeats = 0
     with pytest.raises(ConfigError, match="eval.overhead.repeats"):
-        ecfg.validate(bad)
+        check_eval(bad)
     toolong = OmegaConf.create({"data": {"rare_counts": [10]}, "backbone": {"max_positions": 1000, "positions": "learned"},
                                 "study": {"variants": ["window", "full"]},
-                                "eval": OmegaConf.structured(ecfg.EvalConfig)})
+                                "eval": OmegaConf.structured(EvalConfig)})
     with pytest.raises(ConfigError, match="eval.overhead.lengths.*max_positions"):
-        ecfg.validate(toolong)
-    nodata = OmegaConf.create({"data": {}, "eval": OmegaConf.structured(ecfg.EvalConfig)})
+        check_eval(toolong)
+    nodata = OmegaConf.create({"data": {}, "eval": OmegaConf.structured(EvalConfig)})
     with pytest.raises(ConfigError, match="rare_buckets"):
-        ecfg.validate(nodata)
-
-
-def test_yaml_matches_dataclass():
-    yaml = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "eval" / "default.yaml")
-    merged = OmegaConf.merge(OmegaConf.structured(ecfg.EvalConfig), yaml)
-    assert OmegaConf.to_container(merged) == OmegaConf.to_container(OmegaConf.structured(ecfg.EvalConfig))
+        check_eval(nodata)
 
 
 # ------------------------------------------------------------------------------------ the stage
 def stage_cfg(tmp_path, tasks=("recall", "rare", "numeric", "dialogue", "overhead")):
-    ev = OmegaConf.structured(ecfg.EvalConfig)
+    ev = OmegaConf.structured(EvalConfig)
     ev.tasks = list(tasks)
     ev.batch_size = 2
     ev.overhead.lengths = [20, 24]

@@ -10,13 +10,9 @@ import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
 from pipeline.models import MODEL_NAMES, build_model
-from pipeline.models.config import (
-    BackboneConfig,
-    CMRConfig,
-    XLConfig,
-    memory_config,
-    validate,
-)
+from pipeline.config_checks import check_models as validate
+from pipeline.models.config import memory_config
+from pipeline.schema import BackboneConfig
 
 torch.set_num_threads(1)
 V = 50
@@ -520,20 +516,3 @@ def test_model_config_has_no_torch_import():
 
     code = "import sys, pipeline.models.config, pipeline.models; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_yaml_files_match_dataclasses():
-    from pathlib import Path
-
-    import yaml
-
-    root = Path(__file__).resolve().parents[1] / "conf"
-    bb = yaml.safe_load((root / "backbone/default.yaml").read_text())
-    assert bb == dataclasses.asdict(BackboneConfig())
-    cmr_bptt = CMRConfig().bptt_segments
-    for n in MODEL_NAMES:
-        d = yaml.safe_load((root / f"model/{n}.yaml").read_text())
-        if d.get("bptt_segments") == "${models.cmr.bptt_segments}":  # the baselines take cmr's depth
-            d["bptt_segments"] = cmr_bptt
-        assert d == dataclasses.asdict(memory_config({"name": n})), n
-    assert CMRConfig().name == "cmr" and XLConfig().mem_len >= 1

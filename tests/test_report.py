@@ -289,7 +289,7 @@ def test_xl_comparison_joins_the_holm_family(tmp_path):
 
 
 def test_checks_read_every_seed():
-    from pipeline.report_config import ReportConfig
+    from pipeline.schema import ReportConfig
     from pipeline.report.checks import ceiling, cmr_learned, numeric_learnable
 
     rc = ReportConfig()
@@ -311,7 +311,7 @@ def _doc(variant, seed, doc, answers, preds, types=None):
 
 
 def test_binding_table_and_check():
-    from pipeline.report_config import ReportConfig
+    from pipeline.schema import ReportConfig
     from pipeline.report.checks import binding, binding_table
 
     # doc values {1, 2, 3, 4}: `cmr` right 3 of 4; `window` answers only with values, picks the earlier
@@ -328,7 +328,7 @@ def test_binding_table_and_check():
 
 
 def test_xl_reach_and_claim_blocking():
-    from pipeline.report_config import ReportConfig
+    from pipeline.schema import ReportConfig
     from pipeline.report.checks import CLAIM_CHECKS, blocking, xl_reach
 
     near = [dict(variant="xl", seed=0, split="r", doc_id=f"n{i}", query_type="far", distance_segments=1,
@@ -443,7 +443,7 @@ def test_verdicts_follow_the_rules(tmp_path):
     assert "## Verdicts on the paper's claims" in md and "**supported**" in md and "**not tested**" in md
     assert "supported = a significant win in every cell" in md  # the rules are stated
     from pipeline.report.verdicts import CLAIMS, overhead_verdict
-    from pipeline.report_config import ReportConfig
+    from pipeline.schema import ReportConfig
 
     oh = pd.read_csv(tmp_path / "results" / "tables" / "overhead.csv")
     assert overhead_verdict(CLAIMS[1], oh, ReportConfig(overhead_small_ratio=1.5))["verdict"] == "supported"
@@ -552,7 +552,7 @@ def test_attention_table_section_and_verdict(tmp_path, monkeypatch):
     assert "## Attention" in md and "tables/attention.png" in md
 
     from pipeline.report.verdicts import CLAIMS, attention_verdict
-    from pipeline.report_config import ReportConfig
+    from pipeline.schema import ReportConfig
 
     table = pd.read_csv(res / "tables" / "attention.csv")
     diffuse = table.copy()  # cmr more diffuse than window, but still more mass on the fact: mixed

@@ -65,7 +65,7 @@ def test_every_ablation_named_in_the_method_has_a_sweep():
 def test_every_ablation_option_validates_on_the_default_backbone(name):
     base = compose([f"experiment={name}"])
     assert base.sweep.variant == "cmr" and base.logger.wandb.group == name
-    assert base.backbone.n_layers == 2 and base.backbone.window == 16  # conf/backbone/default.yaml
+    assert base.backbone.n_layers == 2 and base.backbone.window == 16  # pipeline/schema.py BackboneConfig
     options = sweep_options([f"experiment={name}"])
     assert options and all(len(v) >= 2 for v in options.values()), options
     for key, values in options.items():

@@ -6,8 +6,7 @@ stays cheap to import.
 
 from __future__ import annotations
 
-from pipeline.data.checks import validate
-from pipeline.data.config import DataConfig
+from pipeline.schema import DataConfig
 
 
 def load_split(data_dir, name, verify: bool = True):
@@ -37,4 +36,4 @@ def load_manifest(data_dir) -> dict:
     return read_manifest(data_dir)
 
 
-__all__ = ["DataConfig", "validate", "load_split", "load_tokenizer", "load_train_counts", "load_manifest"]
+__all__ = ["DataConfig", "load_split", "load_tokenizer", "load_train_counts", "load_manifest"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.data.vocab import PLACEHOLDER, Vocab
-from pipeline.data.config import DataConfig
+from pipeline.schema import DataConfig
 from pipeline.errors import ConfigError
 
 

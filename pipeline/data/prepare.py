@@ -17,8 +17,9 @@ import numpy as np
 
 from pipeline.data.build import (check_disjoint, gen_eval, gen_train, make_source, split_hash, split_plan,
                                  to_columns)
-from pipeline.data.checks import validate
-from pipeline.data.config import DataConfig, as_data_config
+from pipeline.config_checks import check_data
+from pipeline.data.config import as_data_config
+from pipeline.schema import DataConfig
 from pipeline.data.store import COUNTS, MANIFEST, SPLITS, load_split, save_split
 from pipeline.data.vocab import make_tokenizer, vocab_summary
 from pipeline.errors import DataError
@@ -93,7 +94,7 @@ def prepare(cfg: Any, out_dir: str | Path | None = None, quiet: bool = False) ->
     """Build and write data/ (tokenizer, splits, manifest, train counts) atomically; return the manifest."""
     t0 = time.perf_counter()
     dcfg = as_data_config(cfg)
-    validate(dcfg, cfg if _is_full(cfg) else None)
+    check_data(dcfg, cfg if _is_full(cfg) else None)
     out = Path(out_dir) if out_dir is not None else _default_out(cfg)
     splits, src, stats = build_all(dcfg)
     disjoint = check_disjoint(splits["train"]["doc_id"],

@@ -6,23 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.models.config import (
-    MEMORIES,
-    MODEL_NAMES,
-    BackboneConfig,
-    ARMTConfig,
-    CMRConfig,
-    FullConfig,
-    MemorizingConfig,
-    MemoryConfig,
-    RMTConfig,
-    WindowConfig,
-    XLConfig,
-    backbone_config,
-    check_model,
-    memory_config,
-    validate,
-)
+from pipeline.models.config import MEMORIES, backbone_config, memory_config
+from pipeline.schema import (MODEL_NAMES, ARMTConfig, BackboneConfig, CMRConfig, FullConfig, MemorizingConfig,
+                             MemoryConfig, RMTConfig, WindowConfig, XLConfig)
 
 __all__ = [
     "MEMORIES",
@@ -39,7 +25,6 @@ __all__ = [
     "MemoryLM",
     "ModelOutput",
     "build_model",
-    "validate",
 ]
 
 
@@ -48,6 +33,7 @@ def build_model(backbone_cfg: Any, memory_cfg: Any, vocab_size: int):
     """MemoryLM for one variant. Configs may be dataclasses, DictConfigs or dicts."""
     import importlib
 
+    from pipeline.config_checks import check_model  # here: config_checks reads models/config.py, which inits this package
     from pipeline.models.base import MemoryLM
 
     backbone = backbone_config(backbone_cfg)

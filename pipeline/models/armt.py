@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.base import Memory, Step, record_self_attention
-from pipeline.models.config import ARMTConfig, BackboneConfig
+from pipeline.schema import ARMTConfig, BackboneConfig
 
 
 def dpfp(x: torch.Tensor, nu: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.models.config import BackboneConfig, MemoryConfig
+from pipeline.schema import BackboneConfig, MemoryConfig
 from pipeline.models.transformer import Block, Rotary, init_weights
 
 

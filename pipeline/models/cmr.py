@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.base import Memory, Step, record_self_attention
-from pipeline.models.config import BackboneConfig, CMRConfig, resolve_cmr_layers
+from pipeline.models.config import resolve_cmr_layers
+from pipeline.schema import BackboneConfig, CMRConfig
 
 
 class Reweave(nn.Module):

@@ -25,7 +25,9 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.models.base import Memory, ModelOutput, Step
-from pipeline.models.config import MEMORIES, BackboneConfig, MemoryConfig, check_model, memory_config
+from pipeline.config_checks import check_model
+from pipeline.models.config import MEMORIES, memory_config
+from pipeline.schema import BackboneConfig, MemoryConfig
 
 # config.model_type -> where its decoder layers live
 DECODER_LAYERS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "llama": "model.layers"}
@@ -82,7 +84,7 @@ class HFMemoryLM(nn.Module):
     """A frozen pretrained causal LM read window by window, with a trainable memory across windows."""
 
     def __init__(self, lm: nn.Module, memory: Memory, window: int):
-        super().__init__()  # the memory was checked against the LM by build_hf_model (config.check_model)
+        super().__init__()  # the memory was checked against the LM by build_hf_model (config_checks.check_model)
         self.lm, self.memory, self.window = lm, memory, int(window)
         self.name, self.memory_cfg = memory.cfg.name, memory.cfg
         self.lm.requires_grad_(False)
@@ -134,7 +136,7 @@ class HFMemoryLM(nn.Module):
 
 def build_hf_model(lm: nn.Module, memory_cfg: Any, window: int) -> HFMemoryLM:
     """HFMemoryLM for a memory config (`window` or `cmr` as in conf/model/) around a loaded causal LM, checked
-    against it by config.check_model (supported variants, no short-convolution scorer input)."""
+    against it by config_checks.check_model (supported variants, no short-convolution scorer input)."""
     import importlib
 
     backbone = backbone_of(lm, window)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.base import Memory, Step, record_self_attention
-from pipeline.models.config import BackboneConfig, MemorizingConfig
+from pipeline.schema import BackboneConfig, MemorizingConfig
 from pipeline.models.transformer import apply_rotary
 
 

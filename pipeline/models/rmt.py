@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pipeline.models.base import Memory, Step, record_self_attention
-from pipeline.models.config import BackboneConfig, RMTConfig
+from pipeline.schema import BackboneConfig, RMTConfig
 
 
 class RMTMemory(Memory):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.models.base import Memory, Step, record_self_attention
-from pipeline.models.config import XLConfig
+from pipeline.schema import XLConfig
 
 
 class XLMemory(Memory):

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.report.common import FAILED, NOT_RUN, PASSED, doc_mean_over_seeds, per_seed_accuracy
-from pipeline.report_config import ReportConfig
+from pipeline.schema import ReportConfig
 
 ACCURACY_CHECKS = ("ceiling", "cmr_learned", "window_near_chance", "binding")
 CLAIM_CHECKS = {

@@ -13,7 +13,7 @@ from pipeline.paths import run_name
 from pipeline.report.common import doc_mean_over_seeds as _doc_mean_over_seeds, variant_order
 from pipeline.report.load import norm_key, sort_key_values
 from pipeline.report.paper import PaperTable
-from pipeline.report_config import ReportConfig
+from pipeline.schema import ReportConfig
 from pipeline.stats import align_pairs, bootstrap_ci, bootstrap_ratio_ci, holm, mcnemar_from_outcomes
 
 

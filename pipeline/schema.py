@@ -1,0 +1,457 @@
+"""The study's configuration schema: every key, its type and its default, in one place.
+
+A leaf module (the standard library only; nothing of the package, no torch, no OmegaConf), so any
+module can import it. Hydra's ConfigStore holds these classes (`register`, run by the plugin in
+hydra_plugins/cmr_repro.py whenever Hydra composes, DVC's `dvc exp run -S` included), and the
+YAML files under conf/ hold only what differs from them by option or profile. Choices are StrEnums:
+a config file writes the plain word (`selection: learned`), which is also the member's name, so
+OmegaConf checks it, and code may compare a field with either the member or the word.
+Cross-field checks live in pipeline/config_checks.py; pipeline/config.py composes and validates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Dict, List, Optional, get_type_hints
+
+
+# ---- choices ---------------------------------------------------------------------------------------
+# Functional StrEnums: a member's name is its value, the word a config file writes.
+Filler = StrEnum("Filler", "synthetic hf local")
+LocalFormat = StrEnum("LocalFormat", "auto text json parquet")
+DocKind = StrEnum("DocKind", "recall numeric dialogue")
+EvalFacts = StrEnum("EvalFacts", "spread first_segment")
+Positions = StrEnum("Positions", "rotary learned")
+Selection = StrEnum("Selection", "learned norm random recent")
+Eviction = StrEnum("Eviction", "salience oldest")
+Mode = StrEnum("Mode", "hierarchical flat")
+ScoreInput = StrEnum("ScoreInput", "block_input attention_input output")
+QueryType = StrEnum("QueryType", "far local numeric dialogue")
+ProgressBar = StrEnum("ProgressBar", "tqdm rich none")
+Task = StrEnum("Task", "recall rare numeric dialogue overhead")
+Device = StrEnum("Device", "cpu cuda auto")
+WandbMode = StrEnum("WandbMode", "offline online disabled")
+CIMethod = StrEnum("CIMethod", "percentile bca basic")
+
+# Lightning's own names, passed through to its Trainer: checked strings (pipeline/config_checks.py), not StrEnums
+# (a precision is no identifier, "32-true"), limited to what this pipeline supports.
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
+PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "64", "64-true")
+
+
+def choices(enum: type[StrEnum]) -> tuple[str, ...]:
+    """The words a config file may write for this choice, in declaration order."""
+    return tuple(m.value for m in enum)
+
+
+def hints(cls: type) -> dict[str, Any]:
+    """A config class's field types (the annotations are strings under `from __future__ import annotations`)."""
+    return get_type_hints(cls)
+
+
+def as_choice(kind: Any, value: Any) -> Any:
+    """`value` as a member of `kind` where kind is a choice (StrEnum) and value one of its words; else unchanged."""
+    if isinstance(kind, type) and issubclass(kind, StrEnum) and isinstance(value, str) and value in choices(kind):
+        return kind(value)
+    return value
+
+
+# ---- data ------------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    """Generator of documents with planted facts (METHOD.md section 3). Small fast defaults (ci-like);
+    profiles override the sizes."""
+
+    # --- filler text ---
+    filler: Filler = Filler.synthetic
+    hf_name: Optional[str] = None  # e.g. "wikitext" (filler=hf)
+    hf_config: Optional[str] = None  # e.g. "wikitext-2-raw-v1"
+    hf_split: str = "train"
+    text_column: str = "text"  # hf and local json/parquet
+    local_files: List[str] = field(default_factory=list)  # filler=local
+    local_format: LocalFormat = LocalFormat.auto  # auto: by extension
+    filler_max_words: int = 2_000_000  # corpus words read (hf/local)
+    filler_vocab_size: int = 512  # synthetic vocabulary size, or top-N corpus words
+    zipf_a: float = 1.1  # synthetic word-frequency exponent
+    # --- seeds (training vs evaluation documents come from different seeds) ---
+    vocab_seed: int = 0
+    train_seed: int = 0
+    eval_seed: int = 1
+    # --- token sets ---
+    n_entities: int = 64
+    n_common_values: int = 64
+    n_variables: int = 16
+    max_number: int = 99  # numbers are tokens 0..max_number; sums stay in range
+    rare_counts: List[int] = field(default_factory=lambda: [10, 50, 100, 500, 1000])  # training occurrences per class
+    rare_tokens_per_class: int = 2
+    max_rare_fraction: float = 0.5  # at most this share of training fact slots hold rare values
+    # --- templates (placeholders {E} entity, {V} value, {X}/{Y} variable, {N} number) ---
+    fact_template: str = "is {E} {V} ."  # value right after its entity (one-hop recall)
+    query_template: str = "? is {E}"
+    num_fact_template: str = "is {X} {N} ."  # a number stated like a fact, so the recall binding serves it
+    num_query_template: str = "sum {X} {Y}"  # the answer at the second variable (README: the numeric recipe)
+    speakers: List[str] = field(default_factory=lambda: ["A:", "B:"])
+    # --- training documents (train / val splits) ---
+    segment_len: int = 16  # = backbone.window (conf/data links them): training documents are whole segments
+    n_train_docs: int = 4000
+    n_val_docs: int = 200
+    train_min_segments: int = 2
+    train_max_segments: int = 4
+    # long training documents, an extra pool (common values only, their own seed stream) that the curriculum
+    # reaches only once it allows this many segments: banks overflow in them, so the scorer learns to rank
+    n_train_long_docs: int = 0
+    train_long_segments: int = 16
+    n_far_facts: int = 2  # facts in early segments asked in the last one
+    n_distractor_facts: int = 0  # recall docs: facts in early segments never asked (as many as fit)
+    local_pairs_per_segment: int = 1  # fact + query inside the same segment, every segment
+    train_mix: Dict[str, float] = field(default_factory=lambda: {"recall": 0.7, "numeric": 0.15, "dialogue": 0.15})
+    # --- long validation (val_long): evaluation-like recall documents from the training seed family,
+    # scored during training and used to select checkpoints (the short val split cannot see long-document failure)
+    val_long_lengths: List[int] = field(default_factory=lambda: [256, 512])
+    n_val_long_docs: int = 50  # per length
+    # --- evaluation documents ---
+    eval_lengths: List[int] = field(default_factory=lambda: [500, 1000, 1500, 2000, 2500])
+    eval_facts: EvalFacts = EvalFacts.spread  # recall facts spread over the document, or all in segment 0
+    n_eval_docs: int = 20  # per recall_<N> / numeric_<N> / dialogue_<T> split
+    n_eval_facts: int = 8  # recall facts per eval doc (all asked at the end)
+    n_eval_num_vars: int = 8  # numeric vars per eval doc (queried in pairs: n/2 queries)
+    rare_eval_length: int = 500
+    n_rare_docs: int = 50
+    dialogue_turns: List[int] = field(default_factory=lambda: [2, 4, 6, 8, 10])
+    dialogue_turn_len: int = 64  # tokens per turn (speaker tag + chit-chat + facts/queries)
+    n_dialogue_facts: int = 2
+    # --- checks ---
+    verify_docs: int = 32  # docs per split round-tripped through the saved tokenizer
+
+    @property
+    def longest_train_segments(self) -> int:
+        """Segments of the longest training document: the long pool's when it has documents."""
+        if self.n_train_long_docs > 0:
+            return max(self.train_max_segments, self.train_long_segments)
+        return self.train_max_segments
+
+
+# ---- models ----------------------------------------------------------------------------------------
+@dataclass
+class BackboneConfig:
+    """The decoder shared by every variant (pre-LN, causal SDPA attention, GELU MLP)."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 256
+    window: int = 16  # W: tokens per segment for window/xl/cmr
+    positions: Positions = Positions.rotary  # learned: segment-relative for window/xl/cmr
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    max_positions: int = 4096  # size of the learned position table: with positions=learned, `full`'s longest input
+    tie_embeddings: bool = True
+    # causal depthwise short convolution (taps) on each attention input; 0: none. Associative recall learns in
+    # hundreds of steps with it, not tens of thousands (README: recipe)
+    conv_kernel: int = 4
+    # a pretrained Hugging Face causal LM (a save_pretrained folder or a hub name) as the frozen backbone in
+    # place of the decoder above (whose sizes then only size `cmr-repro hf-pretrain`); null: the decoder.
+    # window and cmr only (conf/experiment/hf_cmr.yaml)
+    hf_model: Optional[str] = None
+
+
+@dataclass
+class MemoryConfig:
+    """Base of every memory config; `name` picks the variant (window, xl, full, cmr, rmt, armt, memorizing)."""
+
+    name: str = "window"
+
+
+@dataclass
+class WindowConfig(MemoryConfig):
+    """Each segment of W tokens sees only itself (the paper's baseline)."""
+
+    name: str = "window"
+
+
+@dataclass
+class FullConfig(MemoryConfig):
+    """One causal attention over all N tokens (quality and cost ceiling)."""
+
+    name: str = "full"
+
+
+@dataclass
+class XLConfig(MemoryConfig):
+    """Transformer-XL: each layer also attends to the detached states of the previous mem_len tokens."""
+
+    name: str = "xl"
+    mem_len: int = 16  # memory floats n_layers*mem_len*d_model = cmr's banks*capacity*d_mem at defaults
+
+
+@dataclass
+class CMRConfig(MemoryConfig):
+    """Contextual Memory Reweaving (METHOD.md section 2): capture banks + gated reweave."""
+
+    name: str = "cmr"
+    capture_layers: Optional[List[int]] = None  # null: every layer but the last
+    reweave_layers: Optional[List[int]] = None  # null: every layer after the first capture layer
+    k: int = 8  # tokens captured per segment per capture layer (<= backbone.window)
+    capacity: int = 32  # K: slots per bank (>= k)
+    d_mem: Optional[int] = None  # slot width; null: d_model
+    mem_heads: Optional[int] = None  # heads of the reweave cross-attention; null: n_heads
+    selection: Selection = Selection.learned
+    eviction: Eviction = Eviction.salience
+    mode: Mode = Mode.hierarchical  # hierarchical: reweave j reads banks l < j; flat: every bank
+    gate: bool = True  # false: plain residual add (ablation)
+    gate_bias: float = -4.0  # untrained cmr ~ window
+    # segments gradients flow back through the banks (0: detached); >= longest training doc - 1
+    bptt_segments: int = 4
+    # What the salience scorer reads: attention_input (the token entering the capture layer with its
+    # short-convolution context, as the block's attention receives it) | block_input (the token alone: at layer 0
+    # every '.' scores the same, and a seed that learned to keep the period closing each fact kept filler periods
+    # as well on long documents: README) | output (the captured state; salience then did not learn to rank facts
+    # above filler and recall collapsed)
+    score_input: ScoreInput = ScoreInput.attention_input
+
+
+@dataclass
+class RMTConfig(MemoryConfig):
+    """Recurrent Memory Transformer (Bulatov et al. 2022): mem_tokens read at a segment's start, written at its end."""
+
+    name: str = "rmt"
+    # m: state m*d_model floats (8*64 = 512 at the default width, a quarter of cmr's banks; 32 matches them at 5x
+    # the tokens per segment); RMT's small recall recipe used 4
+    mem_tokens: int = 8
+    bptt_segments: int = 4  # memory transitions gradients flow back through (0: detached); conf/: cmr's depth
+
+
+@dataclass
+class ARMTConfig(MemoryConfig):
+    """Associative RMT (Rodkin et al. 2024): per-layer associative matrices written by a delta rule."""
+
+    name: str = "armt"
+    mem_tokens: int = 4  # write tokens appended to every segment (learned; their outputs are written)
+    d_key: int = 8  # key projection width before the DPFP feature map; features 2*nu*d_key = 16
+    nu: int = 1  # DPFP order. State n_layers*16*(d_model+1) = 2,080 floats at the defaults (cmr: 2,048)
+    bptt_segments: int = 4  # segments gradients flow back through the matrices (0: detached); conf/: cmr's depth
+
+
+@dataclass
+class MemorizingConfig(MemoryConfig):
+    """Memorizing Transformer (Wu et al. 2022): one layer also attends to the top-k of a store of past keys/values."""
+
+    name: str = "memorizing"
+    layer: Optional[int] = None  # the retrieval layer; null: the last
+    # the bound: the (key, value) pairs of the last `store` tokens before a segment (16 segments back); state
+    # store*2*d_model floats = 32,768 at the default width (16x cmr's banks: a retrieval memory is meant to be large)
+    store: int = 256
+    top_k: int = 8  # retrieved pairs per query and head
+
+
+MEMORY_CONFIGS: dict[str, type] = {
+    "window": WindowConfig,
+    "xl": XLConfig,
+    "full": FullConfig,
+    "cmr": CMRConfig,
+    "rmt": RMTConfig,
+    "armt": ARMTConfig,
+    "memorizing": MemorizingConfig,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(MEMORY_CONFIGS)
+
+
+# ---- training --------------------------------------------------------------------------------------
+@dataclass
+class CurriculumStage:
+    """Until optimizer step `until_step` (exclusive; null = to the end), train on documents of at
+    most `max_segments` segments. Train short first: memory has to work across one boundary before
+    it can work across three."""
+
+    until_step: Optional[int] = None
+    max_segments: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """AdamW, linear warm-up then cosine decay to lr * min_lr_ratio, norm clipping; validation and checkpoints
+    every val_check_interval steps."""
+
+    # optimisation
+    batch_size: int = 64
+    # tokens per batch at most (null = always batch_size): a batch of long documents holds fewer of them, so the
+    # long pool of training documents costs about what a short batch costs (README "Time budget")
+    max_batch_tokens: Optional[int] = None
+    lr: float = 3.0e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+    warmup_steps: int = 100
+    weight_decay: float = 0.01  # applied to matrices only (not biases / norms)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1.0e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # Trainer.gradient_clip_val (norm); 0 = off
+    max_steps: int = 3000  # a multiple of val_check_interval
+    lm_loss_weight: float = 0.0  # weight of next-token loss on all tokens, added to the answer loss
+    # weight of each query type's answers in the answer loss (a weighted mean; types not named weigh 1; all 1:
+    # the plain mean): the types are far from equally common (numeric sums are ~6% of the default study's answers)
+    answer_loss_weights: Dict[str, float] = field(default_factory=lambda: {q.value: 1.0 for q in QueryType})
+    # curriculum over training documents' n_segments; empty = all documents from step 0
+    curriculum: List[CurriculumStage] = field(
+        default_factory=lambda: [
+            CurriculumStage(until_step=500, max_segments=2),
+            CurriculumStage(until_step=None, max_segments=4),
+        ]
+    )
+    # validation / checkpoints
+    val_check_interval: int = 250  # optimizer steps between validations (and checkpoints)
+    limit_val_batches: float = 1.0  # int-valued = number of batches, fraction = share of val batches
+    val_batch_size: int = 64
+    # best.ckpt = max of this. auto: what each variant can reach: far recall on val_long (evaluation-like long
+    # documents, training seed family) for the document-spanning memories (cmr), overall recall on val for the
+    # rest (pipeline/train_config.py resolve_monitor); or any {val,val_long}/recall[_far|_local|_numeric|_dialogue]
+    monitor: str = "auto"
+    target_recall: float = 0.9  # metrics.json steps_to_90: first validation where the monitored metric >= this
+    num_sanity_val_steps: int = 0
+    # runtime
+    threads: int = 1  # torch.set_num_threads; 1 measured fastest for tiny models on 2 cores
+    accelerator: str = "cpu"  # one of ACCELERATORS
+    devices: int = 1  # processes per node; > 1 with strategy ddp: batch_size stays the global batch
+    num_nodes: int = 1
+    # with devices x num_nodes processes, batch_size is the global batch: each rank trains on its own equal share
+    # of the one-process batch and validates every world-th batch (summed over ranks)
+    strategy: str = "auto"  # one of STRATEGIES
+    precision: str = "32-true"  # one of PRECISIONS
+    deterministic: bool = True
+    log_every_n_steps: int = 50
+    progress_bar: ProgressBar = ProgressBar.tqdm
+    progress_refresh_rate: int = 25
+    resume: bool = True  # continue from checkpoints/last.ckpt when present
+
+
+# ---- evaluation ------------------------------------------------------------------------------------
+@dataclass
+class OverheadConfig:
+    """Table III: inference cost. The paper's protocol: batch 1, no grad, warm-up, median of repeats."""
+
+    lengths: List[int] = field(default_factory=lambda: [500, 1000, 1500, 2000, 2500])
+    warmup: int = 2
+    repeats: int = 5
+    batch_size: int = 1
+    # Peak memory is measured in a separate (untimed) forward, since tracking slows the ops down.
+    measure_memory: bool = True
+
+
+@dataclass
+class AttentionConfig:
+    """The attention analysis (METHOD.md section 4, row `attention`): a few recall documents per
+    length, batch 1, attention maps read at the query positions. Cheap on purpose."""
+
+    lengths: Optional[List[int]] = None  # each must be in data.eval_lengths; null: all of them
+    n_docs: int = 4  # first documents of each recall_<N> split
+    max_queries: Optional[int] = None  # first queries of each document; null = all of them
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation stage: every task but the overhead (its own stage) and the attention analysis (its own)."""
+
+    batch_size: int = 16  # documents per forward (same-length documents only)
+    threads: int = 1  # torch.set_num_threads: fixed, so ms/token is comparable
+    device: Device = Device.cpu  # auto: cuda when available
+    tasks: List[str] = field(default_factory=lambda: [t.value for t in Task if t != Task.overhead])  # Task words
+    max_docs_per_split: Optional[int] = None  # null = every document of each split
+    rare_buckets: Optional[List[int]] = None  # Table IV buckets (training-split counts); null = data.rare_counts
+    overhead: OverheadConfig = field(default_factory=OverheadConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+
+# ---- logging and report ----------------------------------------------------------------------------
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    mode: WandbMode = WandbMode.offline  # offline by default: no network needed, `wandb sync` later
+    project: str = "cmr-repro"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null = the profile name
+    tags: List[str] = field(default_factory=list)
+    init_timeout: float = 10.0  # seconds an online run may take to reach the server before it logs offline
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking: a Weights & Biases run (offline by default) and CSV logs for every training run."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    csv: bool = True
+
+
+@dataclass
+class ReportConfig:
+    """The report stage: confidence intervals, tests, and the validity checks' thresholds."""
+
+    ci_level: float = 0.95
+    ci_method: CIMethod = CIMethod.percentile  # scipy.stats.bootstrap's method
+    n_resamples: int = 2000
+    seed: int = 0
+    alpha: float = 0.05  # significance level for Holm-corrected McNemar p-values
+    # validity checks (pipeline/report/checks.py), each read per seed
+    ceiling_threshold: float = 0.95  # full's far recall within its training length (val)
+    learned_threshold: float = 0.95  # cmr's far recall on the long validation split (val_long)
+    xl_near_threshold: float = 0.90  # xl one segment back (inside its cache)
+    numeric_threshold: float = 0.90  # full's sum accuracy on val: the operation is learnable
+    binding_margin: float = 0.05  # cmr right among the document's values by this much over a uniform pick
+    chance_margin: float = 0.05  # window far, xl beyond its reach: accuracy <= chance + margin
+    chance: Optional[float] = None  # None: 1 / number of distinct answers in the recall predictions
+    # claim (2) verdict: CMR's inference overhead is "small" if cmr/window ms/token <= this at every N
+    # (the paper reports +5-11%, i.e. ratios 1.07-1.11; 1.15 leaves a little room for timing noise)
+    overhead_small_ratio: float = 1.15
+
+
+# ---- the study -------------------------------------------------------------------------------------
+@dataclass
+class StudyConfig:
+    """Which variants and seeds the study trains and evaluates (the DVC matrix)."""
+
+    variants: List[str] = field(default_factory=lambda: ["window", "xl", "full", "cmr"])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    # Processes that train one variant's seeds side by side (1 torch thread each): on 2 cores two runs at once
+    # give ~1.6x the throughput of one; 3 leave no seed running alone at the end. Changes no result (not a DVC
+    # param of the stages).
+    jobs: int = 3
+
+
+@dataclass
+class SweepConfig:
+    """The job a Hydra sweep runs (`python -m pipeline.sweep -m sweep.variant=window,cmr`)."""
+
+    variant: str = "cmr"
+    seed: int = 0
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"
+    experiments_dir: str = "experiments"
+    results_dir: str = "results"
+
+
+@dataclass
+class RootConfig:
+    """The whole composed config (params.yaml). `models` maps a variant to its memory config (MEMORY_CONFIGS)."""
+
+    profile_name: str = "default"
+    study: StudyConfig = field(default_factory=StudyConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    models: Dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def register(store: Any) -> None:
+    """Put the schema into Hydra's ConfigStore (`store`: ConfigStore.instance()): `cmr_repro_schema`, first in
+    conf/config.yaml's defaults, and `schema/model/<name>`, first in each conf/model/<name>.yaml."""
+    store.store(name="cmr_repro_schema", node=RootConfig)
+    for name, cls in MEMORY_CONFIGS.items():
+        store.store(group="schema/model", name=name, node=cls)
