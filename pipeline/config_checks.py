@@ -20,7 +20,7 @@ from pipeline.models.config import (EVICTIONS, HF_VARIANTS, MODES, POSITIONS, SC
                                     backbone_config, memory_config, resolve_cmr_layers)
 from pipeline.schema import (ACCELERATORS, MEMORY_CONFIGS, MODEL_NAMES, PRECISIONS, STRATEGIES, ARMTConfig,
                              BackboneConfig, CIMethod, CMRConfig, DataConfig, MemorizingConfig, MemoryConfig,
-                             ReportConfig, RMTConfig, WandbMode, XLConfig, as_choice, choices, hints)
+                             ReportConfig, RMTConfig, WandbMode, XLConfig, choices, from_dict)
 from pipeline.train_config import MONITORS, PROGRESS_BARS, QUERY_TYPES
 
 WANDB_MODES = choices(WandbMode)
@@ -510,7 +510,7 @@ def report_config(cfg: Mapping[str, Any]) -> ReportConfig:
     unknown = sorted(set(node) - allowed)
     if unknown:
         raise ConfigError(f"report: unknown keys {unknown}; allowed: {sorted(allowed)}")
-    rc = ReportConfig(**{k: as_choice(hints(ReportConfig)[k], v) for k, v in node.items()})
+    rc = from_dict(ReportConfig, node)
     if rc.ci_method not in choices(CIMethod):
         raise ConfigError(f"report.ci_method={str(rc.ci_method)!r}; allowed: {', '.join(choices(CIMethod))}")
     if not 0 < rc.ci_level < 1:

@@ -46,13 +46,14 @@ def choices(enum: type[StrEnum]) -> tuple[str, ...]:
     return tuple(m.value for m in enum)
 
 
-def hints(cls: type) -> dict[str, Any]:
-    """A config class's field types (the annotations are strings under `from __future__ import annotations`)."""
-    return get_type_hints(cls)
+def from_dict(cls: type, d: dict) -> Any:
+    """cls(**d) with each choice word as its StrEnum member; a word that is no choice stays a string, for the
+    checks (pipeline/config_checks.py) to name. The keys must be fields of cls (callers say which are not)."""
+    kinds = get_type_hints(cls)  # the annotations are strings under `from __future__ import annotations`
+    return cls(**{k: _as_choice(kinds[k], v) for k, v in d.items()})
 
 
-def as_choice(kind: Any, value: Any) -> Any:
-    """`value` as a member of `kind` where kind is a choice (StrEnum) and value one of its words; else unchanged."""
+def _as_choice(kind: Any, value: Any) -> Any:
     if isinstance(kind, type) and issubclass(kind, StrEnum) and isinstance(value, str) and value in choices(kind):
         return kind(value)
     return value

@@ -114,9 +114,15 @@ def test_defaults_are_written_once_in_the_schema():
 
 
 def test_dvc_composes_with_the_schema_in_its_own_process(tmp_path):
-    """`dvc exp run -S` composes conf/ in DVC's process: the schema must reach Hydra there too (hydra_plugins/)."""
-    from dvc.utils.hydra import compose_and_dump
+    """`dvc exp run -S` composes conf/ in DVC's process, which never imports pipeline/: the schema must reach Hydra
+    there through plugin discovery (hydra_plugins/). A fresh interpreter, so this test's own compose() calls, which
+    fill the same ConfigStore, cannot stand in for it."""
+    import subprocess
+    import sys
 
     out = tmp_path / "params.yaml"
-    compose_and_dump(out, str(CONF), None, "config", str(REPO_ROOT), ["profile=ci"])
+    code = ("import sys; from dvc.utils.hydra import compose_and_dump; "
+            f"compose_and_dump({str(out)!r}, {str(CONF)!r}, None, 'config', {str(REPO_ROOT)!r}, ['profile=ci']); "
+            "assert 'pipeline.config' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     assert OmegaConf.load(out) == OmegaConf.create(to_params_yaml(compose(["profile=ci"])))

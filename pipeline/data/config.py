@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.schema import DataConfig, DocKind, EvalFacts, Filler, LocalFormat, as_choice, choices, hints
+from pipeline.schema import DataConfig, DocKind, EvalFacts, Filler, LocalFormat, choices, from_dict
 
 FILLER_SOURCES = choices(Filler)
 LOCAL_FORMATS = choices(LocalFormat)
@@ -36,4 +36,4 @@ def as_data_config(obj: Any) -> DataConfig:
     unknown = sorted(set(obj) - set(keys()))
     if unknown:
         raise ConfigError(f"data.{unknown[0]}: unknown key; allowed keys: {', '.join(keys())}")
-    return DataConfig(**{k: as_choice(hints(DataConfig)[k], v) for k, v in obj.items()})
+    return from_dict(DataConfig, obj)

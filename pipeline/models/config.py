@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from pipeline.errors import ConfigError
 from pipeline.schema import (MEMORY_CONFIGS, MODEL_NAMES, BackboneConfig, CMRConfig, Eviction, MemoryConfig, Mode,
-                             Positions, ScoreInput, Selection, as_choice, choices, hints)
+                             Positions, ScoreInput, Selection, choices, from_dict)
 
 # variant -> (module, class): pipeline.models.build_model imports only the chosen memory's module, so a stage
 # that trains or evaluates one variant depends on that file alone among the memories (dvc.yaml lists them so)
@@ -44,12 +44,12 @@ def _as_dict(cfg: Any) -> dict:
 
 
 def _build(cls: type, d: dict, where: str):
-    """cls(**d), each choice word as its StrEnum member (a word that is no choice stays: check_model names it)."""
+    """cls(**d) as schema.from_dict builds it, after naming the keys that are no field of cls."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {sorted(known)}")
-    return cls(**{k: as_choice(hints(cls)[k], v) for k, v in d.items()})
+    return from_dict(cls, d)
 
 
 def backbone_config(cfg: Any) -> BackboneConfig:
