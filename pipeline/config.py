@@ -2,7 +2,8 @@
 that turns every mistake into a ConfigError naming the key (types here, the rest in pipeline/config_checks.py).
 
 Two ways in, one config: DVC stages read the composed `params.yaml` (`load_params`); Hydra
-entry points and tests compose `conf/` (`compose`). Both go through `validate`.
+entry points and tests compose `conf/` (`compose`). Both go through `validate`, and stages and models get
+the result as the schema's own dataclasses (`typed`: a RootConfig, `cfg.models["cmr"]` a CMRConfig).
 No torch import here: `report` and `--help` must start fast.
 """
 
@@ -14,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config_checks import check_all
 from pipeline.errors import ConfigError
-from pipeline.schema import MEMORY_CONFIGS, MODEL_NAMES, RootConfig
+from pipeline.schema import MEMORY_CONFIGS, MODEL_NAMES, RootConfig, to_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -94,9 +95,17 @@ def to_params_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
-def load_params(path: str | Path = PARAMS_FILE, overrides: Sequence[str] = ()) -> DictConfig:
-    """Load a composed params.yaml (as DVC stages do), apply `key=value` overrides, and validate
-    the result (an override is checked exactly like the file: `train.lr=abc` is a ConfigError)."""
+def typed(cfg: RootConfig | DictConfig | dict) -> RootConfig:
+    """The config as the schema's dataclasses, what every stage function and model takes (validated first
+    unless it already is a RootConfig: a Hydra sweep's or a test's DictConfig, a worker's plain dict)."""
+    if isinstance(cfg, RootConfig):
+        return cfg
+    return OmegaConf.to_object(validate(cfg))  # type: ignore[return-value]
+
+
+def load_params(path: str | Path = PARAMS_FILE, overrides: Sequence[str] = ()) -> RootConfig:
+    """Load a composed params.yaml (as DVC stages do), apply `key=value` overrides, validate the result (an
+    override is checked exactly like the file: `train.lr=abc` is a ConfigError), and type it (`typed`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file; compose one with `python -m pipeline.compose`")
@@ -113,9 +122,11 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: Sequence[str] = ()) -
             raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(overrides))
         except OmegaConfBaseException as err:
             raise ConfigError(f"bad override {overrides}: {str(err).splitlines()[0]}") from None
-    return validate(raw)
+    return typed(raw)
 
 
-def as_plain(cfg: DictConfig) -> dict:
-    """A plain dict (for wandb configs, checkpoints and manifests)."""
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+def as_plain(cfg: RootConfig | DictConfig) -> dict:
+    """A plain dict (for wandb configs, checkpoints, workers and manifests)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+    return to_dict(cfg)

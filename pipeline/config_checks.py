@@ -332,6 +332,10 @@ def check_train(train_cfg: Any, full_cfg: Any = None) -> None:
         if v is not None and str(v) not in allowed:
             raise ConfigError(f"train.{k}={v!r} is not allowed; allowed: {', '.join(allowed)}")
 
+    steps, every = int(_get(t, "max_steps") or 0), int(_get(t, "val_check_interval") or 1)
+    if steps % every:
+        raise ConfigError(f"train.max_steps={steps} must be a multiple of train.val_check_interval={every} "
+                          f"(so the last checkpoint holds the final, validated model)")
     world = int(_get(t, "devices") or 1) * int(_get(t, "num_nodes") or 1)
     if world > 1 and int(_get(t, "batch_size") or 0) % world:
         raise ConfigError(f"train.batch_size={_get(t, 'batch_size')} is the global batch and must split evenly over "

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir
+from pipeline.schema import RootConfig
 
 
 def windows(data_dir: str | Path, window: int):
@@ -41,17 +42,18 @@ def gpt2_config(backbone: Any, vocab_size: int):
                       tie_word_embeddings=True)
 
 
-def pretrain(cfg: Any, out: str | Path, steps: Optional[int] = None, seed: int = 0) -> Path:
+def pretrain(cfg: RootConfig | Any, out: str | Path, steps: Optional[int] = None, seed: int = 0) -> Path:
     """Train the GPT-2 for `steps` (default train.max_steps) and save it to `out` (replaced whole)."""
     import lightning as L
     import torch
     from transformers import AutoModelForCausalLM
 
+    from pipeline.config import typed
     from pipeline.train import _vocab_size
-    from pipeline.train_config import train_settings
     from pipeline.train_module import lr_factor
 
-    t, b, data_dir = train_settings(cfg), cfg.backbone, str(cfg.paths.data_dir)
+    cfg = typed(cfg)
+    t, b, data_dir = cfg.train, cfg.backbone, str(cfg.paths.data_dir)
     steps = int(steps if steps is not None else t.max_steps)
     L.seed_everything(seed, workers=True)
     torch.set_num_threads(int(t.threads))
@@ -101,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         cfg = stage_cli.load_config(args)
-        out = args.out or cfg.backbone.get("hf_model")
+        out = args.out or cfg.backbone.hf_model
         if not out:
             raise PipelineError("no --out and no backbone.hf_model to save the pretrained model to")
         print(f"pretrained GPT-2 saved to {pretrain(cfg, out, args.steps)}")

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.config_access import cfg_path
+
 KINDS = ("train", "eval", "attention", "overhead")
 
 
 def experiments_dir(cfg: Any) -> Path:
-    paths = (cfg.get("paths") if cfg is not None else None) or {}
-    return Path(paths.get("experiments_dir", "experiments"))
+    return Path(cfg_path(cfg, "paths.experiments_dir", "experiments"))
 
 
 def variant_dir(cfg: Any, kind: str, variant: str) -> Path:

@@ -11,8 +11,8 @@ Cross-field checks live in pipeline/config_checks.py; pipeline/config.py compose
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum, StrEnum
 from typing import Any, Dict, List, Optional, get_type_hints
 
 
@@ -51,6 +51,20 @@ def from_dict(cls: type, d: dict) -> Any:
     checks (pipeline/config_checks.py) to name. The keys must be fields of cls (callers say which are not)."""
     kinds = get_type_hints(cls)  # the annotations are strings under `from __future__ import annotations`
     return cls(**{k: _as_choice(kinds[k], v) for k, v in d.items()})
+
+
+def to_dict(obj: Any) -> Any:
+    """A config object as plain containers (dict, list, str, int, float, bool, None), a choice as its word:
+    what a checkpoint, a worker or wandb gets. The field order is the schema's, as OmegaConf writes it."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
 
 
 def _as_choice(kind: Any, value: Any) -> Any:

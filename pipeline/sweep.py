@@ -25,20 +25,21 @@ from typing import Any, Sequence
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.config import CONF_DIR, validate
+from pipeline.config import CONF_DIR, typed
 from pipeline.errors import ConfigError, DataError, PipelineError
+from pipeline.schema import RootConfig
 
 JOB_RECORD = "job.json"
 
 
-def run_job_metrics(cfg: DictConfig, job_dir: Path, group: str) -> dict[str, Any]:
+def run_job_metrics(cfg: DictConfig | RootConfig, job_dir: Path, group: str) -> dict[str, Any]:
     """Train and evaluate `sweep.variant` with `sweep.seed` into job_dir; return its headline numbers:
     recall by N and its mean (evaluation), val_recall (training's best validation), and the run folders."""
     import json
 
     from pipeline.paths import run_dir
 
-    cfg = validate(cfg)
+    cfg = typed(cfg)
     ensure_data(cfg)
     from pipeline.evaluate import evaluate  # torch and lightning: seconds to import, so after the checks
     from pipeline.train import train
@@ -59,20 +60,16 @@ def run_job_metrics(cfg: DictConfig, job_dir: Path, group: str) -> dict[str, Any
     }
 
 
-def ensure_data(cfg: DictConfig) -> None:
+def ensure_data(cfg: RootConfig) -> None:
     """The job's data: prepared here when `paths.data_dir` has none (an experiment with its own data
     settings names its own folder, e.g. data/sanity_recall); refused when the folder was prepared
     with other data settings than the job's, which would silently train on the wrong documents."""
-    import dataclasses
-
-    from omegaconf import OmegaConf
-
-    from pipeline.data.config import as_data_config
     from pipeline.data.prepare import prepare
     from pipeline.data.store import read_manifest
+    from pipeline.schema import to_dict
 
     data_dir = Path(cfg.paths.data_dir)
-    want = dataclasses.asdict(as_data_config(OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)))
+    want = to_dict(cfg.data)
     if not (data_dir / "manifest.json").is_file():
         prepare(cfg, data_dir)
         return

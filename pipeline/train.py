@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import as_plain, typed
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.io import atomic_write_json, write_stage_time
 from pipeline import paths, stage_cli
-from pipeline.config_checks import check_train
-from pipeline.train_config import RUNTIME_KEYS, resolve_monitor, train_settings
+from pipeline.schema import ProgressBar, RootConfig, TrainConfig
+from pipeline.train_config import RUNTIME_KEYS, resolve_monitor
 
 if TYPE_CHECKING:
     import lightning as L
@@ -39,17 +39,10 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- config helpers
 
 
-def check_variant(cfg: Any, variant: str) -> None:
-    models = cfg.get("models") if cfg is not None else None
-    allowed = sorted(models.keys()) if models else []
-    if variant not in allowed:
-        raise ConfigError(f"unknown variant {variant!r}; allowed (keys of cfg.models): {', '.join(allowed) or '(none)'}")
-
-
-def _to_container(cfg: Any) -> dict:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    return dict(cfg)
+def check_variant(cfg: RootConfig, variant: str) -> None:
+    if variant not in cfg.models:
+        raise ConfigError(f"unknown variant {variant!r}; allowed (keys of cfg.models): "
+                          f"{', '.join(sorted(cfg.models)) or '(none)'}")
 
 
 def _vocab_size(data_dir: str | Path) -> int:
@@ -61,7 +54,7 @@ def _vocab_size(data_dir: str | Path) -> int:
 # ----------------------------------------------------------------------------- trainer / entry
 
 
-def run_dir_for(cfg: Any, variant: str, seed: int) -> Path:
+def run_dir_for(cfg: RootConfig, variant: str, seed: int) -> Path:
     return paths.run_dir(cfg, "train", variant, seed)
 
 
@@ -126,7 +119,7 @@ def check_monitor(monitor: str, val_sets: dict[str, DocumentSet]) -> None:
                           f"use {split}/recall or one of the types present: {counts}")
 
 
-def build_trainer(t: DictConfig, run_dir: Path, loggers: list, callbacks: list, monitor: str) -> L.Trainer:
+def build_trainer(t: TrainConfig, run_dir: Path, loggers: list, callbacks: list, monitor: str) -> L.Trainer:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
@@ -169,7 +162,7 @@ def _quiet_lightning() -> Iterator[None]:
         yield
 
 
-def summarize(module: MemoryLMModule, thr: ThroughputMonitor, t: DictConfig, variant: str, seed: int,
+def summarize(module: MemoryLMModule, thr: ThroughputMonitor, t: TrainConfig, variant: str, seed: int,
               global_step: int, frozen: bool = False) -> dict:
     """metrics.json: val metrics at the best (max of the monitor) and last validation, speed, size
     (a frozen run, with nothing to train, planned 0 steps)."""
@@ -226,13 +219,14 @@ def is_lead_process() -> bool:
     return int(rank_zero_only.rank) == 0 and int(os.environ.get("NODE_RANK", 0) or 0) == 0
 
 
-def data_module(cfg: Any, t: DictConfig, seed: int, data_dir: str) -> tuple[MemoryDataModule, int]:
+def data_module(cfg: RootConfig, seed: int) -> tuple[MemoryDataModule, int]:
     """The study's data, set up (a curriculum that allows no document fails here), and the tokenizer's size;
     a token id the model has no embedding for fails before any training."""
     from pipeline.data.loader import MemoryDataModule
 
+    t, data_dir = cfg.train, cfg.paths.data_dir
     dm = MemoryDataModule(data_dir, int(cfg.backbone.window), int(t.batch_size), int(t.val_batch_size), t.curriculum,
-                          int(seed), max_batch_tokens=t.get("max_batch_tokens"))
+                          int(seed), max_batch_tokens=t.max_batch_tokens)
     dm.setup("fit")
     vocab_size = _vocab_size(data_dir)
     for ds in (dm.train_set, *dm.val_sets.values()):
@@ -241,41 +235,37 @@ def data_module(cfg: Any, t: DictConfig, seed: int, data_dir: str) -> tuple[Memo
     return dm, vocab_size
 
 
-def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = None,
+def train(cfg: RootConfig | Any, variant: str, seed: int, *, run_dir: str | Path | None = None,
           extra_callbacks: Optional[list] = None) -> dict:
-    """Train `variant` with `seed` on the composed config `cfg`; returns (and writes) metrics.json.
+    """Train `variant` with `seed` on the study config `cfg`; returns (and writes) metrics.json.
 
     Resumes from <run_dir>/checkpoints/last.ckpt when it was trained with the same run_fingerprint
     (train.resume), else starts from scratch; a finished run is a quick no-op that rewrites metrics.json
     from the checkpoint's history. A diverged run raises TrainingError and leaves no checkpoint.
     """
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(cfg)
+    cfg = typed(cfg)  # a RootConfig as it is; a Hydra sweep's or a test's DictConfig or dict: validated
     check_variant(cfg, variant)
-    t = train_settings(cfg)
-    check_train(t, cfg)
-    if int(t.max_steps) % int(t.val_check_interval) != 0:
-        raise ConfigError(f"train.max_steps={t.max_steps} must be a multiple of train.val_check_interval="
-                          f"{t.val_check_interval} (so the last checkpoint holds the final, validated model)")
+    t = cfg.train
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, variant, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(t.threads))
 
-    data_dir = (cfg.get("paths") or {}).get("data_dir", "data")
-    dm, vocab_size = data_module(cfg, t, seed, data_dir)
+    dm, vocab_size = data_module(cfg, seed)
     monitor = resolve_monitor(str(t.monitor), str(cfg.models[variant].name), "val_long" in dm.val_sets)
     check_monitor(monitor, dm.val_sets)
 
     import lightning as L
 
+    from pipeline import models
     from pipeline.train_module import MemoryLMModule, ThroughputMonitor
 
     L.seed_everything(int(seed), workers=True, verbose=False)
-    cfg_dict = _to_container(cfg)
-    module = MemoryLMModule(cfg_dict, variant, int(seed), vocab_size)
-    module.val_names, module.monitor = dm.val_names, monitor
-    module.fingerprint = run_fingerprint(cfg_dict, variant, seed, data_dir)
-    ckpt_path = resumable(run_dir / "checkpoints" / "last.ckpt", module.fingerprint) if bool(t.resume) else None
+    model = models.build_model(cfg.backbone, cfg.models[variant], vocab_size)
+    plain = as_plain(cfg)
+    hparams = {"cfg": plain, "variant": variant, "seed": int(seed), "vocab_size": vocab_size}  # what load_trained reads
+    module = MemoryLMModule(model, t, hparams, monitor, dm.val_names,
+                            run_fingerprint(plain, variant, seed, cfg.paths.data_dir))
+    ckpt_path = resumable(run_dir / "checkpoints" / "last.ckpt", module.fingerprint) if t.resume else None
     lead = is_lead_process()
     if lead and ckpt_path is None:
         clear_run(run_dir)
@@ -287,13 +277,12 @@ def train(cfg: Any, variant: str, seed: int, *, run_dir: str | Path | None = Non
     from pipeline.tracking import wandb_run
 
     name = paths.run_name(variant, seed)
-    logger_cfg = cfg.get("logger") or {}
-    extra = {"variant": variant, "seed": int(seed), "cfg": cfg_dict}
+    extra = {"variant": variant, "seed": int(seed), "cfg": plain}
     thr = ThroughputMonitor()
     with (wandb_run(cfg, "train", name, run_dir, extra) if lead else contextlib.nullcontext()) as run, \
             _quiet_lightning():
         loggers: list = []
-        if bool(logger_cfg.get("csv", True)):
+        if cfg.logger.csv:
             loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
         if run is not None:
             loggers.append(WandbLogger(experiment=run))
@@ -324,13 +313,15 @@ def frozen_run(trainer: L.Trainer, module: MemoryLMModule, dm: Any, run_dir: Pat
         trainer.save_checkpoint(run_dir / "checkpoints" / f"{name}.ckpt")
 
 
-def train_seeds(cfg: DictConfig, variant: str, seeds: list[int], jobs: int) -> list[dict]:
+def train_seeds(cfg: RootConfig, variant: str, seeds: list[int], jobs: int) -> list[dict]:
     """Train `variant` for each seed, `jobs` processes at a time (pipeline.parallel). With more
     than one process, runs print a line per validation instead of progress bars, which would interleave."""
+    import dataclasses
+
     from pipeline.parallel import map_seeds
 
     if min(int(jobs), len(seeds)) > 1:
-        cfg = OmegaConf.merge(cfg, {"train": {"progress_bar": "none"}})
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress_bar=ProgressBar.none))
     return map_seeds(train, cfg, variant, [int(s) for s in seeds], jobs)
 
 
@@ -349,7 +340,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             results = [train(cfg, args.variant, seeds[0], run_dir=args.run_dir)]
         else:
             check_variant(cfg, args.variant)
-            jobs = args.jobs if args.jobs is not None else int(cfg.study.get("jobs", 1))
+            jobs = args.jobs if args.jobs is not None else int(cfg.study.jobs)
             t0 = time.perf_counter()
             results = train_seeds(cfg, args.variant, seeds, jobs)
             write_stage_time(paths.variant_dir(cfg, "train", args.variant), t0, seeds=seeds, jobs=jobs)

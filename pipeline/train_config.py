@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
-
 from pipeline.config_access import cfg_get as _get
-from pipeline.errors import ConfigError
-from pipeline.schema import ProgressBar, QueryType, TrainConfig, choices
+from pipeline.schema import ProgressBar, QueryType, choices
 
 # `train` keys that change how a run is executed or shown, not what it learns: a resume may change them (every
 # world size trains on the same global batches), and runs that differ only in them share a recipe.
@@ -50,13 +47,3 @@ def curriculum_limit(curriculum: Any, step: int) -> Optional[int]:
         if until is None or step < int(until):
             return int(_get(stage, "max_segments"))
     return None
-
-
-def train_settings(cfg: Any) -> DictConfig:
-    """`cfg.train` merged over TrainConfig's defaults (typos in keys fail here, not mid-run)."""
-    part = cfg.get("train") if cfg is not None else None
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), part or {})
-    except Exception as e:  # omegaconf's ValidationError / ConfigKeyError
-        raise ConfigError(f"bad train config: {e}") from None
-    return merged

@@ -18,13 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import DataError, TrainingError
-from pipeline.train_config import QUERY_TYPES, train_settings
-
-
-def _build_model(cfg: dict, variant: str, vocab_size: int) -> torch.nn.Module:
-    from pipeline import models  # lazy: lets tests (and sweeps) swap build_model
-
-    return models.build_model(cfg["backbone"], cfg["models"][variant], int(vocab_size))
+from pipeline.schema import TrainConfig
+from pipeline.train_config import QUERY_TYPES
 
 
 def gather_queries(logits: torch.Tensor, query_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,25 +32,24 @@ def gather_queries(logits: torch.Tensor, query_pos: torch.Tensor) -> tuple[torch
 class MemoryLMModule(L.LightningModule):
     """Any MemoryLM variant, trained on answer cross-entropy (+ optional next-token LM loss).
 
-    Hyperparameters saved in every checkpoint: the whole composed config (plain dict), the
-    variant, the seed and the vocabulary size - enough for `load_trained` to rebuild the model.
+    `hparams`, saved in every checkpoint: the whole study config (plain dict), the variant, the seed and the
+    vocabulary size - enough for `pipeline.models.checkpoint` to rebuild the model without Lightning.
     """
 
-    def __init__(self, cfg: dict, variant: str, seed: int, vocab_size: int):
+    def __init__(self, model: torch.nn.Module, train: TrainConfig, hparams: dict, monitor: str,
+                 val_names: list[str], fingerprint: dict[str, str]):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = _build_model(cfg, variant, vocab_size)
-        self.tcfg = train_settings(cfg)
-        bptt = (cfg["models"][variant] or {}).get("bptt_segments")
-        self.forward_kwargs = {} if bptt is None else {"bptt_segments": int(bptt)}
+        self.save_hyperparameters(hparams)
+        self.model = model
+        self.tcfg = train
         self.val_history: list[dict] = []  # one entry per validation: {"step", "val/recall_far", "val_long/loss", ...}
-        self.val_names: list[str] = ["val"]  # split of each validation dataloader (set by train())
-        self.monitor = str(self.tcfg.monitor)  # resolved by train() when `auto`
+        self.val_names = list(val_names)  # split of each validation dataloader, in the data module's order
+        self.monitor = monitor  # the metric that picks best.ckpt (train.monitor, `auto` resolved)
         self._val_sums: Optional[torch.Tensor] = None
-        weights = [float((self.tcfg.answer_loss_weights or {}).get(q, 1.0)) for q in QUERY_TYPES]
+        weights = [float((train.answer_loss_weights or {}).get(q, 1.0)) for q in QUERY_TYPES]
         self.type_weights: Optional[torch.Tensor] = (  # [len(QUERY_TYPES)], in QUERY_TYPES order; None: plain mean
             None if all(w == 1.0 for w in weights) else torch.tensor(weights))
-        self.fingerprint: dict[str, str] = {}  # run_fingerprint, set by train(), saved in every checkpoint
+        self.fingerprint = dict(fingerprint)  # pipeline.train.run_fingerprint, saved in every checkpoint
 
     def forward(self, input_ids: torch.Tensor, **kw: Any):
         return self.model(input_ids, **kw)
@@ -63,10 +57,8 @@ class MemoryLMModule(L.LightningModule):
     def losses(self, batch: dict, train: bool) -> dict:
         ids = batch["input_ids"]  # [B, N]
         w = float(self.tcfg.lm_loss_weight)
-        kw = dict(self.forward_kwargs) if train else {}
-        full_logits = train and w > 0
-        if not full_logits:
-            kw["logits_at"] = batch["query_pos"]
+        full_logits = train and w > 0  # (the model's forward takes its memory's bptt_segments itself)
+        kw = {} if full_logits else {"logits_at": batch["query_pos"]}
         logits = self.model(ids, **kw).logits  # [B, N, V], or [B, Q, V] at the query positions
         if full_logits:
             q_logits, mask = gather_queries(logits, batch["query_pos"])  # [B, Q, V], [B, Q]

@@ -39,6 +39,27 @@ def test_load_params_roundtrip(tmp_path):
     assert load_params(out).profile_name == "ci"
 
 
+@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+def test_stages_get_the_schema_dataclasses_and_their_plain_form_is_omegaconfs(tmp_path, profile):
+    """load_params types the config (each memory its own dataclass, choices as members), and as_plain of the
+    typed config is, key for key and in order, what OmegaConf writes for the validated DictConfig: the
+    checkpoints' hyperparameters and the run fingerprints do not depend on which form a stage holds."""
+    import json
+
+    from pipeline.config import as_plain
+    from pipeline.schema import CMRConfig, RootConfig, Selection, TrainConfig, WindowConfig
+
+    out = tmp_path / "params.yaml"
+    out.write_text(to_params_yaml(compose([f"profile={profile}"])))
+    cfg = load_params(out, ["models.cmr.capacity=40"])
+    assert isinstance(cfg, RootConfig) and isinstance(cfg.train, TrainConfig)
+    assert type(cfg.models["cmr"]) is CMRConfig and type(cfg.models["window"]) is WindowConfig
+    assert cfg.models["cmr"].capacity == 40 and cfg.models["cmr"].selection is Selection.learned
+    validated = validate(OmegaConf.merge(OmegaConf.load(out), {"models": {"cmr": {"capacity": 40}}}))
+    want = OmegaConf.to_container(validated, resolve=True, enum_to_str=True)
+    assert json.dumps(as_plain(cfg)) == json.dumps(want)
+
+
 @pytest.mark.parametrize(
     "overrides, words",
     [

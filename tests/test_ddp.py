@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.config import REPO_ROOT
+from pipeline.config import REPO_ROOT, as_plain
 from pipeline.data.loader import CurriculumBatchSampler, eval_batches
 from pipeline.errors import ConfigError
 from pipeline.config_checks import check_train as validate_train
@@ -79,7 +79,7 @@ def _train(params, run_dir, *overrides):
 @pytest.mark.timeout(300)
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data_root, tmp_path):  # noqa: F811
     params = tmp_path / "params.yaml"
-    OmegaConf.save(tiny_config(data_root), params)
+    OmegaConf.save(as_plain(tiny_config(data_root)), params)
     one, _ = _train(params, tmp_path / "one")
     two, log = _train(params, tmp_path / "two", "train.strategy=ddp", "train.devices=2")
     assert "Starting with 2 processes" in log and "GLOBAL_RANK: 1" in log

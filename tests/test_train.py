@@ -5,6 +5,7 @@ load_trained. Real pieces at tiny sizes (pipeline.data.prepare: 300 docs; build_
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import numpy as np
 import pytest
@@ -16,20 +17,23 @@ L = pytest.importorskip("lightning")
 
 from pipeline import train as T  # noqa: E402
 from pipeline.data.loader import CurriculumBatchSampler, MemoryDataModule  # noqa: E402
+from pipeline.config import as_plain  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
 from pipeline.models.checkpoint import load_trained  # noqa: E402
 from pipeline.train_module import MemoryLMModule  # noqa: E402
 from pipeline.errors import ConfigError, TrainingError  # noqa: E402
+from pipeline.schema import RootConfig  # noqa: E402
 from pipeline.config_checks import check_train as validate_train  # noqa: E402
 from pipeline.train_config import curriculum_limit  # noqa: E402
 
 W = 16  # the real generator needs room for a local pair plus a far fact in one segment
 
 
-def tiny_config(root) -> "OmegaConf":
-    """A whole composed config, validated by pipeline.config, sized for a few seconds of CPU."""
-    from pipeline.config import validate
+def tiny_config(root) -> RootConfig:
+    """A whole study config, validated and typed by pipeline.config, sized for a few seconds of CPU."""
+    from pipeline.config import typed
 
-    return validate({
+    return typed({
         "profile_name": "test",
         "study": {"variants": ["window", "cmr"], "seeds": [0]},
         "paths": {"data_dir": str(root / "data"), "experiments_dir": str(root / "exp"),
@@ -70,7 +74,7 @@ def env(data_root, tmp_path, monkeypatch):
 
 def _with(cfg, **train):
     """cfg with train.<key> overrides (as a plain, schema-less config, so bad keys reach train())."""
-    return OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg)), {"train": train})
+    return OmegaConf.merge(as_plain(cfg), {"train": train})
 
 
 # ----------------------------------------------------------------------------- tests
@@ -167,8 +171,6 @@ def test_rerun_resumes_only_a_run_of_the_same_config(env, tmp_path, capsys):
 
 
 def test_fingerprint_names_what_changed(env, tmp_path):
-    from pipeline.config import as_plain
-
     cfg = as_plain(env)
     fp = T.run_fingerprint(cfg, "cmr", 0, env.paths.data_dir)
     assert fp == T.run_fingerprint(cfg, "cmr", 0, env.paths.data_dir)
@@ -226,12 +228,11 @@ def test_answer_loss_weights_weight_each_query_type(env):
              "answers": torch.tensor([3, 4, 5, 6, 7, 0]),
              "query_type": torch.tensor([[0, 2, 1], [2, 0, -1]])}  # far, numeric, local / numeric, far
     batch["answers"] = batch["answers"].view(2, 3)
-    cfg = OmegaConf.to_container(env)
-
     def loss_and_ce(weights):
-        cfg["train"]["answer_loss_weights"] = weights
+        train = dataclasses.replace(env.train, answer_loss_weights=weights)
         torch.manual_seed(1)  # the same model each time
-        module = MemoryLMModule(cfg, "window", 0, 64)
+        model = build_model(env.backbone, env.models["window"], 64)
+        module = MemoryLMModule(model, train, {"variant": "window", "seed": 0}, "val/recall", ["val"], {})
         module.eval()
         res = module.losses(batch, train=False)
         mask = res["mask"]
@@ -281,7 +282,7 @@ def test_unknown_variant_and_bad_config(env):
 
 def test_main_reports_config_errors(env, tmp_path, capsys):
     p = tmp_path / "params.yaml"
-    p.write_text(OmegaConf.to_yaml(env))
+    p.write_text(OmegaConf.to_yaml(as_plain(env)))
     assert T.main(["--variant", "nope", "--params", str(p)]) == 2
     assert "unknown variant 'nope'" in capsys.readouterr().err
     # overrides are validated like the file: one line, exit 2, no traceback
@@ -337,17 +338,18 @@ def test_load_trained_round_trips(env, tmp_path):
 
     T.train(env, "window", 0, run_dir=tmp_path / "r")
     ckpt = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    module = MemoryLMModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
-    module.eval()
-    model, hp = load_trained(tmp_path / "r", which="last")
+    vocab = data.load_tokenizer(env.paths.data_dir).get_vocab_size()
+    built = build_model(env.backbone, env.models["window"], vocab)  # from the typed config, as train() builds it
+    built.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items()})  # strict: same modules
+    built.eval()
+    model, hp = load_trained(tmp_path / "r", which="last")  # from the checkpoint's plain hyperparameters
     assert not model.training and hp["variant"] == "window" and hp["vocab_size"] == data.load_tokenizer(env.paths.data_dir).get_vocab_size()
     assert hp["cfg"]["backbone"]["window"] == W
     val = data.load_split(env.paths.data_dir, "val")
     n = val["n_segments"]
     ids = torch.tensor([x for x, k in zip(val["input_ids"], n) if k == 2][:2])  # [2, 2W]
     with torch.no_grad():
-        assert torch.equal(model(ids).logits, module.model(ids).logits)
+        assert torch.equal(model(ids).logits, built(ids).logits)
     best, _ = load_trained(tmp_path / "r")  # default: best
     assert not best.training
 
@@ -446,7 +448,7 @@ def test_seeds_in_parallel_processes_match_a_run_in_this_process(env, tmp_path):
 
 def test_main_run_dir_takes_one_seed(env, tmp_path, capsys):
     p = tmp_path / "params.yaml"
-    p.write_text(OmegaConf.to_yaml(env))
+    p.write_text(OmegaConf.to_yaml(as_plain(env)))
     assert T.main(["--variant", "window", "--seed", "0", "1", "--run-dir", str(tmp_path / "r"),
                    "--params", str(p)]) == 2
     assert "--run-dir names one run's folder" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.schema import DataConfig, DocKind, EvalFacts, Filler, LocalFormat, choices, from_dict
+from pipeline.schema import DataConfig, DocKind, EvalFacts, Filler, LocalFormat, RootConfig, choices, from_dict
 
 FILLER_SOURCES = choices(Filler)
 LOCAL_FORMATS = choices(LocalFormat)
@@ -25,6 +25,8 @@ def as_data_config(obj: Any) -> DataConfig:
     """DataConfig from a DataConfig, a dict / DictConfig of its keys, or a whole config with `.data`."""
     if isinstance(obj, DataConfig):
         return obj
+    if isinstance(obj, RootConfig):
+        return obj.data
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(obj, DictConfig):

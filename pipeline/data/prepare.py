@@ -19,7 +19,8 @@ from pipeline.data.build import (check_disjoint, gen_eval, gen_train, make_sourc
                                  to_columns)
 from pipeline.config_checks import check_data
 from pipeline.data.config import as_data_config
-from pipeline.schema import DataConfig
+from pipeline.config_access import cfg_path
+from pipeline.schema import DataConfig, RootConfig
 from pipeline.data.store import COUNTS, MANIFEST, SPLITS, load_split, save_split
 from pipeline.data.vocab import make_tokenizer, vocab_summary
 from pipeline.errors import DataError
@@ -28,6 +29,9 @@ from pipeline.paths import experiments_dir
 
 
 def _is_full(cfg: Any) -> bool:
+    """Whether `cfg` is a whole study config (RootConfig, or a mapping with `data`), not a DataConfig alone."""
+    if isinstance(cfg, RootConfig):
+        return True
     try:
         return not isinstance(cfg, DataConfig) and "data" in cfg
     except TypeError:
@@ -35,12 +39,7 @@ def _is_full(cfg: Any) -> bool:
 
 
 def _default_out(cfg: Any) -> Path:
-    if _is_full(cfg):
-        try:
-            return Path(cfg["paths"]["data_dir"])
-        except (KeyError, TypeError):
-            pass
-    return Path("data")
+    return Path(cfg_path(cfg, "paths.data_dir", "data") if _is_full(cfg) else "data")
 
 
 def build_all(cfg: DataConfig) -> tuple[dict[str, dict], Any, dict]:

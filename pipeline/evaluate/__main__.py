@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = stage_cli.seeds_of(args, cfg)
         # The overhead task times inference, which a second process would disturb: with it, one at a time
         # (the study times inference in its own `overhead` stage instead).
-        jobs = 1 if "overhead" in cfg.eval.tasks else int(cfg.study.get("jobs", 1))
+        jobs = 1 if "overhead" in cfg.eval.tasks else int(cfg.study.jobs)
         t0 = time.perf_counter()
         for out in map_seeds(evaluate, cfg, args.variant, seeds, jobs):
             print(f"wrote {out}")

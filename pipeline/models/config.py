@@ -60,11 +60,10 @@ def backbone_config(cfg: Any) -> BackboneConfig:
 
 
 def memory_config(cfg: Any) -> MemoryConfig:
-    """The typed memory config for `cfg.name`; unknown names list the allowed ones."""
-    if isinstance(cfg, MemoryConfig):
-        d = dataclasses.asdict(cfg)
-    else:
-        d = _as_dict(cfg)
+    """The typed memory config for `cfg.name` (a typed one as it is); unknown names list the allowed ones."""
+    if isinstance(cfg, MemoryConfig) and type(cfg) is MEMORY_CONFIGS.get(cfg.name):
+        return cfg
+    d = dataclasses.asdict(cfg) if isinstance(cfg, MemoryConfig) else _as_dict(cfg)
     name = d.get("name")
     if name not in MEMORY_CONFIGS:
         raise ConfigError(f"models.<variant>.name = {name!r} is not a known memory; allowed: {list(MODEL_NAMES)}")
