@@ -53,14 +53,14 @@ bench: setup
 ABLATIONS ?= capture k capacity selection mode gate bptt
 ablations: setup
 	dvc repro prepare
-	for a in $(ABLATIONS); do $(BIN)/python -m pipeline.sweep -m experiment=ablation_$$a || exit 1; done
-	$(BIN)/python -m pipeline.ablations $$(for a in $(ABLATIONS); do ls -d multirun/ablation_$$a/*/ | tail -n 1; done)
+	for a in $(ABLATIONS); do $(BIN)/python -m pipeline.studies.sweep -m experiment=ablation_$$a || exit 1; done
+	$(BIN)/python -m pipeline.studies.ablations $$(for a in $(ABLATIONS); do ls -d multirun/ablation_$$a/*/ | tail -n 1; done)
 
 ## The memory baselines beside the study (conf/experiment/baselines.yaml: rmt, armt, memorizing x study.seeds on the
 ## study's data and recipe; ~40 min on 2 cores, over the default study's time budget), then the report with them.
 baselines: setup
 	dvc repro train@window
-	$(BIN)/python -m pipeline.baselines
+	$(BIN)/python -m pipeline.studies.baselines
 	dvc repro report
 
 ## CMR inside a pretrained Hugging Face LM (conf/experiment/hf_cmr.yaml): a GPT-2 pretrained on the training
@@ -71,7 +71,7 @@ hf-cmr: setup
 	dvc repro prepare
 	mkdir -p multirun/hf_cmr
 	$(BIN)/python -m pipeline.compose -o $(HF) experiment=hf_cmr
-	$(BIN)/python -m pipeline.hf_pretrain --params $(HF)
+	$(BIN)/python -m pipeline.studies.hf_pretrain --params $(HF)
 	for v in window cmr; do $(BIN)/cmr-repro train --variant $$v --params $(HF) && \
 		$(BIN)/cmr-repro evaluate --variant $$v --params $(HF) || exit 1; done
 	$(BIN)/cmr-repro report --params $(HF)
@@ -82,5 +82,5 @@ hf-cmr: setup
 ## regime where CMR is known to work; 9 jobs of 4,000 steps, 4-7 min each: ~50 min one after the other, ~25 with
 ## two or three multiruns side by side, README), then results/sanity/ from the latest run.
 sanity: setup
-	$(BIN)/python -m pipeline.sweep -m experiment=sanity_recall
-	$(BIN)/python -m pipeline.sanity $$(ls -d multirun/sanity_recall/*/ | tail -n 1)
+	$(BIN)/python -m pipeline.studies.sweep -m experiment=sanity_recall
+	$(BIN)/python -m pipeline.studies.sanity $$(ls -d multirun/sanity_recall/*/ | tail -n 1)

@@ -64,10 +64,11 @@ def instrument(cmr_memory, timer: ExclusiveTimer) -> None:
 
 
 def build(backbone: dict, variant: str, root: Path, vocab: int, extra: dict):
+    from pipeline.config.schema import BackboneConfig
     from pipeline.models import build_model
-    from pipeline.schema import MEMORY_CONFIGS, BackboneConfig
+    from pipeline.models.registry import config_class
 
-    mem = {**dataclasses.asdict(MEMORY_CONFIGS[variant]()), **extra.get(variant, {})}  # the schema's defaults
+    mem = {**dataclasses.asdict(config_class(variant)()), **extra.get(variant, {})}  # the memory's defaults
     return build_model(BackboneConfig(**backbone), mem, vocab).eval()
 
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.io import atomic_write_text
 
     root = Path(__file__).resolve().parents[1]
-    from pipeline.schema import BackboneConfig
+    from pipeline.config.schema import BackboneConfig
 
     default = dataclasses.asdict(BackboneConfig())
     prof = yaml.safe_load((root / "conf/profile/paper.yaml").read_text())

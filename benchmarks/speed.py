@@ -26,8 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = "window,xl,full,cmr,rmt,armt,memorizing"
-RECURRENT = ("xl", "cmr", "rmt", "armt", "memorizing")  # linear in N: ms/token should be flat
 
 
 def shape_configs(shape: str, d_model: int) -> tuple[dict, dict[str, dict]]:
@@ -37,10 +35,11 @@ def shape_configs(shape: str, d_model: int) -> tuple[dict, dict[str, dict]]:
 
     import yaml
 
-    from pipeline.schema import MEMORY_CONFIGS, BackboneConfig
+    from pipeline.config.schema import BackboneConfig
+    from pipeline.models.registry import config_classes
 
     backbone = dataclasses.asdict(BackboneConfig())
-    models = {name: dataclasses.asdict(cls()) for name, cls in MEMORY_CONFIGS.items()}
+    models = {name: dataclasses.asdict(cls()) for name, cls in config_classes().items()}
     if shape == "paper":
         profile = yaml.safe_load((ROOT / "conf/profile/paper.yaml").read_text())
         backbone.update({k: v for k, v in profile["backbone"].items() if k in ("n_layers", "window")})
@@ -95,7 +94,7 @@ def run_cell(shape: str, d: int, lengths: list[int], variants: list[str], args) 
 
     from pipeline.evaluate.overhead import measure_round_robin, peak_forward_bytes
     from pipeline.models import build_model
-    from pipeline.schema import BackboneConfig
+    from pipeline.config.schema import BackboneConfig
 
     torch.manual_seed(0)
     bb, mems = shape_configs(shape, d)
@@ -170,7 +169,9 @@ def targets(df) -> list[str]:
 
 
 def colour(variant: str) -> str:
-    names = VARIANTS.split(",")
+    from pipeline.models.registry import NAMES
+
+    names = list(NAMES)
     return f"C{names.index(variant) if variant in names else len(names)}"
 
 
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lengths", default="500,1000,2500,5000,10000")
     ap.add_argument("--paper-lengths", default="500,1000,2500",
                     help="N for the paper shape (on a 2-core CPU a forward at d=512, N=10,000 takes ~20 s)")
-    ap.add_argument("--variants", default=VARIANTS)
+    ap.add_argument("--variants", default=None, help="comma-separated (default: every memory of the registry)")
     ap.add_argument("--max-full-tokens", type=int, default=2500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
@@ -240,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         return summarize(pd.read_csv(out), out)
     torch.set_num_threads(args.threads)
     args.device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else cpu_name()
-    variants = args.variants.split(",")
+    from pipeline.models.registry import NAMES
+
+    variants = args.variants.split(",") if args.variants else list(NAMES)
     if "window" not in variants:
         variants.insert(0, "window")  # every ratio is to window
     rows = []

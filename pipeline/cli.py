@@ -24,12 +24,12 @@ STAGES = {
     "overhead": "pipeline.evaluate.overhead",
     "attention": "pipeline.evaluate.attention",
     "report": "pipeline.report.cli",
-    "readme-results": "pipeline.readme_results",
-    "baselines": "pipeline.baselines",
-    "hf-pretrain": "pipeline.hf_pretrain",
-    "sanity": "pipeline.sanity",
-    "ablations": "pipeline.ablations",
-    "hparams-search": "pipeline.hparams_search",
+    "readme-results": "pipeline.report.readme",
+    "baselines": "pipeline.studies.baselines",
+    "hf-pretrain": "pipeline.studies.hf_pretrain",
+    "sanity": "pipeline.studies.sanity",
+    "ablations": "pipeline.studies.ablations",
+    "hparams-search": "pipeline.studies.hparams_search",
 }
 
 

@@ -10,8 +10,16 @@ from __future__ import annotations
 import sys
 
 from pipeline import stage_cli
-from pipeline.config import PARAMS_FILE, compose, to_params_yaml
+from pipeline.config import PARAMS_FILE, compose, to_params_yaml, typed
 from pipeline.io import write_or_check
+from pipeline.models.registry import typed_models
+
+
+def composed_text(overrides: list[str]) -> str:
+    """params.yaml's text for these overrides, after every check a stage runs on it (each memory's included)."""
+    cfg = compose(overrides)
+    typed_models(typed(cfg))
+    return to_params_yaml(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare with the existing file")
     args = stage_cli.parse(parser, argv)
     return stage_cli.run(lambda: write_or_check(
-        args.output, to_params_yaml(compose(args.overrides)), check=args.check,
+        args.output, composed_text(args.overrides), check=args.check,
         fix_hint=f"run python -m pipeline.compose {' '.join(args.overrides)}".strip()))
 
 

@@ -18,7 +18,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable
 
-from pipeline.schema import RootConfig
+from pipeline.config.schema import RootConfig
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.config_access import cfg_path
+from pipeline.config.access import cfg_path
 
 KINDS = ("train", "eval", "attention", "overhead")
 

@@ -18,8 +18,9 @@ def parser(stage: str, description: str, *, params: bool = True, variant: bool =
     if params:
         ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
     if variant:
-        ap.add_argument("--variant", required=True, help="a key of `models` (window, xl, full, cmr, rmt, armt, "
-                                                         "memorizing)")
+        from pipeline.models.registry import NAMES
+
+        ap.add_argument("--variant", required=True, help=f"a key of `models` ({', '.join(NAMES)})")
     if seeds:
         ap.add_argument("--seeds", "--seed", type=int, nargs="+", default=None, dest="seeds",
                         help="seed(s) to run (default: study.seeds)")
@@ -44,10 +45,15 @@ def parse(ap: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> 
 
 
 def load_config(args: argparse.Namespace) -> Any:
-    """The params file with the overrides applied, validated (pipeline.config.load_params)."""
+    """The params file with the overrides applied, validated (pipeline.config.load_params); the `--variant`'s
+    memory config typed and checked by its memory (pipeline.models.registry.typed_models), the others left as
+    mappings, so a stage imports no memory but its own."""
     from pipeline.config import load_params
+    from pipeline.models.registry import typed_models
 
-    return load_params(args.params, getattr(args, "overrides", None) or ())
+    cfg = load_params(args.params, getattr(args, "overrides", None) or ())
+    variant = getattr(args, "variant", None)
+    return typed_models(cfg, [variant]) if variant is not None else cfg
 
 
 def seeds_of(args: argparse.Namespace, cfg: Any) -> list[int]:
@@ -55,9 +61,15 @@ def seeds_of(args: argparse.Namespace, cfg: Any) -> list[int]:
 
 
 def run(body: Callable[[], Optional[int]]) -> int:
-    """The stage's exit code: body's (0 if None), or 2 with one line on stderr for a pipeline or OS error."""
+    """The stage's exit code: body's (0 if None), 2 with one line on stderr for a pipeline or OS error, 143 for a
+    run that Lightning stopped on SIGTERM (so DVC does not record an unfinished stage as done)."""
     try:
         return int(body() or 0)
     except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as err:  # Lightning's SIGTERMException is a SystemExit with no code, i.e. exit status 0
+        if type(err).__name__ != "SIGTERMException":
+            raise
+        print("error: terminated by SIGTERM; the run was not finished (rerun the stage to resume it)", file=sys.stderr)
+        return 128 + 15

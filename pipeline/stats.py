@@ -186,8 +186,3 @@ def align_pairs(a: pd.DataFrame, b: pd.DataFrame, keys: Sequence[str] = PAIR_KEY
     out["correct_a"] = out["correct_a"].astype(bool)
     out["correct_b"] = out["correct_b"].astype(bool)
     return out
-
-
-def per_document_accuracy(df: pd.DataFrame, doc_keys: Sequence[str] = ("split", "doc_id")) -> pd.Series:
-    """Mean correctness per (seed, document): the unit the bootstrap resamples."""
-    return df.groupby(["seed", *doc_keys], sort=True)["correct"].mean()

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from pipeline.config_access import cfg_get as _get
+from pipeline.config.access import cfg_get as _get
 from pipeline.errors import ConfigError
-from pipeline.config_checks import WANDB_MODES
+from pipeline.config.checks import WANDB_MODES
 
 
 

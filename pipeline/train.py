@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import torch
 
 from pipeline.config import as_plain, typed
+from pipeline.models.registry import typed_models
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.io import atomic_write_json, write_stage_time
 from pipeline import paths, stage_cli
-from pipeline.schema import ProgressBar, RootConfig, TrainConfig
-from pipeline.train_config import RUNTIME_KEYS, resolve_monitor
+from pipeline.config.schema import ProgressBar, RootConfig, TrainConfig
+from pipeline.config.train import RUNTIME_KEYS, resolve_monitor
 
 if TYPE_CHECKING:
     import lightning as L
@@ -70,7 +71,7 @@ def run_fingerprint(cfg: dict, variant: str, seed: int, data_dir: str | Path) ->
     (manifest) and the code that defines model and training (an edited model is a new run)."""
     here = Path(__file__).resolve().parent
     sources = sorted((here / "models").glob("*.py")) + [here / "train.py", here / "train_module.py",
-                                                         here / "train_config.py", here / "data" / "loader.py"]
+                                                         here / "config" / "train.py", here / "data" / "loader.py"]
     parts = {"variant": variant, "seed": int(seed), "backbone": cfg["backbone"], "model": cfg["models"][variant],
              "train": {k: v for k, v in cfg["train"].items() if k not in RUNTIME_KEYS}}
     fp = {k: _sha(json.dumps(v, sort_keys=True, default=str).encode()) for k, v in parts.items()}
@@ -245,36 +246,23 @@ def train(cfg: RootConfig | Any, variant: str, seed: int, *, run_dir: str | Path
     """
     cfg = typed(cfg)  # a RootConfig as it is; a Hydra sweep's or a test's DictConfig or dict: validated
     check_variant(cfg, variant)
+    cfg = typed_models(cfg, [variant])
     t = cfg.train
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, variant, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(t.threads))
 
     dm, vocab_size = data_module(cfg, seed)
-    monitor = resolve_monitor(str(t.monitor), str(cfg.models[variant].name), "val_long" in dm.val_sets)
+    monitor = resolve_monitor(str(t.monitor), cfg.models[variant].spans_document, "val_long" in dm.val_sets)
     check_monitor(monitor, dm.val_sets)
 
-    import lightning as L
-
-    from pipeline import models
-    from pipeline.train_module import MemoryLMModule, ThroughputMonitor
-
-    L.seed_everything(int(seed), workers=True, verbose=False)
-    model = models.build_model(cfg.backbone, cfg.models[variant], vocab_size)
-    plain = as_plain(cfg)
-    hparams = {"cfg": plain, "variant": variant, "seed": int(seed), "vocab_size": vocab_size}  # what load_trained reads
-    module = MemoryLMModule(model, t, hparams, monitor, dm.val_names,
-                            run_fingerprint(plain, variant, seed, cfg.paths.data_dir))
-    ckpt_path = resumable(run_dir / "checkpoints" / "last.ckpt", module.fingerprint) if t.resume else None
+    module, ckpt_path, plain = _module_to_fit(cfg, variant, seed, run_dir, dm, vocab_size, monitor)
     lead = is_lead_process()
-    if lead and ckpt_path is None:
-        clear_run(run_dir)
-    elif lead:
-        (run_dir / "metrics.json").unlink(missing_ok=True)  # a run in progress has none; written when it ends
 
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
     from pipeline.tracking import wandb_run
+    from pipeline.train_module import ThroughputMonitor
 
     name = paths.run_name(variant, seed)
     extra = {"variant": variant, "seed": int(seed), "cfg": plain}
@@ -291,18 +279,47 @@ def train(cfg: RootConfig | Any, variant: str, seed: int, *, run_dir: str | Path
         if frozen:
             frozen_run(trainer, module, dm, run_dir)
         else:
-            try:
-                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-            except TrainingError:
-                if lead:
-                    clear_run(run_dir)  # a diverged run leaves nothing to resume or score
-                raise
+            fit(trainer, module, dm, ckpt_path, run_dir if lead else None)
         metrics = summarize(module, thr, t, variant, seed, trainer.global_step, frozen)
         if lead:
             atomic_write_json(run_dir / "metrics.json", metrics)
         if run is not None:
             run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
     return metrics
+
+
+def _module_to_fit(cfg: RootConfig, variant: str, seed: int, run_dir: Path, dm: Any, vocab_size: int,
+                   monitor: str) -> tuple[Any, Optional[Path], dict]:
+    """The seeded model in its LightningModule, the checkpoint to resume (None: a fresh start, whose run folder
+    is cleared by the lead process), and the config as the checkpoint's plain hyperparameters hold it."""
+    import lightning as L
+
+    from pipeline import models
+    from pipeline.train_module import MemoryLMModule
+
+    L.seed_everything(int(seed), workers=True, verbose=False)
+    model = models.build_model(cfg.backbone, cfg.models[variant], vocab_size)
+    plain = as_plain(cfg)
+    hparams = {"cfg": plain, "variant": variant, "seed": int(seed), "vocab_size": vocab_size}  # what load_trained reads
+    module = MemoryLMModule(model, cfg.train, hparams, monitor, dm.val_names,
+                            run_fingerprint(plain, variant, seed, cfg.paths.data_dir))
+    ckpt_path = resumable(run_dir / "checkpoints" / "last.ckpt", module.fingerprint) if cfg.train.resume else None
+    if is_lead_process() and ckpt_path is None:
+        clear_run(run_dir)
+    elif is_lead_process():
+        (run_dir / "metrics.json").unlink(missing_ok=True)  # a run in progress has none; written when it ends
+    return module, ckpt_path, plain
+
+
+def fit(trainer: L.Trainer, module: MemoryLMModule, dm: Any, ckpt_path: Optional[Path], run_dir: Optional[Path]) -> None:
+    """trainer.fit; a diverged run (TrainingError) leaves nothing to resume or score in `run_dir` (None: not the
+    lead process, which clears it)."""
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except TrainingError:
+        if run_dir is not None:
+            clear_run(run_dir)
+        raise
 
 
 def frozen_run(trainer: L.Trainer, module: MemoryLMModule, dm: Any, run_dir: Path) -> None:

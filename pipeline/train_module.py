@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import DataError, TrainingError
-from pipeline.schema import TrainConfig
-from pipeline.train_config import QUERY_TYPES
+from pipeline.config.schema import TrainConfig
+from pipeline.config.train import QUERY_TYPES
 
 
 def gather_queries(logits: torch.Tensor, query_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,14 +19,14 @@ def tiny_multirun(tmp_path):
 
 
 def run_tiny_multirun(tmp_path: Path, *overrides: str) -> Path:
-    """Prepare ci-profile data, run `python -m pipeline.sweep -m <overrides>` at a few training steps
+    """Prepare ci-profile data, run `python -m pipeline.studies.sweep -m <overrides>` at a few training steps
     into tmp_path/multirun, assert it succeeded, and return that sweep folder."""
     from pipeline.data.prepare import prepare
 
     data = tmp_path / "data"
     prepare(compose(["profile=ci", f"paths.data_dir={data}"]), quiet=True)
     sweep_dir = tmp_path / "multirun"
-    cmd = [sys.executable, "-m", "pipeline.sweep", "-m", *overrides, "profile=ci",
+    cmd = [sys.executable, "-m", "pipeline.studies.sweep", "-m", *overrides, "profile=ci",
            "train.max_steps=20", "train.val_check_interval=10", "train.progress_bar=none", "logger=none",
            f"paths.data_dir={data}", f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""Aggregation of ablation sweeps (pipeline.ablations): a tiny real multirun of an ablation config
+"""Aggregation of ablation sweeps (pipeline.studies.ablations): a tiny real multirun of an ablation config
 through to results/ablations.{csv,md,png}, the arithmetic on hand-built job folders (seeds pooled,
 the reference row, the paired test), and clear errors for folders that hold no sweep."""
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.ablations import aggregate, main
+from pipeline.studies.ablations import aggregate, main
 from pipeline.config import compose
 from pipeline.errors import DataError
 from pipeline.paths import run_dir
@@ -45,7 +45,7 @@ def test_ablation_multirun_aggregates_to_csv_md_png(tmp_path, tiny_multirun):
 
 # ------------------------------------------------------------------------- hand-built job folders
 def _fake_job(job_dir: Path, gate: bool, seed: int, correct: np.ndarray) -> None:
-    """A job folder as pipeline.sweep leaves it, with given per-query outcomes (2 lengths x 4 docs x 2 queries)."""
+    """A job folder as pipeline.studies.sweep leaves it, with given per-query outcomes (2 lengths x 4 docs x 2 queries)."""
     overrides = ["experiment=ablation_gate", f"models.cmr.gate={gate}", f"sweep.seed={seed}"]
     cfg = compose(overrides)
     (job_dir / ".hydra").mkdir(parents=True)

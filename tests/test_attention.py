@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluate import attention as att
-from pipeline.config_checks import check_eval
-from pipeline.schema import EvalConfig
+from pipeline.config.checks import check_eval
+from pipeline.config.schema import EvalConfig
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.config_checks import check_models as validate
+from pipeline.models.registry import check_models as validate
 from tests.test_models import TINY, V, ids, loud_memory, make
 
 BASELINES = {

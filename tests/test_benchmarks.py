@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.models.registry import NAMES
+
 
 def _load(name: str):
     """benchmarks/<name>.py as a module (benchmarks/ is scripts, not a package)."""
@@ -69,7 +71,7 @@ def test_speed_sweep_writes_every_cell_and_says_what_it_did_not_run(tmp_path):
     assert mod.main(["--shapes", "default", "--widths", "32", "--lengths", "48,96", "--repeats", "2",
                      "--max-full-tokens", "48", "--out", str(out)]) == 0
     df = pd.read_csv(out)
-    assert len(df) == 2 * 7  # every variant at every N
+    assert len(df) == 2 * len(NAMES)  # every memory of the registry at every N
     full_long = df[(df.variant == "full") & (df.n_tokens == 96)].iloc[0]
     assert pd.isna(full_long.ms_per_token) and "quadratic" in full_long.note
     ran = df.dropna(subset=["ms_per_token"])

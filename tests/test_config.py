@@ -47,11 +47,14 @@ def test_stages_get_the_schema_dataclasses_and_their_plain_form_is_omegaconfs(tm
     import json
 
     from pipeline.config import as_plain
-    from pipeline.schema import CMRConfig, RootConfig, Selection, TrainConfig, WindowConfig
+    from pipeline.config.schema import RootConfig, TrainConfig
+    from pipeline.models.cmr import CMRConfig, Selection
+    from pipeline.models.registry import typed_models
+    from pipeline.models.window import WindowConfig
 
     out = tmp_path / "params.yaml"
     out.write_text(to_params_yaml(compose([f"profile={profile}"])))
-    cfg = load_params(out, ["models.cmr.capacity=40"])
+    cfg = typed_models(load_params(out, ["models.cmr.capacity=40"]))
     assert isinstance(cfg, RootConfig) and isinstance(cfg.train, TrainConfig)
     assert type(cfg.models["cmr"]) is CMRConfig and type(cfg.models["window"]) is WindowConfig
     assert cfg.models["cmr"].capacity == 40 and cfg.models["cmr"].selection is Selection.learned
@@ -64,6 +67,8 @@ def test_stages_get_the_schema_dataclasses_and_their_plain_form_is_omegaconfs(tm
     "overrides, words",
     [
         (["+data.bogus=1"], ["data.bogus"]),
+        (["+train.lrr=0.5"], ["train.lrr", "allowed keys"]),  # `+` adds a key with the schema's struct mode off
+        (["+models.cmr.kk=1"], ["models.cmr", "kk"]),
         (["model@models.cmr=transformer9000"], ["model/transformer9000", "cmr", "window"]),
         (["study.variants=[window,lstm]"], ["study.variants", "lstm", "allowed"]),
         (["models.cmr.k=32", "backbone.window=16"], ["k", "window"]),
@@ -75,8 +80,11 @@ def test_stages_get_the_schema_dataclasses_and_their_plain_form_is_omegaconfs(tm
     ],
 )
 def test_bad_config_fails_naming_the_key(overrides, words):
+    """What `cmr-repro compose` checks: conf/ and each memory's own checks (pipeline.models.registry)."""
+    from pipeline.compose import composed_text
+
     with pytest.raises(ConfigError) as err:
-        compose(overrides)
+        composed_text(overrides)
     msg = str(err.value)
     for word in words:
         assert word in msg, f"{overrides}: '{word}' not in: {msg}"
@@ -120,8 +128,12 @@ def _restated(schema_cls: type, written: dict, where: str) -> list[str]:
 
 
 def test_defaults_are_written_once_in_the_schema():
-    """conf/'s option files hold only what differs from pipeline/schema.py, and the schema is what composes."""
-    from pipeline.schema import MEMORY_CONFIGS, DataConfig, LoggerConfig, TrainConfig
+    """conf/'s option files hold only what differs from the schema (each memory's: its module), and the schema is
+    what composes."""
+    from pipeline.config.schema import DataConfig, LoggerConfig, TrainConfig
+    from pipeline.models.registry import config_classes
+
+    MEMORY_CONFIGS = config_classes()
 
     files = [(DataConfig, f"data/{p.name}", "data") for p in (CONF / "data").glob("*.yaml")]
     files += [(LoggerConfig, f"logger/{p.name}", "logger") for p in (CONF / "logger").glob("*.yaml")]
@@ -144,6 +156,6 @@ def test_dvc_composes_with_the_schema_in_its_own_process(tmp_path):
     out = tmp_path / "params.yaml"
     code = ("import sys; from dvc.utils.hydra import compose_and_dump; "
             f"compose_and_dump({str(out)!r}, {str(CONF)!r}, None, 'config', {str(REPO_ROOT)!r}, ['profile=ci']); "
-            "assert 'pipeline.config' not in sys.modules")
+            "assert 'pipeline.compose' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     assert OmegaConf.load(out) == OmegaConf.create(to_params_yaml(compose(["profile=ci"])))

@@ -17,7 +17,7 @@ import pytest
 from pipeline.data import DataConfig, load_split, load_tokenizer, load_train_counts
 from pipeline.data.prepare import build_all, prepare
 from pipeline.data.build import check_disjoint
-from pipeline.config_checks import check_data as validate
+from pipeline.data.documents import check_data as validate
 from pipeline.errors import ConfigError, DataError
 
 TINY = DataConfig(

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from pipeline.config import REPO_ROOT, as_plain
 from pipeline.data.loader import CurriculumBatchSampler, eval_batches
 from pipeline.errors import ConfigError
-from pipeline.config_checks import check_train as validate_train
+from pipeline.config.checks import check_train as validate_train
 from tests.test_train import W, data_root, tiny_config  # noqa: F401 (data_root: the module's tiny data)
 
 SCHED = [{"until_step": 5, "max_segments": 2}, {"until_step": None, "max_segments": 4}]

@@ -15,9 +15,9 @@ from datasets import Dataset
 from omegaconf import OmegaConf
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.config_checks import check_eval
-from pipeline.evaluate.config import rare_buckets
-from pipeline.schema import EvalConfig
+from pipeline.config.checks import check_eval
+from pipeline.config.evaluate import rare_buckets
+from pipeline.config.schema import EvalConfig
 from pipeline.evaluate import dialogue, numeric, overhead, rare, recall
 from pipeline.evaluate.predict import PRED_COLUMNS, predict_split
 
@@ -319,9 +319,12 @@ def test_config_defaults_validate_and_bad_values_name_the_key():
         check_eval(bad)
     toolong = OmegaConf.create({"data": {"rare_counts": [10]}, "backbone": {"max_positions": 1000, "positions": "learned"},
                                 "study": {"variants": ["window", "full"]},
+                                "models": {"window": {"name": "window"}, "full": {"name": "full"}},
                                 "eval": OmegaConf.structured(EvalConfig)})
-    with pytest.raises(ConfigError, match="eval.overhead.lengths.*max_positions"):
-        check_eval(toolong)
+    from pipeline.models.registry import check_models  # a whole-sequence memory's positions cover the timed lengths
+
+    with pytest.raises(ConfigError, match="max_positions.*eval.overhead.lengths"):
+        check_models(toolong)
     nodata = OmegaConf.create({"data": {}, "eval": OmegaConf.structured(EvalConfig)})
     with pytest.raises(ConfigError, match="rare_buckets"):
         check_eval(nodata)

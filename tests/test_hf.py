@@ -125,7 +125,7 @@ def test_hf_pretrain_then_train_and_evaluate_through_the_pipeline(tmp_path, monk
     from pipeline import train as T
     from pipeline.data.prepare import prepare
     from pipeline.evaluate import check_trained
-    from pipeline.hf_pretrain import main as pretrain_main
+    from pipeline.studies.hf_pretrain import main as pretrain_main
     from pipeline.models import build_model
     from pipeline.models.checkpoint import load_trained
     from test_train import tiny_config

@@ -1,4 +1,4 @@
-"""The Optuna search (pipeline.hparams_search): a tiny 2-trial search whose trials are sweep jobs,
+"""The Optuna search (pipeline.studies.hparams_search): a tiny 2-trial search whose trials are sweep jobs,
 its study files, resuming, and the config mistakes it rejects before any training."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import hparams_search
+from pipeline.studies import hparams_search
 from pipeline.config import compose
 from pipeline.errors import ConfigError
 
@@ -18,7 +18,7 @@ TINY = ["profile=ci", "train.max_steps=20", "train.val_check_interval=10", "trai
 
 @pytest.mark.timeout(300)
 def test_two_trial_search_writes_trial_jobs_and_study_csv(tmp_path, monkeypatch):
-    from pipeline.ablations import aggregate
+    from pipeline.studies.ablations import aggregate
     from pipeline.data.prepare import prepare
 
     monkeypatch.setenv("WANDB_MODE", "disabled")

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
-from pipeline.models import MODEL_NAMES, build_model
-from pipeline.config_checks import check_models as validate
-from pipeline.models.config import memory_config
-from pipeline.schema import BackboneConfig
+from pipeline.models import build_model
+from pipeline.models.registry import NAMES as MODEL_NAMES
+from pipeline.models.registry import check_models as validate
+from pipeline.models.registry import memory_config
+from pipeline.config.schema import BackboneConfig
 
 torch.set_num_threads(1)
 V = 50
@@ -47,6 +48,7 @@ VARIANT_KW = {
     "rmt": {"mem_tokens": 2},
     "armt": {"mem_tokens": 2, "d_key": 4},
     "memorizing": {"store": 8, "top_k": 3},
+    "gdn": {"heads": 2, "d_key": 4, "d_value": 4, "chunk": 4},
 }
 
 
@@ -268,7 +270,7 @@ def loud_memory(m):
     return m
 
 
-@pytest.mark.parametrize("name", ["xl", "cmr", "rmt", "armt", "memorizing"])
+@pytest.mark.parametrize("name", ["xl", "cmr", "rmt", "armt", "memorizing", "gdn"])
 def test_memory_resets_between_documents(name):
     m = loud_memory(make(name, **VARIANT_KW[name]))
     a, b = ids(1, 30, seed=3), ids(1, 30, seed=4)
@@ -514,5 +516,5 @@ def test_model_config_has_no_torch_import():
     import subprocess
     import sys
 
-    code = "import sys, pipeline.models.config, pipeline.models; assert 'torch' not in sys.modules"
+    code = "import sys, pipeline.models.registry, pipeline.models; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

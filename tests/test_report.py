@@ -289,8 +289,8 @@ def test_xl_comparison_joins_the_holm_family(tmp_path):
 
 
 def test_checks_read_every_seed():
-    from pipeline.schema import ReportConfig
-    from pipeline.report.checks import ceiling, cmr_learned, numeric_learnable
+    from pipeline.config.schema import ReportConfig
+    from pipeline.report.checks import ceiling, learned, learned_checks, numeric_learnable
 
     rc = ReportConfig()
     train = {"full-s0": {"val_recall_far": 0.99, "val_best": {"val/recall_numeric": 0.95}},
@@ -299,8 +299,15 @@ def test_checks_read_every_seed():
     c = ceiling(train, rc)
     assert c["status"] == "FAILED" and c["per_seed"] == {"0": 0.99, "1": 0.90}  # one seed below 0.95 fails it
     assert numeric_learnable(train, rc)["status"] == "PASSED"
-    assert cmr_learned(train, rc)["status"] == "FAILED" and "s1 n/a" in cmr_learned(train, rc)["detail"]
+    assert learned(train, rc, "cmr")["status"] == "FAILED" and "s1 n/a" in learned(train, rc, "cmr")["detail"]
     assert ceiling({"cmr-s0": {}}, rc)["status"] == "NOT RUN"
+    # every memory whose runs chose checkpoints on val_long's far recall gets its own check, in the study's order
+    far = "val_long/recall_far"
+    train.update({"gdn-s0": {"monitor": far, "val_long_recall_far": 0.97}, "window-s0": {"monitor": "val/recall"},
+                  "rmt-s0": {"monitor": far, "val_long_recall_far": 0.31}})
+    checks = learned_checks(train, rc)
+    assert list(checks) == ["rmt_learned", "gdn_learned", "cmr_learned"]
+    assert (checks["rmt_learned"]["status"], checks["gdn_learned"]["status"]) == ("FAILED", "PASSED")
 
 
 def _doc(variant, seed, doc, answers, preds, types=None):
@@ -311,7 +318,7 @@ def _doc(variant, seed, doc, answers, preds, types=None):
 
 
 def test_binding_table_and_check():
-    from pipeline.schema import ReportConfig
+    from pipeline.config.schema import ReportConfig
     from pipeline.report.checks import binding, binding_table
 
     # doc values {1, 2, 3, 4}: `cmr` right 3 of 4; `window` answers only with values, picks the earlier
@@ -328,7 +335,7 @@ def test_binding_table_and_check():
 
 
 def test_xl_reach_and_claim_blocking():
-    from pipeline.schema import ReportConfig
+    from pipeline.config.schema import ReportConfig
     from pipeline.report.checks import CLAIM_CHECKS, blocking, xl_reach
 
     near = [dict(variant="xl", seed=0, split="r", doc_id=f"n{i}", query_type="far", distance_segments=1,
@@ -443,7 +450,7 @@ def test_verdicts_follow_the_rules(tmp_path):
     assert "## Verdicts on the paper's claims" in md and "**supported**" in md and "**not tested**" in md
     assert "supported = a significant win in every cell" in md  # the rules are stated
     from pipeline.report.verdicts import CLAIMS, overhead_verdict
-    from pipeline.schema import ReportConfig
+    from pipeline.config.schema import ReportConfig
 
     oh = pd.read_csv(tmp_path / "results" / "tables" / "overhead.csv")
     assert overhead_verdict(CLAIMS[1], oh, ReportConfig(overhead_small_ratio=1.5))["verdict"] == "supported"
@@ -552,7 +559,7 @@ def test_attention_table_section_and_verdict(tmp_path, monkeypatch):
     assert "## Attention" in md and "tables/attention.png" in md
 
     from pipeline.report.verdicts import CLAIMS, attention_verdict
-    from pipeline.schema import ReportConfig
+    from pipeline.config.schema import ReportConfig
 
     table = pd.read_csv(res / "tables" / "attention.csv")
     diffuse = table.copy()  # cmr more diffuse than window, but still more mass on the fact: mixed
@@ -665,7 +672,8 @@ def test_baselines_beside_the_study_join_every_table_and_verdict(tmp_path):
 
 
 def test_baselines_config_is_the_study_with_the_experiment_keys(tmp_path):
-    from pipeline.baselines import baselines_config, recipe_matches
+    from pipeline.studies.baselines import baselines_config
+    from pipeline.config.train import recipe_matches
     from pipeline.config import as_plain, load_params
 
     cfg, _, _ = make_study(tmp_path)
@@ -685,7 +693,7 @@ def test_baselines_collect_copies_what_the_report_reads(tmp_path, monkeypatch):
     --out; a missing one exits 2 naming it and leaves the earlier copy whole."""
     import yaml
 
-    from pipeline.baselines import COPY, main as baselines_main
+    from pipeline.studies.baselines import COPY, main as baselines_main
 
     cfg, _, _ = make_study(tmp_path)
     params = _write_params(tmp_path, cfg)

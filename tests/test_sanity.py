@@ -1,4 +1,4 @@
-"""Sanity-check aggregation (pipeline.sanity): its bars on hand-made tables, and a real tiny sweep
+"""Sanity-check aggregation (pipeline.studies.sanity): its bars on hand-made tables, and a real tiny sweep
 through to results/sanity/*."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.sanity import build, checks
+from pipeline.studies.sanity import build, checks
 
 
 def _table(cmr, window, xl):

@@ -48,3 +48,17 @@ def test_positional_words_without_equals_are_kept_in_order():
     args = stage_cli.parse(ap, ["profile=ci", "~models.rmt", "-o", "x.yaml", "models.cmr.k=4"])
     assert args.overrides == ["profile=ci", "~models.rmt", "models.cmr.k=4"]  # Hydra's deletion is not lost
     assert args.output == "x.yaml"
+
+
+def test_a_run_stopped_by_sigterm_exits_non_zero(capsys):
+    """Lightning turns SIGTERM into SIGTERMException, a SystemExit without a code (exit status 0): DVC would
+    record the unfinished training stage as done."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def body():
+        raise SIGTERMException()
+
+    assert stage_cli.run(body) == 143
+    assert "SIGTERM" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # any other exit passes through
+        stage_cli.run(lambda: (_ for _ in ()).throw(SystemExit(3)))

@@ -1,4 +1,4 @@
-"""A tiny Hydra multirun through `pipeline.sweep`: every job trains and evaluates into its own folder,
+"""A tiny Hydra multirun through `pipeline.studies.sweep`: every job trains and evaluates into its own folder,
 running the same functions as the DVC stages. And the ablation sweeps of conf/experiment/: each of
 their options composes into a config that validates (no training)."""
 
@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from pipeline.config import CONF_DIR, REPO_ROOT, compose
 from pipeline.errors import ConfigError, DataError
 from pipeline.paths import run_dir
-from pipeline.sweep import sweep_options
+from pipeline.studies.sweep import sweep_options
 
 ABLATIONS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("ablation_*.yaml"))
 
@@ -41,7 +41,7 @@ def test_unknown_sweep_variant_is_a_config_error():
 
 
 def test_sweep_prepares_missing_data_and_refuses_data_of_other_settings(tmp_path):
-    from pipeline.sweep import ensure_data
+    from pipeline.studies.sweep import ensure_data
 
     cfg = compose(["profile=ci", f"paths.data_dir={tmp_path / 'data'}"])
     ensure_data(cfg)  # missing: prepared here
@@ -50,7 +50,7 @@ def test_sweep_prepares_missing_data_and_refuses_data_of_other_settings(tmp_path
     other = compose(["profile=ci", f"paths.data_dir={tmp_path / 'data'}", "data.n_train_docs=700"])
     with pytest.raises(DataError, match=r"prepared with other data settings.*data.n_train_docs: 600 there, 700 here"):
         ensure_data(other)
-    cmd = [sys.executable, "-m", "pipeline.sweep", "profile=ci", f"paths.data_dir={tmp_path / 'data'}",
+    cmd = [sys.executable, "-m", "pipeline.studies.sweep", "profile=ci", f"paths.data_dir={tmp_path / 'data'}",
            "data.n_train_docs=700", f"hydra.run.dir={tmp_path / 'run'}", "logger=none"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "prepared with other data settings" in proc.stderr

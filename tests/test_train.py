@@ -22,9 +22,9 @@ from pipeline.models import build_model  # noqa: E402
 from pipeline.models.checkpoint import load_trained  # noqa: E402
 from pipeline.train_module import MemoryLMModule  # noqa: E402
 from pipeline.errors import ConfigError, TrainingError  # noqa: E402
-from pipeline.schema import RootConfig  # noqa: E402
-from pipeline.config_checks import check_train as validate_train  # noqa: E402
-from pipeline.train_config import curriculum_limit  # noqa: E402
+from pipeline.config.schema import RootConfig  # noqa: E402
+from pipeline.config.checks import check_train as validate_train  # noqa: E402
+from pipeline.config.train import curriculum_limit  # noqa: E402
 
 W = 16  # the real generator needs room for a local pair plus a far fact in one segment
 
@@ -455,14 +455,21 @@ def test_main_run_dir_takes_one_seed(env, tmp_path, capsys):
 
 
 def test_monitor_auto_and_its_checks(env, data_root):
-    from pipeline.train_config import resolve_monitor
+    from pipeline.config.train import resolve_monitor
 
-    assert resolve_monitor("auto", "cmr", True) == "val_long/recall_far"
-    assert resolve_monitor("auto", "full", True) == "val/recall"  # val_long is beyond full's training length
+    from pipeline.models.registry import config_class
+
+    def spans(name):
+        return config_class(name).spans_document
+
+    assert resolve_monitor("auto", spans("cmr"), True) == "val_long/recall_far"
+    assert resolve_monitor("auto", spans("full"), True) == "val/recall"  # val_long is beyond full's training length
     for bounded in ("window", "xl"):  # far facts of long documents are out of their reach: selecting on them is noise
-        assert resolve_monitor("auto", bounded, True) == "val/recall"
-    assert resolve_monitor("auto", "cmr", False) == "val/recall_far"  # data from before val_long existed
-    assert resolve_monitor("val/recall", "cmr", True) == "val/recall"
+        assert resolve_monitor("auto", spans(bounded), True) == "val/recall"
+    for memory in ("rmt", "armt", "memorizing"):
+        assert resolve_monitor("auto", spans(memory), True) == "val_long/recall_far"
+    assert resolve_monitor("auto", spans("cmr"), False) == "val/recall_far"  # data from before val_long existed
+    assert resolve_monitor("val/recall", spans("cmr"), True) == "val/recall"
     dm = MemoryDataModule(env.paths.data_dir, W, 8, 16, env.train.curriculum, 0)
     dm.setup()
     assert dm.val_names == ["val", "val_long"]

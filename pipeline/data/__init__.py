@@ -1,12 +1,12 @@
 """Documents with planted facts (METHOD.md section 3): generator, tokenizer, splits on disk.
 
-Heavy imports (datasets, tokenizers) happen inside the functions, so `pipeline.data.config`
+Heavy imports (datasets, tokenizers) happen inside the functions, so `pipeline.config.data`
 stays cheap to import.
 """
 
 from __future__ import annotations
 
-from pipeline.schema import DataConfig
+from pipeline.config.schema import DataConfig
 
 
 def load_split(data_dir, name, verify: bool = True):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.schema import DataConfig
+from pipeline.config.schema import DataConfig
 from pipeline.data.documents import (DocBuilder, assemble, filler_need, layout_dialogue, layout_numeric,
                                      layout_recall, layout_train, rare_slots_needed, train_kinds)
 from pipeline.data.filler import CorpusFiller, SyntheticFiller, corpus_stream, corpus_words, synthetic_word_classes

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from pipeline.data.vocab import PLACEHOLDER, Vocab
-from pipeline.schema import DataConfig
+from pipeline.config.checks import check_data_fields
+from pipeline.config.schema import DataConfig
 from pipeline.errors import ConfigError
 
 
@@ -172,6 +174,34 @@ def _region(r: random.Random, length: int, blocks: list[Block], prefix: list[int
 # ---------------------------------------------------------------- training documents
 
 
+@dataclass
+class _TrainLayout:
+    """One training document being laid out: the room left in each segment (after its local pairs' reserve is
+    kept free), the blocks placed in each, the entities drawn for it, and the running counts."""
+
+    r: random.Random
+    b: "DocBuilder"
+    cap: list[int]
+    segs: list[list[Block]]
+    ents: list[int]
+    reserve: int
+    n_ent: int = 0
+    fid: int = 0
+    n_facts: int = 0
+
+    def next_entity(self) -> int:
+        self.n_ent += 1
+        return int(self.ents[self.n_ent - 1])
+
+    def room(self, L: int) -> list[int]:
+        """The early segments with room for L more tokens besides their reserve."""
+        return [s for s in range(len(self.cap) - 1) if self.cap[s] - L >= self.reserve]
+
+    def put(self, s: int, block: Block, L: int) -> None:
+        self.segs[s].append(block)
+        self.cap[s] -= L
+
+
 def layout_train(r: random.Random, b: DocBuilder, kind: str, n_seg: int) -> tuple[list, int]:
     """Pieces of one training doc of n_seg * segment_len tokens, and its number of facts.
 
@@ -190,86 +220,93 @@ def layout_train(r: random.Random, b: DocBuilder, kind: str, n_seg: int) -> tupl
         first = r.randrange(len(b.speakers))
         prefixes = [[b.speakers[(first + s) % len(b.speakers)]] for s in range(n_seg)]
     cap = [W - (len(p) if p else 0) for p in prefixes]
-    segs: list[list[Block]] = [[] for _ in range(n_seg)]
     reserve = cfg.local_pairs_per_segment * b.L_pair
-    early_room = sum(max(0, c - reserve) for c in cap[:-1])
     ents = r.sample(b.entities, min(len(b.entities), cfg.n_far_facts + cfg.n_distractor_facts
                                     + cfg.local_pairs_per_segment * n_seg))
-    n_ent = 0
-    fid = 0
-    far_facts: list[Block] = []
-    far_queries: list[Block] = []
-    spare_vars: list[int] = []
-    if kind == "numeric":
-        want = max(1, cfg.n_far_facts // 2) if cfg.n_far_facts > 0 else 0
-        per_seg = [max(0, c - reserve) // b.L_nfact for c in cap[:-1]]  # var facts each early segment holds
-        n_pairs = min(want, cap[-1] // b.L_nquery, sum(per_seg) // 2)
-        vars_ = r.sample(b.variables, len(b.variables))
-        for p in range(n_pairs):
-            fx, fy, q = b.numeric(r, vars_[2 * p], vars_[2 * p + 1], fid)
-            fid += 2
-            far_facts += [fx, fy]
-            far_queries.append(q)
-        spare_vars = list(vars_[2 * n_pairs:])
-    else:
-        per_seg = [max(0, c - reserve) // b.L_fact for c in cap[:-1]]
-        n_far = min(cfg.n_far_facts, cap[-1] // b.L_query, sum(per_seg))
-        for _ in range(n_far):
-            f, q = b.recall(int(ents[n_ent]), fid)
-            n_ent += 1
-            fid += 1
-            far_facts.append(f)
-            far_queries.append(q)
+    lay = _TrainLayout(r, b, cap, [[] for _ in range(n_seg)], ents, reserve)
+    far_facts, far_queries, spare_vars = _far_blocks(lay, kind)
     if cfg.n_far_facts > 0 and not far_queries:
+        early_room = sum(max(0, c - reserve) for c in cap[:-1])
         raise ConfigError(
             f"{kind} training doc of {n_seg} segments: no far fact fits (data.segment_len={W}, "
             f"data.local_pairs_per_segment={cfg.local_pairs_per_segment}, {early_room} free tokens in the early "
             f"segments); raise segment_len or train_min_segments, or lower local_pairs_per_segment")
     cap[-1] -= sum(len(q.tokens) for q in far_queries)
     for f in far_facts:
-        L = len(f.tokens)
-        cand = [s for s in range(n_seg - 1) if cap[s] - L >= reserve]
-        s = r.choice(cand)  # the counts above guarantee room
-        segs[s].append(f)
-        cap[s] -= L
-    n_facts = len(far_facts)
+        lay.put(r.choice(lay.room(len(f.tokens))), f, len(f.tokens))  # the counts in _far_blocks guarantee room
+    lay.n_facts = len(far_facts)
     if kind == "recall":  # facts never asked: a far query must find its own entity among them
         for _ in range(cfg.n_distractor_facts):
-            cand = [s for s in range(n_seg - 1) if cap[s] - b.L_fact >= reserve]
-            if not cand or n_ent >= len(ents):
+            cand = lay.room(b.L_fact)
+            if not cand or lay.n_ent >= len(ents):
                 break
             s = r.choice(cand)
-            segs[s].append(b.distractor(r, int(ents[n_ent]), fid))
-            n_ent += 1
-            fid += 1
-            n_facts += 1
-            cap[s] -= b.L_fact
+            lay.put(s, b.distractor(r, lay.next_entity(), lay.fid), b.L_fact)
+            lay.fid += 1
+            lay.n_facts += 1
     for s in range(n_seg):
-        for _ in range(cfg.local_pairs_per_segment):
-            if kind == "numeric" and cap[s] >= b.L_triple and len(spare_vars) >= 2:
-                x, y = int(spare_vars.pop()), int(spare_vars.pop())
-                blocks = b.numeric(r, x, y, fid)
-                fid += 2
-                n_facts += 2
-            elif cap[s] >= b.L_pair and n_ent < len(ents):
-                blocks = b.recall(int(ents[n_ent]), fid)
-                n_ent += 1
-                fid += 1
-                n_facts += 1
-            elif s == n_seg - 1:
-                break  # the far queries took the last segment
-            else:
-                raise ConfigError(
-                    f"{kind} training doc: segment {s} has no room for a local pair "
-                    f"(data.local_pairs_per_segment={cfg.local_pairs_per_segment}, data.segment_len={W}); "
-                    "lower it or raise segment_len")
-            segs[s] += list(blocks)
-            cap[s] -= sum(len(x.tokens) for x in blocks)
-    segs[-1] += far_queries  # mixed in random order with the last segment's own blocks
+        if not _local_blocks(lay, kind, s, spare_vars):
+            break  # the far queries took the last segment
+    lay.segs[-1] += far_queries  # mixed in random order with the last segment's own blocks
     pieces: list = []
     for s in range(n_seg):
-        pieces += _region(r, W, segs[s], prefixes[s])
-    return pieces, n_facts
+        pieces += _region(r, W, lay.segs[s], prefixes[s])
+    return pieces, lay.n_facts
+
+
+def _far_blocks(lay: _TrainLayout, kind: str) -> tuple[list[Block], list[Block], list[int]]:
+    """The far facts and their queries (as many as the early segments and the last one hold, up to
+    data.n_far_facts; numeric documents: pairs of variables asked as a sum), and the variables left unused."""
+    cfg, b, cap = lay.b.cfg, lay.b, lay.cap
+    far_facts: list[Block] = []
+    far_queries: list[Block] = []
+    spare_vars: list[int] = []
+    if kind == "numeric":
+        want = max(1, cfg.n_far_facts // 2) if cfg.n_far_facts > 0 else 0
+        per_seg = [max(0, c - lay.reserve) // b.L_nfact for c in cap[:-1]]  # var facts each early segment holds
+        n_pairs = min(want, cap[-1] // b.L_nquery, sum(per_seg) // 2)
+        vars_ = lay.r.sample(b.variables, len(b.variables))
+        for p in range(n_pairs):
+            fx, fy, q = b.numeric(lay.r, vars_[2 * p], vars_[2 * p + 1], lay.fid)
+            lay.fid += 2
+            far_facts += [fx, fy]
+            far_queries.append(q)
+        spare_vars = list(vars_[2 * n_pairs:])
+    else:
+        per_seg = [max(0, c - lay.reserve) // b.L_fact for c in cap[:-1]]
+        n_far = min(cfg.n_far_facts, cap[-1] // b.L_query, sum(per_seg))
+        for _ in range(n_far):
+            f, q = b.recall(lay.next_entity(), lay.fid)
+            lay.fid += 1
+            far_facts.append(f)
+            far_queries.append(q)
+    return far_facts, far_queries, spare_vars
+
+
+def _local_blocks(lay: _TrainLayout, kind: str, s: int, spare_vars: list[int]) -> bool:
+    """Segment s's local pairs (a numeric document's local sum triple where one fits); False when the last
+    segment has no room left for them (the far queries took it)."""
+    cfg, b = lay.b.cfg, lay.b
+    for _ in range(cfg.local_pairs_per_segment):
+        if kind == "numeric" and lay.cap[s] >= b.L_triple and len(spare_vars) >= 2:
+            x, y = int(spare_vars.pop()), int(spare_vars.pop())
+            blocks = b.numeric(lay.r, x, y, lay.fid)
+            lay.fid += 2
+            lay.n_facts += 2
+        elif lay.cap[s] >= b.L_pair and lay.n_ent < len(lay.ents):
+            blocks = b.recall(lay.next_entity(), lay.fid)
+            lay.fid += 1
+            lay.n_facts += 1
+        elif s == len(lay.cap) - 1:
+            return False
+        else:
+            raise ConfigError(
+                f"{kind} training doc: segment {s} has no room for a local pair "
+                f"(data.local_pairs_per_segment={cfg.local_pairs_per_segment}, data.segment_len={cfg.segment_len}); "
+                "lower it or raise segment_len")
+        lay.segs[s] += list(blocks)
+        lay.cap[s] -= sum(len(x.tokens) for x in blocks)
+    return True
 
 
 # ---------------------------------------------------------------- evaluation documents
@@ -438,6 +475,14 @@ def train_kinds(cfg: DataConfig) -> tuple[list[str], np.ndarray]:
 def rare_slots_needed(cfg: DataConfig) -> int:
     """Fact slots the rare plan takes: each slot holds 2 occurrences (the fact and its answer)."""
     return sum(int(c) // 2 for c in cfg.rare_counts) * cfg.rare_tokens_per_class
+
+
+def check_data(data_cfg: Any, full_cfg: Any = None) -> DataConfig:
+    """The fields (pipeline.config.checks.check_data_fields), then a dry run of the document layouts (templates
+    well formed, planted facts fit a segment, rare counts fit the training split); returns the DataConfig."""
+    c = check_data_fields(data_cfg, full_cfg)
+    check_layouts(c)
+    return c
 
 
 def check_layouts(cfg: DataConfig) -> None:

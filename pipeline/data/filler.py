@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.schema import DataConfig
+from pipeline.config.schema import DataConfig
 from pipeline.data.vocab import Vocab, syllable_words
 from pipeline.errors import ConfigError, DataError
 

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pipeline.config_access import cfg_get
+from pipeline.config.access import cfg_get
 from pipeline.errors import ConfigError, DataError
-from pipeline.train_config import QUERY_TYPES, VAL_SPLITS, curriculum_limit
+from pipeline.config.train import QUERY_TYPES, VAL_SPLITS, curriculum_limit
 
 TYPE_INDEX = {name: i for i, name in enumerate(QUERY_TYPES)}
 REQUIRED_COLUMNS = ("input_ids", "query_pos", "answers", "query_type")

@@ -17,10 +17,10 @@ import numpy as np
 
 from pipeline.data.build import (check_disjoint, gen_eval, gen_train, make_source, split_hash, split_plan,
                                  to_columns)
-from pipeline.config_checks import check_data
-from pipeline.data.config import as_data_config
-from pipeline.config_access import cfg_path
-from pipeline.schema import DataConfig, RootConfig
+from pipeline.data.documents import check_data
+from pipeline.config.data import as_data_config
+from pipeline.config.access import cfg_path
+from pipeline.config.schema import DataConfig, RootConfig
 from pipeline.data.store import COUNTS, MANIFEST, SPLITS, load_split, save_split
 from pipeline.data.vocab import make_tokenizer, vocab_summary
 from pipeline.errors import DataError

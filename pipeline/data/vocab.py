@@ -7,14 +7,13 @@ generator planted it, so its count in the training split is exactly the planned 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.schema import DataConfig
+from pipeline.config.schema import DataConfig
 from pipeline.errors import ConfigError, DataError
 
 PAD, UNK = "[PAD]", "[UNK]"
@@ -161,7 +160,3 @@ def vocab_summary(vocab: Vocab) -> dict:
         "common_values": int(len(vocab.common_value_ids)),
         "rare_classes": [[int(i) for i in c] for c in vocab.rare_class_ids],
     }
-
-
-def dumps_vocab(vocab: Vocab) -> str:
-    return json.dumps(vocab.words)

@@ -5,7 +5,7 @@ pipeline.evaluate` for DVC, or a Hydra job). It writes experiments/eval/<variant
 atomically: either the whole folder appears, or (on any error) nothing changes.
 
 Heavy imports (torch, pandas, the task modules) happen inside functions: importing
-`pipeline.evaluate.config` (which `pipeline.config` does) runs this package's import, which must stay fast.
+`pipeline.config.evaluate` (which `pipeline.config` does) runs this package's import, which must stay fast.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def evaluate(
 
     model / loader / train_counts: injected by tests (default: load_trained, pipeline.data).
     """
-    from pipeline.evaluate import overhead as overhead_mod, recall
+    from pipeline.evaluate import overhead as overhead_mod
     from pipeline.evaluate.predict import load_split_docs
     from pipeline.io import atomic_dir, atomic_write_json
 
@@ -120,17 +120,7 @@ def evaluate(
                 tables["overhead"] = overhead_mod.score(oh, variant, seed)
                 atomic_write_json(tmp / "overhead.json", oh)
                 timing["overhead"] = time.perf_counter() - t0
-
-            pred.to_parquet(tmp / "predictions.parquet", index=False)
-            for name, table in tables.items():
-                table.to_csv(tmp / f"{name}.csv", index=False)
-            metrics = {"variant": variant, "seed": int(seed), **headline(tables, oh),
-                       "n_queries": {t: int((pred["task"] == t).sum()) for t in sorted(set(pred["task"]))},
-                       "chance_recall": recall.chance_level(data_dir)}
-            timing["wall_s"] = time.perf_counter() - t_start
-            metrics["wall_s"] = timing["wall_s"]
-            atomic_write_json(tmp / "metrics.json", metrics)
-            atomic_write_json(tmp / "timing.json", timing)
+            metrics = _write_run(tmp, pred, tables, oh, variant, seed, data_dir, timing, t_start)
             if wb is not None:
                 _wandb_log(wb, metrics, tables)
         except BaseException:
@@ -141,6 +131,25 @@ def evaluate(
             wb.finish()
     log.info("wrote %s in %.1f s", out_dir, time.perf_counter() - t_start)
     return out_dir
+
+
+def _write_run(tmp: Path, pred: Any, tables: dict, oh: Any, variant: str, seed: int, data_dir: str, timing: dict,
+               t_start: float) -> dict:
+    """Predictions, tables, metrics.json (the headline numbers) and timing.json into the run's folder."""
+    from pipeline.evaluate import recall
+    from pipeline.io import atomic_write_json
+
+    pred.to_parquet(tmp / "predictions.parquet", index=False)
+    for name, table in tables.items():
+        table.to_csv(tmp / f"{name}.csv", index=False)
+    metrics = {"variant": variant, "seed": int(seed), **headline(tables, oh),
+               "n_queries": {t: int((pred["task"] == t).sum()) for t in sorted(set(pred["task"]))},
+               "chance_recall": recall.chance_level(data_dir)}
+    timing["wall_s"] = time.perf_counter() - t_start
+    metrics["wall_s"] = timing["wall_s"]
+    atomic_write_json(tmp / "metrics.json", metrics)
+    atomic_write_json(tmp / "timing.json", timing)
+    return metrics
 
 
 def _ready_model(cfg: Any, variant: str, seed: int, model: Any = None) -> tuple[Any, str]:
@@ -217,7 +226,7 @@ def _measure_overhead(cfg: Any, variant: str, seed: int, model: Any, device: str
 
 
 def _buckets_or_none(cfg: Any, required: bool) -> list[int] | None:
-    from pipeline.evaluate.config import rare_buckets
+    from pipeline.config.evaluate import rare_buckets
 
     try:
         return rare_buckets(cfg)

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.evaluate.config import attention_lengths
+from pipeline.config.evaluate import attention_lengths
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ FLAGS = ("correct", "fact_visible", "fact_in_memory", "captured_value", "capture
 # What attention_table averages (with a bootstrap CI over documents).
 METRICS = ("entropy", "entropy_norm", "mass_fact", "mass_any_fact", "mass_memory", "mass_fact_slots",
            "mass_any_fact_slots", "entropy_memory")
-VARIANT_ORDER = ("window", "xl", "full", "rmt", "armt", "memorizing", "cmr")
 
 
 # ------------------------------------------------------------------------------- metrics (pure)
@@ -226,7 +225,7 @@ def document_rows(layers: list[dict], logits, *, query_pos: list[int], fact_pos:
 # ------------------------------------------------------------------------------- the stage
 def _fact_template(cfg: Any) -> str:
     """The template the saved documents were built with (data manifest), else the config's."""
-    from pipeline.config_access import cfg_get
+    from pipeline.config.access import cfg_get
 
     try:
         from pipeline.data import load_manifest
@@ -242,6 +241,24 @@ def _fact_template(cfg: Any) -> str:
     return str(t)
 
 
+def _split_rows(model: Any, loader: Callable[..., Any], cfg: Any, length: int, variant: str, seed: int,
+                max_q: Any, offsets: Any, window: int, device: Any) -> list[dict]:
+    """One row per (query, layer) of the recall_<length> split's first eval.attention.n_docs documents."""
+    name = f"recall_{length}"
+    ds = loader(str(cfg.paths.data_dir), name, int(cfg.eval.attention.n_docs))
+    missing = [c for c in ("doc_id", "input_ids", "query_pos", "fact_pos", "answers", "query_type")
+               if c not in ds.column_names]
+    if missing:
+        raise DataError(f"split '{name}' lacks columns {missing}; has {ds.column_names}")
+    rows = []
+    for doc in ds:
+        for r in _read_document(model, doc, name, max_q, offsets, window, device, variant):
+            r.update(variant=variant, seed=int(seed), length=length, doc_id=str(doc["doc_id"]),
+                     query_type=str(doc["query_type"][r["query_idx"]]))
+            rows.append(r)
+    return rows
+
+
 def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
                        loader: Callable[..., Any] | None = None) -> Path:
     """Attention metrics of one trained (variant, seed) on cfg.eval.attention's recall documents.
@@ -254,7 +271,7 @@ def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
     import pandas as pd
     import torch
 
-    from pipeline.config_access import cfg_get
+    from pipeline.config.access import cfg_get
     from pipeline.evaluate.trained import resolve_device
     from pipeline.evaluate.predict import load_split_docs
     from pipeline.io import atomic_dir, atomic_write_json
@@ -280,20 +297,9 @@ def evaluate_attention(cfg: Any, variant: str, seed: int, *, model: Any = None,
     loader = loader or load_split_docs
     max_q = cfg_get(acfg, "max_queries")
 
-    rows: list[dict] = []
     with torch.no_grad():
-        for length in attention_lengths(cfg):
-            name = f"recall_{int(length)}"
-            ds = loader(str(cfg.paths.data_dir), name, int(acfg.n_docs))
-            missing = [c for c in ("doc_id", "input_ids", "query_pos", "fact_pos", "answers", "query_type")
-                       if c not in ds.column_names]
-            if missing:
-                raise DataError(f"split '{name}' lacks columns {missing}; has {ds.column_names}")
-            for doc in ds:
-                for r in _read_document(model, doc, name, max_q, offsets, window, device, variant):
-                    r.update(variant=variant, seed=int(seed), length=int(length), doc_id=str(doc["doc_id"]),
-                             query_type=str(doc["query_type"][r["query_idx"]]))
-                    rows.append(r)
+        rows = [r for length in attention_lengths(cfg)
+                for r in _split_rows(model, loader, cfg, int(length), variant, seed, max_q, offsets, window, device)]
     df = _typed(pd.DataFrame(rows, columns=COLUMNS))
     summary = {"variant": variant, "seed": int(seed), "lengths": attention_lengths(cfg),
                "n_docs": int(df[["length", "doc_id"]].drop_duplicates().shape[0]),
@@ -380,7 +386,9 @@ def load_attention(paths: list[Path]):
 
 
 def _variant_key(v: str) -> tuple:
-    return (VARIANT_ORDER.index(v) if v in VARIANT_ORDER else len(VARIANT_ORDER), v)
+    from pipeline.models.registry import NAMES
+
+    return (NAMES.index(v) if v in NAMES else len(NAMES), v)
 
 
 def attention_table(df, ci_level: float = 0.95, n_resamples: int = 2000, seed: int = 0,

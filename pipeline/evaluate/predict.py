@@ -208,11 +208,6 @@ def accuracy_table(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return out[cols]
 
 
-def split_key(name: str, prefix: str) -> int:
-    """'recall_1000' -> 1000."""
-    return int(name[len(prefix) + 1:])
-
-
 class ByLengthTask:
     """A task scored by document length N from splits named `<task>_<N>` (recall, numeric):
     the splits it reads, its rows of the predictions, and its accuracy tables."""

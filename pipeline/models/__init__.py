@@ -1,54 +1,32 @@
-"""Models: one decoder, seven memories (window, xl, full, cmr; the baselines rmt, armt, memorizing).
-`build_model` is the way in."""
+"""Models: one decoder, and the memories that decide how it reads a long input (pipeline/models/registry.py lists
+them; each is one module). `build_model` is the way in."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pipeline.config.schema import BackboneConfig, MemoryConfig
 from pipeline.errors import ConfigError
-from pipeline.models.config import MEMORIES, backbone_config, memory_config
-from pipeline.schema import (MODEL_NAMES, ARMTConfig, BackboneConfig, CMRConfig, FullConfig, MemorizingConfig,
-                             MemoryConfig, RMTConfig, WindowConfig, XLConfig)
+from pipeline.models.registry import NAMES, backbone_config, check_model, memory_class, memory_config
 
-__all__ = [
-    "MEMORIES",
-    "MODEL_NAMES",
-    "BackboneConfig",
-    "MemoryConfig",
-    "WindowConfig",
-    "XLConfig",
-    "FullConfig",
-    "CMRConfig",
-    "RMTConfig",
-    "ARMTConfig",
-    "MemorizingConfig",
-    "MemoryLM",
-    "ModelOutput",
-    "build_model",
-]
-
+__all__ = ["NAMES", "BackboneConfig", "MemoryConfig", "MemoryLM", "ModelOutput", "build_model"]
 
 
 def build_model(backbone_cfg: Any, memory_cfg: Any, vocab_size: int):
     """MemoryLM for one variant. Configs may be dataclasses, DictConfigs or dicts."""
-    import importlib
+    import torch
 
-    from pipeline.config_checks import check_model  # here: config_checks reads models/config.py, which inits this package
     from pipeline.models.base import MemoryLM
 
     backbone = backbone_config(backbone_cfg)
-    mem = memory_config(memory_cfg)  # unknown name -> ConfigError listing MODEL_NAMES
+    mem = memory_config(memory_cfg)  # unknown name -> ConfigError listing the memories
     check_model(backbone, mem)
     if not isinstance(vocab_size, int) or vocab_size < 1:
         raise ConfigError(f"vocab_size = {vocab_size!r} must be a positive integer")
-    import torch
-
     if backbone.hf_model is not None:
         return _build_hf(backbone, mem, vocab_size)
-    module, cls = MEMORIES[mem.name]
-    memory_class = getattr(importlib.import_module(module), cls)
     with torch.random.fork_rng(devices=[]):  # building the memory must not shift the backbone's init
-        memory = memory_class(backbone, mem)
+        memory = memory_class(mem.name)(backbone, mem)
     return MemoryLM(backbone, memory, vocab_size)
 
 

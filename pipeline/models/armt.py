@@ -17,14 +17,33 @@ State: n_layers * F * (D + 1) floats.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config.checks import int_at_least
+from pipeline.config.schema import BackboneConfig, MemoryConfig
 from pipeline.models.base import Memory, Step, record_self_attention
-from pipeline.schema import ARMTConfig, BackboneConfig
+
+
+@dataclass
+class ARMTConfig(MemoryConfig):
+    """Associative RMT (Rodkin et al. 2024): per-layer associative matrices written by a delta rule."""
+
+    name: str = "armt"
+    mem_tokens: int = 4  # write tokens appended to every segment (learned; their outputs are written)
+    d_key: int = 8  # key projection width before the DPFP feature map; features 2*nu*d_key = 16
+    nu: int = 1  # DPFP order. State n_layers*16*(d_model+1) = 2,080 floats at the defaults (cmr: 2,048)
+    bptt_segments: int = 4  # segments gradients flow back through the matrices (0: detached); conf/: cmr's depth
+    spans_document = True
+
+    def check(self, backbone: BackboneConfig) -> None:
+        for key in ("mem_tokens", "d_key", "nu"):
+            int_at_least(f"models.armt.{key}", getattr(self, key), 1)
+        int_at_least("models.armt.bptt_segments", self.bptt_segments, 0)
 
 
 def dpfp(x: torch.Tensor, nu: int) -> torch.Tensor:
@@ -66,6 +85,7 @@ class Associative(nn.Module):
 
 
 class ARMTMemory(Memory):
+    Config = ARMTConfig
     cfg: ARMTConfig
 
     def __init__(self, backbone: BackboneConfig, cfg: ARMTConfig):
@@ -105,3 +125,6 @@ class ARMTMemory(Memory):
                 A, z = A.detach(), z.detach()
             state[l] = (A, z)
         return h[:, :T] if l == self.backbone.n_layers - 1 else h
+
+
+MEMORY = ARMTMemory

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.schema import BackboneConfig, MemoryConfig
+from pipeline.config.schema import BackboneConfig, MemoryConfig
 from pipeline.models.transformer import Block, Rotary, init_weights
 
 
@@ -61,13 +61,15 @@ class Step:
 
 
 class Memory(nn.Module):
-    """Base memory: reads each segment alone (this *is* the `window` variant)."""
+    """Base memory: reads each segment alone (this *is* the `window` variant). A memory's module sets `Config`,
+    its config dataclass (pipeline/models/registry.py)."""
 
-    whole_sequence = False  # full: one segment of N tokens
+    Config = MemoryConfig
 
     def __init__(self, backbone: BackboneConfig, cfg: MemoryConfig):
         super().__init__()
         self.backbone, self.cfg = backbone, cfg
+        self.whole_sequence = cfg.whole_sequence  # full: one segment of N tokens
 
     def chunk_segments(self, requested: Optional[int], S: int) -> int:
         return S if requested is None else max(1, min(requested, S))

@@ -10,8 +10,8 @@ ranks a token by what attention mixed into it, and in training (no bank overflow
 to rank a fact above filler that attended to one; its ranking drifted and long-document recall rose
 and fell. Why not the token alone: at layer 0 that is the embedding, so every copy of a token scores
 the same; a seed that learned to keep the '.' closing each fact (its state holds the whole fact) then
-kept every filler '.' as well, and on long documents the banks filled with them (README, "How the
-default recipe was found"). The local context tells the two apart. Exact ties (copies of one token in
+kept every filler '.' as well, and on long documents the banks filled with them (docs/RECIPE.md, "The
+scorer's short-convolution context"). The local context tells the two apart. Exact ties (copies of one token in
 the same context) are broken by torch.topk.
 The same score decides eviction: a bank holds at most K slots and, after
 each write, keeps the K highest-scoring of (old slots + new captures) -- or, with
@@ -32,15 +32,110 @@ s - c <= bptt_segments (0: every read is detached).
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config.checks import int_at_least
+from pipeline.config.schema import BackboneConfig, MemoryConfig, choices
+from pipeline.errors import ConfigError
 from pipeline.models.base import Memory, Step, record_self_attention
-from pipeline.models.config import resolve_cmr_layers
-from pipeline.schema import BackboneConfig, CMRConfig
+
+Selection = StrEnum("Selection", "learned norm random recent")
+Eviction = StrEnum("Eviction", "salience oldest")
+Mode = StrEnum("Mode", "hierarchical flat")
+ScoreInput = StrEnum("ScoreInput", "block_input attention_input output")
+
+
+@dataclass
+class CMRConfig(MemoryConfig):
+    """Contextual Memory Reweaving (METHOD.md section 2): capture banks + gated reweave."""
+
+    name: str = "cmr"
+    capture_layers: Optional[List[int]] = None  # null: every layer but the last
+    reweave_layers: Optional[List[int]] = None  # null: every layer after the first capture layer
+    k: int = 8  # tokens captured per segment per capture layer (<= backbone.window)
+    capacity: int = 32  # K: slots per bank (>= k)
+    d_mem: Optional[int] = None  # slot width; null: d_model
+    mem_heads: Optional[int] = None  # heads of the reweave cross-attention; null: n_heads
+    selection: Selection = Selection.learned
+    eviction: Eviction = Eviction.salience
+    mode: Mode = Mode.hierarchical  # hierarchical: reweave j reads banks l < j; flat: every bank
+    gate: bool = True  # false: plain residual add (ablation)
+    gate_bias: float = -4.0  # untrained cmr ~ window
+    # segments gradients flow back through the banks (0: detached); >= longest training doc - 1
+    bptt_segments: int = 4
+    # What the salience scorer reads: attention_input (the token entering the capture layer with its
+    # short-convolution context, as the block's attention receives it) | block_input (the token alone: at layer 0
+    # every '.' scores the same, and a seed that learned to keep the period closing each fact kept filler periods
+    # as well on long documents: docs/RECIPE.md) | output (the captured state; salience then did not learn to rank
+    # facts above filler and recall collapsed)
+    score_input: ScoreInput = ScoreInput.attention_input
+    spans_document = True
+    on_pretrained = True
+
+    def check(self, backbone: BackboneConfig) -> None:
+        b, p = backbone, "models.cmr"
+        if not isinstance(self.k, int) or not 1 <= self.k <= b.window:
+            raise ConfigError(f"{p}.k = {self.k} must be in [1, backbone.window = {b.window}]")
+        if not isinstance(self.capacity, int) or self.capacity < self.k:
+            raise ConfigError(f"{p}.capacity = {self.capacity} must be >= {p}.k = {self.k}")
+        for key, kind in (("selection", Selection), ("eviction", Eviction), ("mode", Mode),
+                          ("score_input", ScoreInput)):
+            if getattr(self, key) not in choices(kind):
+                raise ConfigError(f"{p}.{key} = {getattr(self, key)!r}; allowed: {list(choices(kind))}")
+        if self.d_mem is not None:
+            int_at_least(f"{p}.d_mem", self.d_mem, 1)
+        heads = self.mem_heads if self.mem_heads is not None else b.n_heads
+        if not isinstance(heads, int) or heads < 1 or b.d_model % heads:
+            raise ConfigError(f"{p}.mem_heads = {self.mem_heads} must be a positive divisor of backbone.d_model = "
+                              f"{b.d_model}")
+        int_at_least(f"{p}.bptt_segments", self.bptt_segments, 0)
+        if not isinstance(self.gate, bool):
+            raise ConfigError(f"{p}.gate = {self.gate!r}; allowed: [true, false]")
+        if b.hf_model is not None and self.score_input == "attention_input":
+            raise ConfigError(f"{p}.score_input = 'attention_input' reads the project decoder's short convolution; "
+                              "with backbone.hf_model use 'block_input' or 'output'")
+        self._check_layers(b.n_layers)
+
+    def _check_layers(self, n_layers: int) -> None:
+        p = "models.cmr"
+        capture, reweave = resolve_cmr_layers(self, n_layers)
+        for key, layers in (("capture_layers", capture), ("reweave_layers", reweave)):
+            if not layers:
+                raise ConfigError(f"{p}.{key} = {layers} is empty (with backbone.n_layers = {n_layers}); "
+                                  f"give at least one layer in [0, {n_layers - 1}]")
+            bad = [x for x in layers if not isinstance(x, int) or not 0 <= x < n_layers]
+            if bad:
+                raise ConfigError(f"{p}.{key} = {layers}: {bad} outside [0, {n_layers - 1}] "
+                                  f"(backbone.n_layers = {n_layers})")
+            if len(set(layers)) != len(layers):
+                raise ConfigError(f"{p}.{key} = {layers} has duplicates")
+        if self.mode == "hierarchical":
+            for j in reweave:
+                if not any(l < j for l in capture):
+                    raise ConfigError(
+                        f"{p}.reweave_layers = {reweave}: layer {j} reads nothing in mode 'hierarchical' (it reads "
+                        f"banks of capture layers l < {j}; {p}.capture_layers = {capture}); use mode 'flat' or "
+                        "move the layer")
+
+
+def resolve_cmr_layers(mem: CMRConfig, n_layers: int) -> tuple[list[int], list[int]]:
+    """(capture layers, reweave layers) with the null defaults filled in.
+
+    Bank of layer l holds outputs of block l; reweave at layer j acts on the input of block j.
+    Hierarchical mode: reweave j reads banks l < j (states no deeper than its own input).
+    """
+    capture = list(mem.capture_layers) if mem.capture_layers is not None else list(range(n_layers - 1))
+    if mem.reweave_layers is not None:
+        reweave = list(mem.reweave_layers)
+    else:
+        reweave = list(range(min(capture) + 1, n_layers)) if capture else []
+    return sorted(capture), sorted(reweave)
 
 
 class Reweave(nn.Module):
@@ -83,6 +178,7 @@ class Reweave(nn.Module):
 
 
 class CMRMemory(Memory):
+    Config = CMRConfig
     cfg: CMRConfig
 
     def __init__(self, backbone: BackboneConfig, cfg: CMRConfig):
@@ -349,3 +445,6 @@ def prefix_topk(score: torch.Tensor, seg: torch.Tensor, n0: int, segs: torch.Ten
     if pad:
         idx, valid = F.pad(idx, (0, pad)), F.pad(valid, (0, pad))
     return idx, valid
+
+
+MEMORY = CMRMemory

@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config.schema import BackboneConfig, MemoryConfig
 from pipeline.errors import ConfigError
 from pipeline.models.base import Memory, ModelOutput, Step
-from pipeline.config_checks import check_model
-from pipeline.models.config import MEMORIES, memory_config
-from pipeline.schema import BackboneConfig, MemoryConfig
+from pipeline.models.registry import check_model, memory_class, memory_config
 
 # config.model_type -> where its decoder layers live
 DECODER_LAYERS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "llama": "model.layers"}
@@ -84,7 +83,7 @@ class HFMemoryLM(nn.Module):
     """A frozen pretrained causal LM read window by window, with a trainable memory across windows."""
 
     def __init__(self, lm: nn.Module, memory: Memory, window: int):
-        super().__init__()  # the memory was checked against the LM by build_hf_model (config_checks.check_model)
+        super().__init__()  # the memory was checked against the LM by build_hf_model (registry.check_model)
         self.lm, self.memory, self.window = lm, memory, int(window)
         self.name, self.memory_cfg = memory.cfg.name, memory.cfg
         self.lm.requires_grad_(False)
@@ -135,12 +134,9 @@ class HFMemoryLM(nn.Module):
 
 
 def build_hf_model(lm: nn.Module, memory_cfg: Any, window: int) -> HFMemoryLM:
-    """HFMemoryLM for a memory config (`window` or `cmr` as in conf/model/) around a loaded causal LM, checked
-    against it by config_checks.check_model (supported variants, no short-convolution scorer input)."""
-    import importlib
-
+    """HFMemoryLM for a memory config (one whose config sets `on_pretrained`) around a loaded causal LM, checked
+    against it by registry.check_model (supported memories, each memory's own checks)."""
     backbone = backbone_of(lm, window)
     mem: MemoryConfig = memory_config(memory_cfg)
     check_model(backbone, mem)
-    module, cls = MEMORIES[mem.name]
-    return HFMemoryLM(lm, getattr(importlib.import_module(module), cls)(backbone, mem), window)
+    return HFMemoryLM(lm, memory_class(mem.name)(backbone, mem), window)

@@ -15,16 +15,44 @@ The store a segment reads is the `store` tokens just before it, so chunks are pr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config.checks import int_at_least
+from pipeline.config.schema import BackboneConfig, MemoryConfig
+from pipeline.errors import ConfigError
 from pipeline.models.base import Memory, Step, record_self_attention
-from pipeline.schema import BackboneConfig, MemorizingConfig
 from pipeline.models.transformer import apply_rotary
 
 
+@dataclass
+class MemorizingConfig(MemoryConfig):
+    """Memorizing Transformer (Wu et al. 2022): one layer also attends to the top-k of a store of past keys/values."""
+
+    name: str = "memorizing"
+    layer: Optional[int] = None  # the retrieval layer; null: the last
+    # the bound: the (key, value) pairs of the last `store` tokens before a segment (16 segments back); state
+    # store*2*d_model floats = 32,768 at the default width (16x cmr's banks: a retrieval memory is meant to be large)
+    store: int = 256
+    top_k: int = 8  # retrieved pairs per query and head
+    spans_document = True
+
+    def check(self, backbone: BackboneConfig) -> None:
+        int_at_least("models.memorizing.top_k", self.top_k, 1)
+        if not isinstance(self.store, int) or self.store < self.top_k:
+            raise ConfigError(f"models.memorizing.store = {self.store!r} must be an integer >= "
+                              f"models.memorizing.top_k = {self.top_k}")
+        n = backbone.n_layers
+        if self.layer is not None and (not isinstance(self.layer, int) or not 0 <= self.layer < n):
+            raise ConfigError(f"models.memorizing.layer = {self.layer!r} must be null or in [0, {n - 1}]")
+
+
 class MemorizingMemory(Memory):
+    Config = MemorizingConfig
     cfg: MemorizingConfig
 
     def __init__(self, backbone: BackboneConfig, cfg: MemorizingConfig):
@@ -96,3 +124,6 @@ class MemorizingMemory(Memory):
         picked = vs.unsqueeze(2).expand(-1, -1, T, -1, -1).gather(3, idx[..., None].expand(*idx.shape, hd))
         mem = (w[..., None] * picked).sum(-2)  # [B*C, H, T, hd]
         return mem, exists.reshape(B * C, M).any(-1).to(q.dtype)
+
+
+MEMORY = MemorizingMemory

@@ -16,16 +16,35 @@ share the segment's attention, so `rmt` never equals `window` exactly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
+from pipeline.config.checks import int_at_least
+from pipeline.config.schema import BackboneConfig, MemoryConfig
 from pipeline.models.base import Memory, Step, record_self_attention
-from pipeline.schema import BackboneConfig, RMTConfig
+
+
+@dataclass
+class RMTConfig(MemoryConfig):
+    """Recurrent Memory Transformer (Bulatov et al. 2022): mem_tokens read at a segment's start, written at its end."""
+
+    name: str = "rmt"
+    # m: state m*d_model floats (8*64 = 512 at the default width, a quarter of cmr's banks; 32 matches them at 5x
+    # the tokens per segment); RMT's small recall recipe used 4
+    mem_tokens: int = 8
+    bptt_segments: int = 4  # memory transitions gradients flow back through (0: detached); conf/: cmr's depth
+    spans_document = True
+
+    def check(self, backbone: BackboneConfig) -> None:
+        int_at_least("models.rmt.mem_tokens", self.mem_tokens, 1)
+        int_at_least("models.rmt.bptt_segments", self.bptt_segments, 0)
 
 
 class RMTMemory(Memory):
+    Config = RMTConfig
     cfg: RMTConfig
 
     def __init__(self, backbone: BackboneConfig, cfg: RMTConfig):
@@ -63,3 +82,6 @@ class RMTMemory(Memory):
                 state["memory"] = new if keep_grad else new.detach()
             h = h[:, m : m + T]
         return h
+
+
+MEMORY = RMTMemory

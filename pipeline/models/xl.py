@@ -11,11 +11,26 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+
+from pipeline.config.checks import int_at_least
+from pipeline.config.schema import BackboneConfig, MemoryConfig
 from pipeline.models.base import Memory, Step, record_self_attention
-from pipeline.schema import XLConfig
+
+
+@dataclass
+class XLConfig(MemoryConfig):
+    """Transformer-XL: each layer also attends to the detached states of the previous mem_len tokens."""
+
+    name: str = "xl"
+    mem_len: int = 16  # memory floats n_layers*mem_len*d_model = cmr's banks*capacity*d_mem at defaults
+
+    def check(self, backbone: BackboneConfig) -> None:
+        int_at_least("models.xl.mem_len", self.mem_len, 1)
 
 
 class XLMemory(Memory):
+    Config = XLConfig
     cfg: XLConfig
 
     def memory_floats(self) -> int:
@@ -63,3 +78,6 @@ class XLMemory(Memory):
         exists = (seg * T - M + torch.arange(M + T, device=device)[None, :]) >= 0  # [C, M+T]
         mask = causal[None] & exists[:, None, :]  # [C, T, M+T]
         return mask[None, :, None].expand(step.B, C, 1, T, M + T).reshape(step.B * C, 1, T, M + T)
+
+
+MEMORY = XLMemory

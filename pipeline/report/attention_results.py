@@ -12,7 +12,7 @@ from pipeline.errors import DataError
 from pipeline.io import atomic_write_text
 from pipeline.paths import experiments_dir, run_dir
 from pipeline.report.render import write_table
-from pipeline.schema import ReportConfig
+from pipeline.config.schema import ReportConfig
 
 
 ATTENTION_FILE = "attention.parquet"

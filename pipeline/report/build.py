@@ -25,8 +25,8 @@ from pipeline.report.tables import (ACCURACY_TABLES, AccuracyResult, BASELINE_CA
                                     accuracy_table, apply_holm, distance_vs_training, overhead_table,
                                     per_seed_recall, xl_reach_segments)
 from pipeline.report.verdicts import verdicts
-from pipeline.config_checks import report_config
-from pipeline.schema import ReportConfig
+from pipeline.config.checks import report_config
+from pipeline.config.schema import ReportConfig
 
 
 def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence[str | Path],

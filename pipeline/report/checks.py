@@ -4,8 +4,9 @@ A table compares memories only if the models learned the task where it is within
 check is read per seed (a seed that did not learn is a finding about the recipe, never averaged away):
 
 - ceiling:            `full` recalls far facts within its training length (validation split) on every seed;
-- cmr_learned:        `cmr` recalls far facts on the long validation split (val_long: evaluation-like
-                      documents from the training seed family, what its checkpoint is selected on) on every seed;
+- <memory>_learned:   `cmr`, and every other memory whose state spans the document, recalls far facts on the
+                      long validation split (val_long: evaluation-like documents from the training seed family,
+                      what its checkpoint is selected on) on every seed;
 - window_near_chance: `window` is near chance on far facts (out of its window), so the task separates;
 - xl_reach:           `xl` recalls facts one segment back (inside its cache) and is near chance beyond its
                       reach (n_layers x mem_len tokens), so the baseline memory works as designed;
@@ -26,8 +27,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.report.common import FAILED, NOT_RUN, PASSED, doc_mean_over_seeds, per_seed_accuracy
-from pipeline.schema import ReportConfig
+from pipeline.config.schema import ReportConfig
+from pipeline.report.common import METHOD, FAILED, NOT_RUN, PASSED, doc_mean_over_seeds, per_seed_accuracy, variant_order
+
+LONG_FAR = "val_long/recall_far"  # the monitor of a memory whose state spans the document
 
 ACCURACY_CHECKS = ("ceiling", "cmr_learned", "window_near_chance", "binding")
 CLAIM_CHECKS = {
@@ -69,9 +72,17 @@ def ceiling(train: Mapping[str, dict], rc: ReportConfig) -> dict:
     return _per_seed_check(vals, rc.ceiling_threshold, "full's far recall within its training length (val)")
 
 
-def cmr_learned(train: Mapping[str, dict], rc: ReportConfig) -> dict:
-    vals = {s: m.get("val_long_recall_far") for s, m in _seeds_of(train, "cmr").items()}
-    return _per_seed_check(vals, rc.learned_threshold, "cmr's far recall on the long validation split (val_long)")
+def learned(train: Mapping[str, dict], rc: ReportConfig, variant: str) -> dict:
+    vals = {s: m.get("val_long_recall_far") for s, m in _seeds_of(train, variant).items()}
+    return _per_seed_check(vals, rc.learned_threshold, f"{variant}'s far recall on the long validation split (val_long)")
+
+
+def learned_checks(train: Mapping[str, dict], rc: ReportConfig) -> dict:
+    """`<variant>_learned` for every memory whose state spans the document (its runs chose their checkpoints on
+    val_long's far recall: MemoryConfig.spans_document), in the study's order: each must learn before a table
+    compares it."""
+    spanning = {name.rpartition("-s")[0] for name, m in train.items() if (m or {}).get("monitor") == LONG_FAR}
+    return {f"{v}_learned": learned(train, rc, v) for v in variant_order(spanning | {METHOD})}
 
 
 def numeric_learnable(train: Mapping[str, dict], rc: ReportConfig) -> dict:
@@ -182,7 +193,7 @@ def validity_checks(preds: pd.DataFrame, rc: ReportConfig, chance_from_data: flo
         binding_tab = binding_table(rec)
     return {
         "ceiling": ceiling(train, rc),
-        "cmr_learned": cmr_learned(train, rc),
+        **learned_checks(train, rc),
         "window_near_chance": window_near_chance(rec, rc, chance, src),
         "xl_reach": xl_reach(rec, rc, chance, reach_segments),
         "binding": binding(binding_tab, rc),

@@ -8,6 +8,7 @@ from typing import Sequence
 from pipeline import stage_cli
 from pipeline.config import as_plain
 from pipeline.io import staged_outputs
+from pipeline.report.readme import refresh
 from pipeline.report.build import build_report
 from pipeline.report.common import FAILED
 from pipeline.report.runs import baseline_dirs, study_dirs
@@ -35,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    datasets_csv=results / "datasets" / "datasets.csv", notes=notes)
         print(f"report written to {results}/ (REPORT.md, summary.json, tables/<table>.csv/.md/.tex/.png, plots/, "
               f"stage_times.csv)")
+        if results.resolve() == Path("results").resolve():  # the study's own results: the README shows them
+            refresh("results", "README.md")
         failed = [k for k, v in summary["validity"].items() if v["status"] == FAILED]
         return 1 if (args.strict and failed) else 0
 

@@ -8,11 +8,19 @@ import math
 import numpy as np
 import pandas as pd
 
+from pipeline.models.registry import NAMES
+
 PASSED, FAILED, NOT_RUN = "PASSED", "FAILED", "NOT RUN"
 SUPPORTED, NOT_SUPPORTED, MIXED = "supported", "not supported", "mixed"
 NOT_TESTED = "not tested"  # the evidence was not produced (a stage did not run)
 NOT_TESTABLE = "not testable"  # the evidence exists, but a validity check it depends on failed
-VARIANT_ORDER = ("window", "xl", "full", "rmt", "armt", "memorizing", "cmr")
+VARIANT_ORDER = NAMES  # the registry's order
+# roles the claims give variants: the paper's method, its baseline (no memory) and the quality ceiling
+METHOD, PAPER_BASELINE, CEILING = "cmr", "window", "full"
+# the method against every other variant but the ceiling
+COMPARISONS = tuple((METHOD, v) for v in NAMES if v not in (METHOD, CEILING))
+COLORS = dict(zip(NAMES, ("tab:gray", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:red",
+                          "tab:pink", "tab:olive", "tab:cyan")))
 
 
 def variant_order(variants) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Mapping
 import pandas as pd
 
 from pipeline.io import atomic_write_bytes, atomic_write_text
-from pipeline.report.common import variant_order
+from pipeline.report.common import COLORS, variant_order
 
 # (column in the curves table, metric in the training runs' val_curve)
 CURVE_METRICS = (("val_recall_far", "val/recall_far"), ("val_long_recall_far", "val_long/recall_far"),
@@ -23,8 +23,6 @@ PANELS = (("val_recall_far", "far recall, val (training-like)"),
           ("val_long_recall_far", "far recall, val_long (evaluation-like)"),
           ("val_recall_local", "local recall, val"), ("val_recall_numeric", "sum accuracy, val"),
           ("val_loss", "answer loss, val"), ("val_long_loss", "answer loss, val_long"))
-COLORS = {"window": "tab:gray", "xl": "tab:blue", "full": "tab:green", "cmr": "tab:red",
-          "rmt": "tab:purple", "armt": "tab:orange", "memorizing": "tab:brown"}
 
 
 def curves_table(train: Mapping[str, dict]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from pipeline.data.config import as_data_config
+from pipeline.config.data import as_data_config
 from pipeline.errors import DataError
 from pipeline.paths import run_name
 

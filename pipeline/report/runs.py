@@ -75,7 +75,7 @@ def baseline_dirs(cfg: Mapping[str, Any], results_dir: Path, notes: list[str]) -
     folder is absent or its recipe differs from the study's (then a note says which part differs)."""
     import yaml
 
-    from pipeline.baselines import recipe_matches
+    from pipeline.config.train import recipe_matches
 
     root = results_dir / "baselines"
     if not (root / "params.yaml").is_file():
@@ -101,7 +101,7 @@ def hf_experiment(cfg: Mapping[str, Any], root: Path, notes: list[str]) -> dict 
     if absent, or (with a note) if it trained on other data or with another training recipe than this study."""
     import yaml
 
-    from pipeline.baselines import recipe_matches
+    from pipeline.config.train import recipe_matches
 
     csv = root / "tables" / "recall.csv"
     if not csv.is_file():

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.paths import run_name
-from pipeline.report.common import doc_mean_over_seeds as _doc_mean_over_seeds, variant_order
+from pipeline.report.common import COMPARISONS, variant_order
+from pipeline.report.common import doc_mean_over_seeds as _doc_mean_over_seeds
 from pipeline.report.load import norm_key, sort_key_values
 from pipeline.report.paper import PaperTable
-from pipeline.schema import ReportConfig
+from pipeline.config.schema import ReportConfig
 from pipeline.stats import align_pairs, bootstrap_ci, bootstrap_ratio_ci, holm, mcnemar_from_outcomes
 
 
@@ -46,8 +47,6 @@ ACCURACY_TABLES = (
 )
 
 
-# cmr against the paper's baseline, the cache baseline and, where a study trains them, the memory baselines
-COMPARISONS = (("cmr", "window"), ("cmr", "xl"), ("cmr", "rmt"), ("cmr", "armt"), ("cmr", "memorizing"))
 
 
 FAMILY_TEXT = {
@@ -125,8 +124,6 @@ def accuracy_table(preds: pd.DataFrame, spec: AccuracySpec, paper: PaperTable | 
                 longest = max((doc_tokens.get(s, math.nan) for s in cell["split"].unique()), default=math.nan)
                 row["extrapolation"] = bool(v == "full" and longest > train_tokens)
             rows.append(row)
-    table = pd.DataFrame(rows)
-
     tests, gaps = [], {}
     for a, b in COMPARISONS:
         if a not in variants or b not in variants:
@@ -134,28 +131,31 @@ def accuracy_table(preds: pd.DataFrame, spec: AccuracySpec, paper: PaperTable | 
         for k in keys:
             pa = sub[(sub["variant"] == a) & (sub["_key"] == k)]
             pb_ = sub[(sub["variant"] == b) & (sub["_key"] == k)]
-            if pa.empty or pb_.empty:
-                continue
-            comp = f"{a}_vs_{b}"
-            pairs = align_pairs(pa, pb_)
-            if pairs.empty:
-                tests.append({"comparison": comp, spec.key: k, "b": 0, "c": 0, "n_pairs": 0,
-                              "p_value": math.nan, "note": "no paired queries"})
-                continue
-            m = mcnemar_from_outcomes(pairs["correct_a"], pairs["correct_b"])
-            g = doc_gaps(pairs)
-            gaps[(comp, k)] = g
-            ci = bootstrap_ci(g, level=rc.ci_level, n_resamples=rc.n_resamples, method=rc.ci_method, seed=rc.seed)
-            per_seed = [(s, mcnemar_from_outcomes(q["correct_a"], q["correct_b"]).p_value,
-                         q["correct_a"].mean() > q["correct_b"].mean()) for s, q in pairs.groupby("seed")]
-            tests.append({"comparison": comp, spec.key: k, "b": m.b, "c": m.c, "n_pairs": m.n_pairs,
-                          "gap": ci.mean, "gap_ci_low": ci.low, "gap_ci_high": ci.high, "n_docs": ci.n,
-                          "p_value": m.p_value, "n_seeds": len(per_seed),
-                          "seeds_cmr_better": int(sum(w for _, _, w in per_seed)),
-                          "p_per_seed": "; ".join(f"s{s}: {p:.2g}" for s, p, _ in per_seed),
-                          "note": "" if len(pairs) == min(len(pa), len(pb_)) else
-                          f"{max(len(pa), len(pb_)) - len(pairs)} unpaired queries dropped"})
-    return AccuracyResult(spec, table, pd.DataFrame(tests), gaps)
+            if not (pa.empty or pb_.empty):
+                tests.append(_paired_test(pa, pb_, f"{a}_vs_{b}", spec.key, k, rc, gaps))
+    return AccuracyResult(spec, pd.DataFrame(rows), pd.DataFrame(tests), gaps)
+
+
+def _paired_test(pa: pd.DataFrame, pb: pd.DataFrame, comp: str, key: str, k: Any, rc: ReportConfig,
+                 gaps: dict) -> dict:
+    """McNemar over the queries both variants answered, the documents' gap with its bootstrap CI (kept in `gaps`
+    for the trend tests) and the per-seed tests, for one cell of one comparison."""
+    pairs = align_pairs(pa, pb)
+    if pairs.empty:
+        return {"comparison": comp, key: k, "b": 0, "c": 0, "n_pairs": 0, "p_value": math.nan,
+                "note": "no paired queries"}
+    m = mcnemar_from_outcomes(pairs["correct_a"], pairs["correct_b"])
+    g = gaps[(comp, k)] = doc_gaps(pairs)
+    ci = bootstrap_ci(g, level=rc.ci_level, n_resamples=rc.n_resamples, method=rc.ci_method, seed=rc.seed)
+    per_seed = [(s, mcnemar_from_outcomes(q["correct_a"], q["correct_b"]).p_value,
+                 q["correct_a"].mean() > q["correct_b"].mean()) for s, q in pairs.groupby("seed")]
+    return {"comparison": comp, key: k, "b": m.b, "c": m.c, "n_pairs": m.n_pairs,
+            "gap": ci.mean, "gap_ci_low": ci.low, "gap_ci_high": ci.high, "n_docs": ci.n,
+            "p_value": m.p_value, "n_seeds": len(per_seed),
+            "seeds_cmr_better": int(sum(w for _, _, w in per_seed)),
+            "p_per_seed": "; ".join(f"s{s}: {p:.2g}" for s, p, _ in per_seed),
+            "note": "" if len(pairs) == min(len(pa), len(pb)) else
+            f"{max(len(pa), len(pb)) - len(pairs)} unpaired queries dropped"}
 
 
 def apply_holm(results: Mapping[str, AccuracyResult], alpha: float) -> dict[str, int]:

@@ -13,7 +13,7 @@ from pipeline.report.common import MIXED, NOT_SUPPORTED, NOT_TESTABLE, NOT_TESTE
 from pipeline.report.load import sort_key_values
 from pipeline.report.render import fmt
 from pipeline.report.tables import AccuracyResult
-from pipeline.schema import ReportConfig
+from pipeline.config.schema import ReportConfig
 from pipeline.stats import bootstrap_diff_ci
 
 

@@ -1,13 +1,13 @@
-"""What the `eval:` node (pipeline/schema.py EvalConfig) implies: Table IV buckets, attention lengths (checks:
-pipeline/config_checks.py). No torch import: the config layer must load fast and without the training stack."""
+"""What the `eval:` node (pipeline/config/schema.py EvalConfig) implies: Table IV buckets, attention lengths (checks:
+pipeline/config/checks.py). No torch import: the config layer must load fast and without the training stack."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config_access import cfg_get as _get
+from pipeline.config.access import cfg_get as _get
 from pipeline.errors import ConfigError
-from pipeline.schema import Device, Task, choices
+from pipeline.config.schema import Device, Task, choices
 
 # Every task the evaluation stage runs. The attention analysis is its own stage
 # (`python -m pipeline.evaluate.attention`, experiments/attention/), configured by eval.attention.

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir
-from pipeline.schema import RootConfig
+from pipeline.config.schema import RootConfig
 
 
 def windows(data_dir: str | Path, window: int):

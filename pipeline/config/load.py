@@ -1,23 +1,25 @@
-"""The study's configuration: Hydra composition of `conf/` over the schema (pipeline/schema.py), and validation
-that turns every mistake into a ConfigError naming the key (types here, the rest in pipeline/config_checks.py).
+"""The study's configuration: Hydra composition of `conf/` over the schema (pipeline/config/schema.py), and
+validation that turns every mistake into a ConfigError naming the key (types here, the rest in checks.py).
 
 Two ways in, one config: DVC stages read the composed `params.yaml` (`load_params`); Hydra
 entry points and tests compose `conf/` (`compose`). Both go through `validate`, and stages and models get
-the result as the schema's own dataclasses (`typed`: a RootConfig, `cfg.models["cmr"]` a CMRConfig).
+the result as the schema's own dataclasses (`typed`: a RootConfig; each `models.<variant>` is typed by its memory,
+pipeline.models.registry.typed_models).
 No torch import here: `report` and `--help` must start fast.
 """
 
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config_checks import check_all
+from pipeline.config.checks import check_all
+from pipeline.config.schema import RootConfig, from_dict, to_dict
 from pipeline.errors import ConfigError
-from pipeline.schema import MEMORY_CONFIGS, MODEL_NAMES, RootConfig, to_dict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
 PARAMS_FILE = "params.yaml"
 
@@ -44,9 +46,12 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig, prefix: str = "") 
 
 
 def validate(cfg: DictConfig | dict) -> DictConfig:
-    """Merge onto the schema (types, unknown keys), then run every cross-field check (pipeline/config_checks.py)."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(cfg)
+    """Merge onto the schema (types, unknown keys), then run every cross-field check (pipeline/config/checks.py)."""
+    # as plain containers: a Hydra-composed config carries the schema's types with struct mode off where an override
+    # added a key (`+train.lrr=0.5`); merged as it is, that key would slip past the schema
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    cfg = OmegaConf.create(cfg)
     schema = _schema()
     try:
         merged = OmegaConf.merge(schema, cfg)
@@ -54,17 +59,9 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err, schema)) from None
 
-    typed = {}
-    for key, node in merged.models.items():  # each memory onto its own schema (which one: its `name`)
-        name = node.get("name") if isinstance(node, DictConfig) else None
-        if name not in MEMORY_CONFIGS:
-            raise ConfigError(f"models.{key}.name: unknown memory {name!r}; allowed: {', '.join(MODEL_NAMES)}")
-        schema_m = OmegaConf.structured(MEMORY_CONFIGS[name])
-        try:
-            typed[key] = OmegaConf.merge(schema_m, node)
-        except OmegaConfBaseException as err:
-            raise ConfigError(_explain(err, schema_m, prefix=f"models.{key}.")) from None
-    merged.models = typed
+    for key, node in merged.models.items():  # typed and checked by its memory (pipeline.models.registry)
+        if not isinstance(node, DictConfig) or not isinstance(node.get("name"), str):
+            raise ConfigError(f"models.{key}: a memory's config needs a `name` (a memory of pipeline/models/)")
     check_all(merged)
     return merged
 
@@ -130,3 +127,23 @@ def as_plain(cfg: RootConfig | DictConfig) -> dict:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
     return to_dict(cfg)
+
+
+def as_dataclass(cls: type, cfg: Any, where: str) -> Any:
+    """cls(**cfg) from a dataclass, DictConfig or mapping, after naming the keys that are no field of cls (cls
+    `dict`: the plain dict)."""
+    if is_dataclass(cfg):
+        d = to_dict(cfg)
+    elif isinstance(cfg, DictConfig):
+        d = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    elif isinstance(cfg, Mapping):
+        d = dict(cfg)
+    else:
+        raise ConfigError(f"{where}: expected a config mapping, got {type(cfg).__name__}")
+    if cls is dict:
+        return d
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {sorted(known)}")
+    return from_dict(cls, d)

@@ -1,8 +1,9 @@
 """Every cross-field check of the composed config, in one place. Each raises a ConfigError that names the key
-and what is allowed there. The schema (pipeline/schema.py) has already checked the keys and their types; these
+and what is allowed there. The schema (pipeline/config/schema.py) has already checked the keys and their types; these
 check what a type cannot: ranges, agreement between groups (data.segment_len = backbone.window), and the
 choices of values that stay strings. `check_all` runs them all (pipeline.config.validate calls it on every
-config it loads); `check_model` also runs whenever a model is built, `check_data` whenever data is prepared.
+config it loads); `check_data` also runs whenever data is prepared. Each memory's checks are its own
+(MemoryConfig.check in pipeline/models/<name>.py, run by pipeline.models.registry).
 No torch import here: validating a config must stay fast."""
 
 from __future__ import annotations
@@ -11,17 +12,14 @@ import math
 from dataclasses import fields
 from typing import Any, Mapping
 
-from pipeline.config_access import cfg_get as _get
-from pipeline.config_access import cfg_path
-from pipeline.data.config import DOC_KINDS, EVAL_FACTS, FILLER_SOURCES, LOCAL_FORMATS, as_data_config
+from pipeline.config.access import cfg_get as _get
+from pipeline.config.access import cfg_path
+from pipeline.config.data import DOC_KINDS, EVAL_FACTS, FILLER_SOURCES, LOCAL_FORMATS, as_data_config
+from pipeline.config.evaluate import DEVICES, TASKS, rare_buckets
+from pipeline.config.schema import (ACCELERATORS, PRECISIONS, STRATEGIES, BackboneConfig, CIMethod, DataConfig,
+                                    Positions, ReportConfig, WandbMode, choices, from_dict)
+from pipeline.config.train import MONITORS, PROGRESS_BARS, QUERY_TYPES
 from pipeline.errors import ConfigError
-from pipeline.evaluate.config import DEVICES, TASKS, rare_buckets
-from pipeline.models.config import (EVICTIONS, HF_VARIANTS, MODES, POSITIONS, SCORE_INPUTS, SELECTIONS,
-                                    backbone_config, memory_config, resolve_cmr_layers)
-from pipeline.schema import (ACCELERATORS, MEMORY_CONFIGS, MODEL_NAMES, PRECISIONS, STRATEGIES, ARMTConfig,
-                             BackboneConfig, CIMethod, CMRConfig, DataConfig, MemorizingConfig, MemoryConfig,
-                             ReportConfig, RMTConfig, WandbMode, XLConfig, choices, from_dict)
-from pipeline.train_config import MONITORS, PROGRESS_BARS, QUERY_TYPES
 
 WANDB_MODES = choices(WandbMode)
 
@@ -29,8 +27,8 @@ WANDB_MODES = choices(WandbMode)
 def check_all(cfg: Any) -> None:
     """Every check, on a config already merged onto the schema (pipeline.config.validate)."""
     check_study(cfg)
-    check_data(cfg.data, cfg)
-    check_models(cfg)
+    check_data_fields(cfg.data, cfg)
+    check_backbone(cfg.backbone)
     check_train(cfg.train, cfg)
     check_eval(cfg.eval, cfg)
     check_logger(cfg.logger)
@@ -38,12 +36,12 @@ def check_all(cfg: Any) -> None:
 
 
 def check_study(cfg: Any) -> None:
-    """The DVC matrix: known variants, each configured; distinct seeds; a positive process count."""
+    """The DVC matrix: configured variants (which memories exist: pipeline.models.registry); distinct seeds; a
+    positive process count."""
     for name in cfg.study.variants:
-        if name not in MODEL_NAMES:
-            raise ConfigError(f"study.variants: unknown variant '{name}'; allowed: {', '.join(MODEL_NAMES)}")
         if name not in cfg.models:
-            raise ConfigError(f"study.variants lists '{name}' but models.{name} is not configured")
+            raise ConfigError(f"study.variants: '{name}' is not configured under models; allowed: "
+                              f"{', '.join(cfg.models.keys())}")
     if cfg.sweep.variant not in cfg.models:
         raise ConfigError(f"sweep.variant: unknown variant '{cfg.sweep.variant}'; "
                           f"allowed: {', '.join(cfg.models.keys())}")
@@ -160,144 +158,35 @@ def _check_lists(c: DataConfig) -> None:
         raise ConfigError(f"data.dialogue_turns: must be distinct integers >= 2, got {list(c.dialogue_turns)}")
 
 
-def check_data(data_cfg: Any, full_cfg: Any = None) -> DataConfig:
-    """The fields (check_data_fields), then a dry run of the document layouts (templates well formed, planted facts
-    fit a segment, rare counts fit the training split); returns the DataConfig."""
-    from pipeline.data.documents import check_layouts  # the generator: only when data is checked
-
-    c = check_data_fields(data_cfg, full_cfg)
-    check_layouts(c)
-    return c
-
-
 # ---- models --------------------------------------------------------------------------------------
 
 
-def check_models(cfg: Any, full_cfg: Any = None) -> None:
-    """Cross-field checks of backbone + every studied variant; raises ConfigError naming the key.
-
-    Accepts the whole composed config (`check_models(cfg)`) or `check_models(part, full_cfg)`, in which case
-    the whole config `full_cfg` is checked.
-    """
-    root = full_cfg if full_cfg is not None else cfg
-    backbone = backbone_config(cfg_path(root, "backbone", {}))
-    models = cfg_path(root, "models", {}) or {}
-    variants = list(cfg_path(root, "study.variants", None) or list(models))
-    for v in variants:
-        if v not in MEMORY_CONFIGS:
-            raise ConfigError(f"study.variants: {v!r} is not a known memory; allowed: {list(MODEL_NAMES)}")
-        if v not in models:
-            raise ConfigError(f"models.{v} is missing (study.variants lists it); configured: {sorted(models)}")
-        mem = memory_config(models[v])
-        if mem.name != v:
-            raise ConfigError(f"models.{v}.name = {mem.name!r} must equal its key {v!r}")
-        check_model(backbone, mem)
-        if v == "full" and backbone.positions == "learned":  # rotary positions have no table to outgrow
-            need = longest_input(root)
-            if backbone.max_positions < need:
-                raise ConfigError(
-                    f"backbone.max_positions = {backbone.max_positions} must be >= {need} "
-                    f"(the longest input `full` reads: data.eval_lengths / val_long_lengths / rare_eval_length / training docs)"
-                )
-
-
-def check_model(backbone: BackboneConfig, mem: MemoryConfig) -> None:
-    """Checks that need only the backbone and one variant (build_model runs these)."""
-    b = backbone
-    _int_at_least("backbone.d_model", b.d_model, 1)
-    _int_at_least("backbone.n_layers", b.n_layers, 1)
-    _int_at_least("backbone.n_heads", b.n_heads, 1)
-    _int_at_least("backbone.d_ff", b.d_ff, 1)
-    _int_at_least("backbone.window", b.window, 1)
-    _int_at_least("backbone.max_positions", b.max_positions, 1)
-    _int_at_least("backbone.conv_kernel", b.conv_kernel, 0)
+def check_backbone(b: BackboneConfig) -> None:
+    """The decoder's sizes and positions (each memory checks itself against them: MemoryConfig.check)."""
+    int_at_least("backbone.d_model", b.d_model, 1)
+    int_at_least("backbone.n_layers", b.n_layers, 1)
+    int_at_least("backbone.n_heads", b.n_heads, 1)
+    int_at_least("backbone.d_ff", b.d_ff, 1)
+    int_at_least("backbone.window", b.window, 1)
+    int_at_least("backbone.max_positions", b.max_positions, 1)
+    int_at_least("backbone.conv_kernel", b.conv_kernel, 0)
     if b.conv_kernel > b.window:
         raise ConfigError(f"backbone.conv_kernel = {b.conv_kernel} must be <= backbone.window = {b.window}")
     if b.d_model % b.n_heads:
         raise ConfigError(f"backbone.n_heads = {b.n_heads} must divide backbone.d_model = {b.d_model}")
-    if b.positions not in POSITIONS:
-        raise ConfigError(f"backbone.positions = {b.positions!r}; allowed: {list(POSITIONS)}")
+    if b.positions not in choices(Positions):
+        raise ConfigError(f"backbone.positions = {b.positions!r}; allowed: {list(choices(Positions))}")
     if b.positions == "rotary" and (b.d_model // b.n_heads) % 2:
         raise ConfigError(f"backbone.d_model / n_heads = {b.d_model // b.n_heads} must be even for rotary positions")
     if not 0.0 <= b.dropout < 1.0:
         raise ConfigError(f"backbone.dropout = {b.dropout} must be in [0, 1)")
     if b.window > b.max_positions:
         raise ConfigError(f"backbone.window = {b.window} must be <= backbone.max_positions = {b.max_positions}")
-
-    if b.hf_model is not None:
-        if not isinstance(b.hf_model, str) or not b.hf_model:
-            raise ConfigError(f"backbone.hf_model = {b.hf_model!r} must be null or a folder / hub name")
-        if mem.name not in HF_VARIANTS:
-            raise ConfigError(f"`{mem.name}` on a pretrained Hugging Face backbone (backbone.hf_model) is not "
-                              f"supported; supported: {list(HF_VARIANTS)}")
-        if isinstance(mem, CMRConfig) and mem.score_input == "attention_input":
-            raise ConfigError("models.cmr.score_input = 'attention_input' reads the project decoder's short "
-                              "convolution; with backbone.hf_model use 'block_input' or 'output'")
-
-    if isinstance(mem, XLConfig):
-        _int_at_least("models.xl.mem_len", mem.mem_len, 1)
-    elif isinstance(mem, CMRConfig):
-        _check_cmr(b, mem)
-    elif isinstance(mem, RMTConfig):
-        _int_at_least("models.rmt.mem_tokens", mem.mem_tokens, 1)
-        _int_at_least("models.rmt.bptt_segments", mem.bptt_segments, 0)
-    elif isinstance(mem, ARMTConfig):
-        for key in ("mem_tokens", "d_key", "nu"):
-            _int_at_least(f"models.armt.{key}", getattr(mem, key), 1)
-        _int_at_least("models.armt.bptt_segments", mem.bptt_segments, 0)
-    elif isinstance(mem, MemorizingConfig):
-        _int_at_least("models.memorizing.top_k", mem.top_k, 1)
-        if not isinstance(mem.store, int) or mem.store < mem.top_k:
-            raise ConfigError(f"models.memorizing.store = {mem.store!r} must be an integer >= models.memorizing.top_k = {mem.top_k}")
-        if mem.layer is not None and (not isinstance(mem.layer, int) or not 0 <= mem.layer < b.n_layers):
-            raise ConfigError(f"models.memorizing.layer = {mem.layer!r} must be null or in [0, {b.n_layers - 1}]")
+    if b.hf_model is not None and (not isinstance(b.hf_model, str) or not b.hf_model):
+        raise ConfigError(f"backbone.hf_model = {b.hf_model!r} must be null or a folder / hub name")
 
 
-def _check_cmr(b: BackboneConfig, m: CMRConfig) -> None:
-    p = "models.cmr"
-    if not isinstance(m.k, int) or not 1 <= m.k <= b.window:
-        raise ConfigError(f"{p}.k = {m.k} must be in [1, backbone.window = {b.window}]")
-    if not isinstance(m.capacity, int) or m.capacity < m.k:
-        raise ConfigError(f"{p}.capacity = {m.capacity} must be >= {p}.k = {m.k}")
-    for key, val, allowed in (
-        ("selection", m.selection, SELECTIONS),
-        ("eviction", m.eviction, EVICTIONS),
-        ("mode", m.mode, MODES),
-        ("score_input", m.score_input, SCORE_INPUTS),
-    ):
-        if val not in allowed:
-            raise ConfigError(f"{p}.{key} = {val!r}; allowed: {list(allowed)}")
-    if m.d_mem is not None:
-        _int_at_least(f"{p}.d_mem", m.d_mem, 1)
-    heads = m.mem_heads if m.mem_heads is not None else b.n_heads
-    if not isinstance(heads, int) or heads < 1 or b.d_model % heads:
-        raise ConfigError(f"{p}.mem_heads = {m.mem_heads} must be a positive divisor of backbone.d_model = {b.d_model}")
-    _int_at_least(f"{p}.bptt_segments", m.bptt_segments, 0)
-    if not isinstance(m.gate, bool):
-        raise ConfigError(f"{p}.gate = {m.gate!r}; allowed: [true, false]")
-    capture, reweave = resolve_cmr_layers(m, b.n_layers)
-    for key, layers in (("capture_layers", capture), ("reweave_layers", reweave)):
-        if not layers:
-            raise ConfigError(
-                f"{p}.{key} = {layers} is empty (with backbone.n_layers = {b.n_layers}); "
-                f"give at least one layer in [0, {b.n_layers - 1}]"
-            )
-        bad = [x for x in layers if not isinstance(x, int) or not 0 <= x < b.n_layers]
-        if bad:
-            raise ConfigError(f"{p}.{key} = {layers}: {bad} outside [0, {b.n_layers - 1}] (backbone.n_layers = {b.n_layers})")
-        if len(set(layers)) != len(layers):
-            raise ConfigError(f"{p}.{key} = {layers} has duplicates")
-    if m.mode == "hierarchical":
-        for j in reweave:
-            if not any(l < j for l in capture):
-                raise ConfigError(
-                    f"{p}.reweave_layers = {reweave}: layer {j} reads nothing in mode 'hierarchical' "
-                    f"(it reads banks of capture layers l < {j}; {p}.capture_layers = {capture}); "
-                    f"use mode 'flat' or move the layer"
-                )
-
-
-def _int_at_least(key: str, val: Any, lo: int) -> None:
+def int_at_least(key: str, val: Any, lo: int) -> None:
     if not isinstance(val, int) or isinstance(val, bool) or val < lo:
         raise ConfigError(f"{key} = {val!r} must be an integer >= {lo}")
 
@@ -450,14 +339,6 @@ def check_eval(cfg: Any, full_cfg: Any = None) -> None:
             raise ConfigError("eval.rare_buckets must be null or a non-empty list of counts")
         for b in buckets:
             _pos_int(b, "rare_buckets[]")
-    # `full` reads a whole document at once, so its position range must cover the timed lengths too
-    # (the models' own check covers data.eval_lengths, not these).
-    max_pos = _get(_get(full_cfg, "backbone"), "max_positions")
-    variants = list(_get(_get(full_cfg, "study"), "variants", None) or list(_get(full_cfg, "models", None) or []))
-    learned = _get(_get(full_cfg, "backbone"), "positions", "rotary") == "learned"
-    if "full" in variants and learned and max_pos is not None and max(lengths) > int(max_pos):
-        raise ConfigError(f"eval.overhead.lengths: {max(lengths)} exceeds backbone.max_positions={max_pos}, "
-                          "the longest input the `full` variant accepts; lower the length or raise max_positions")
     if "rare" in tasks and full_cfg is not None and _get(full_cfg, "data") is not None:
         rare_buckets(full_cfg)  # raises if neither eval nor data names the buckets
     _validate_attention(_get(cfg, "attention"), full_cfg)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
@@ -27,8 +27,6 @@ from pipeline.errors import DataError, PipelineError
 
 EXPERIMENT = CONF_DIR / "experiment" / "baselines.yaml"
 STAGES = ("train", "evaluate", "attention", "overhead", "collect")
-# what must equal the study's for the baselines' rows to stand beside its own
-RECIPE_KEYS = ("data", "backbone", "train", "eval")
 # the small outputs the report reads, per run folder kind
 COPY = {"eval": ("predictions.parquet", "metrics.json"), "train": ("metrics.json",), "attention": ("attention.parquet",),
         "overhead": ("overhead.json",)}
@@ -40,19 +38,6 @@ def baselines_config(params: str | Path = "params.yaml", experiment: str | Path 
     study = load_params(params)
     exp = OmegaConf.load(experiment)
     return validate(OmegaConf.merge(as_plain(study), exp))
-
-
-def recipe_matches(study_cfg: Mapping[str, Any], other_cfg: Mapping[str, Any],
-                   keys: Sequence[str] = RECIPE_KEYS) -> list[str]:
-    """The `keys` sections whose values differ between the two configs (empty: same recipe); in `train`, the
-    keys that only say how a run is executed (RUNTIME_KEYS: threads, processes, ...) are not the recipe."""
-    from pipeline.train_config import RUNTIME_KEYS
-
-    def recipe(cfg: Mapping[str, Any], key: str) -> dict:
-        section = dict(cfg.get(key) or {})
-        return {k: v for k, v in section.items() if k not in RUNTIME_KEYS} if key == "train" else section
-
-    return [k for k in keys if recipe(study_cfg, k) != recipe(other_cfg, k)]
 
 
 def _run_stage(module: str, argv: list[str]) -> None:
@@ -67,7 +52,7 @@ def run(params: str | Path, out: str | Path, stages: Sequence[str] = STAGES) -> 
     """Train, evaluate and time the baselines, then copy their report inputs to `out`."""
     from pipeline import paths
     from pipeline.io import atomic_dir, atomic_write_json, atomic_write_text
-    from pipeline.sweep import ensure_data
+    from pipeline.studies.sweep import ensure_data
 
     cfg = baselines_config(params)
     root = paths.experiments_dir(cfg)

@@ -1,4 +1,5 @@
-"""The study's configuration schema: every key, its type and its default, in one place.
+"""The study's configuration schema: every key, its type and its default, in one place (each memory's own
+keys: its module, pipeline/models/<name>.py).
 
 A leaf module (the standard library only; nothing of the package, no torch, no OmegaConf), so any
 module can import it. Hydra's ConfigStore holds these classes (`register`, run by the plugin in
@@ -6,14 +7,14 @@ hydra_plugins/cmr_repro.py whenever Hydra composes, DVC's `dvc exp run -S` inclu
 YAML files under conf/ hold only what differs from them by option or profile. Choices are StrEnums:
 a config file writes the plain word (`selection: learned`), which is also the member's name, so
 OmegaConf checks it, and code may compare a field with either the member or the word.
-Cross-field checks live in pipeline/config_checks.py; pipeline/config.py composes and validates.
+Cross-field checks live in pipeline/config/checks.py; pipeline/config/load.py composes and validates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, StrEnum
-from typing import Any, Dict, List, Optional, get_type_hints
+from typing import Any, ClassVar, Dict, List, Optional, get_type_hints
 
 
 # ---- choices ---------------------------------------------------------------------------------------
@@ -23,10 +24,6 @@ LocalFormat = StrEnum("LocalFormat", "auto text json parquet")
 DocKind = StrEnum("DocKind", "recall numeric dialogue")
 EvalFacts = StrEnum("EvalFacts", "spread first_segment")
 Positions = StrEnum("Positions", "rotary learned")
-Selection = StrEnum("Selection", "learned norm random recent")
-Eviction = StrEnum("Eviction", "salience oldest")
-Mode = StrEnum("Mode", "hierarchical flat")
-ScoreInput = StrEnum("ScoreInput", "block_input attention_input output")
 QueryType = StrEnum("QueryType", "far local numeric dialogue")
 ProgressBar = StrEnum("ProgressBar", "tqdm rich none")
 Task = StrEnum("Task", "recall rare numeric dialogue overhead")
@@ -34,7 +31,7 @@ Device = StrEnum("Device", "cpu cuda auto")
 WandbMode = StrEnum("WandbMode", "offline online disabled")
 CIMethod = StrEnum("CIMethod", "percentile bca basic")
 
-# Lightning's own names, passed through to its Trainer: checked strings (pipeline/config_checks.py), not StrEnums
+# Lightning's own names, passed through to its Trainer: checked strings (pipeline/config/checks.py), not StrEnums
 # (a precision is no identifier, "32-true"), limited to what this pipeline supports.
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
@@ -48,7 +45,7 @@ def choices(enum: type[StrEnum]) -> tuple[str, ...]:
 
 def from_dict(cls: type, d: dict) -> Any:
     """cls(**d) with each choice word as its StrEnum member; a word that is no choice stays a string, for the
-    checks (pipeline/config_checks.py) to name. The keys must be fields of cls (callers say which are not)."""
+    checks (pipeline/config/checks.py) to name. The keys must be fields of cls (callers say which are not)."""
     kinds = get_type_hints(cls)  # the annotations are strings under `from __future__ import annotations`
     return cls(**{k: _as_choice(kinds[k], v) for k, v in d.items()})
 
@@ -106,7 +103,7 @@ class DataConfig:
     fact_template: str = "is {E} {V} ."  # value right after its entity (one-hop recall)
     query_template: str = "? is {E}"
     num_fact_template: str = "is {X} {N} ."  # a number stated like a fact, so the recall binding serves it
-    num_query_template: str = "sum {X} {Y}"  # the answer at the second variable (README: the numeric recipe)
+    num_query_template: str = "sum {X} {Y}"  # the answer at the second variable (docs/RECIPE.md, "The numeric recipe")
     speakers: List[str] = field(default_factory=lambda: ["A:", "B:"])
     # --- training documents (train / val splits) ---
     segment_len: int = 16  # = backbone.window (conf/data links them): training documents are whole segments
@@ -164,7 +161,7 @@ class BackboneConfig:
     max_positions: int = 4096  # size of the learned position table: with positions=learned, `full`'s longest input
     tie_embeddings: bool = True
     # causal depthwise short convolution (taps) on each attention input; 0: none. Associative recall learns in
-    # hundreds of steps with it, not tens of thousands (README: recipe)
+    # hundreds of steps with it, not tens of thousands (docs/RECIPE.md, "The short convolution, k, facts and steps")
     conv_kernel: int = 4
     # a pretrained Hugging Face causal LM (a save_pretrained folder or a hub name) as the frozen backbone in
     # place of the decoder above (whose sizes then only size `cmr-repro hf-pretrain`); null: the decoder.
@@ -174,103 +171,17 @@ class BackboneConfig:
 
 @dataclass
 class MemoryConfig:
-    """Base of every memory config; `name` picks the variant (window, xl, full, cmr, rmt, armt, memorizing)."""
+    """Base of every memory's config. Each memory declares its own subclass, checks and class in its module
+    (pipeline/models/<name>.py, listed in pipeline/models/registry.py); `name` picks the memory. The class
+    flags say what the study must know of a memory without building it."""
 
     name: str = "window"
+    spans_document: ClassVar[bool] = False  # its state reaches any earlier token: checkpoints chosen on val_long
+    whole_sequence: ClassVar[bool] = False  # reads the document as one segment: positions must cover every input
+    on_pretrained: ClassVar[bool] = False  # pipeline/models/hf.py can attach it to a pretrained Hugging Face LM
 
-
-@dataclass
-class WindowConfig(MemoryConfig):
-    """Each segment of W tokens sees only itself (the paper's baseline)."""
-
-    name: str = "window"
-
-
-@dataclass
-class FullConfig(MemoryConfig):
-    """One causal attention over all N tokens (quality and cost ceiling)."""
-
-    name: str = "full"
-
-
-@dataclass
-class XLConfig(MemoryConfig):
-    """Transformer-XL: each layer also attends to the detached states of the previous mem_len tokens."""
-
-    name: str = "xl"
-    mem_len: int = 16  # memory floats n_layers*mem_len*d_model = cmr's banks*capacity*d_mem at defaults
-
-
-@dataclass
-class CMRConfig(MemoryConfig):
-    """Contextual Memory Reweaving (METHOD.md section 2): capture banks + gated reweave."""
-
-    name: str = "cmr"
-    capture_layers: Optional[List[int]] = None  # null: every layer but the last
-    reweave_layers: Optional[List[int]] = None  # null: every layer after the first capture layer
-    k: int = 8  # tokens captured per segment per capture layer (<= backbone.window)
-    capacity: int = 32  # K: slots per bank (>= k)
-    d_mem: Optional[int] = None  # slot width; null: d_model
-    mem_heads: Optional[int] = None  # heads of the reweave cross-attention; null: n_heads
-    selection: Selection = Selection.learned
-    eviction: Eviction = Eviction.salience
-    mode: Mode = Mode.hierarchical  # hierarchical: reweave j reads banks l < j; flat: every bank
-    gate: bool = True  # false: plain residual add (ablation)
-    gate_bias: float = -4.0  # untrained cmr ~ window
-    # segments gradients flow back through the banks (0: detached); >= longest training doc - 1
-    bptt_segments: int = 4
-    # What the salience scorer reads: attention_input (the token entering the capture layer with its
-    # short-convolution context, as the block's attention receives it) | block_input (the token alone: at layer 0
-    # every '.' scores the same, and a seed that learned to keep the period closing each fact kept filler periods
-    # as well on long documents: README) | output (the captured state; salience then did not learn to rank facts
-    # above filler and recall collapsed)
-    score_input: ScoreInput = ScoreInput.attention_input
-
-
-@dataclass
-class RMTConfig(MemoryConfig):
-    """Recurrent Memory Transformer (Bulatov et al. 2022): mem_tokens read at a segment's start, written at its end."""
-
-    name: str = "rmt"
-    # m: state m*d_model floats (8*64 = 512 at the default width, a quarter of cmr's banks; 32 matches them at 5x
-    # the tokens per segment); RMT's small recall recipe used 4
-    mem_tokens: int = 8
-    bptt_segments: int = 4  # memory transitions gradients flow back through (0: detached); conf/: cmr's depth
-
-
-@dataclass
-class ARMTConfig(MemoryConfig):
-    """Associative RMT (Rodkin et al. 2024): per-layer associative matrices written by a delta rule."""
-
-    name: str = "armt"
-    mem_tokens: int = 4  # write tokens appended to every segment (learned; their outputs are written)
-    d_key: int = 8  # key projection width before the DPFP feature map; features 2*nu*d_key = 16
-    nu: int = 1  # DPFP order. State n_layers*16*(d_model+1) = 2,080 floats at the defaults (cmr: 2,048)
-    bptt_segments: int = 4  # segments gradients flow back through the matrices (0: detached); conf/: cmr's depth
-
-
-@dataclass
-class MemorizingConfig(MemoryConfig):
-    """Memorizing Transformer (Wu et al. 2022): one layer also attends to the top-k of a store of past keys/values."""
-
-    name: str = "memorizing"
-    layer: Optional[int] = None  # the retrieval layer; null: the last
-    # the bound: the (key, value) pairs of the last `store` tokens before a segment (16 segments back); state
-    # store*2*d_model floats = 32,768 at the default width (16x cmr's banks: a retrieval memory is meant to be large)
-    store: int = 256
-    top_k: int = 8  # retrieved pairs per query and head
-
-
-MEMORY_CONFIGS: dict[str, type] = {
-    "window": WindowConfig,
-    "xl": XLConfig,
-    "full": FullConfig,
-    "cmr": CMRConfig,
-    "rmt": RMTConfig,
-    "armt": ARMTConfig,
-    "memorizing": MemorizingConfig,
-}
-MODEL_NAMES: tuple[str, ...] = tuple(MEMORY_CONFIGS)
+    def check(self, backbone: "BackboneConfig") -> None:
+        """Cross-field checks against the backbone; raise ConfigError naming `models.<name>.<key>`."""
 
 
 # ---- training --------------------------------------------------------------------------------------
@@ -292,7 +203,7 @@ class TrainConfig:
     # optimisation
     batch_size: int = 64
     # tokens per batch at most (null = always batch_size): a batch of long documents holds fewer of them, so the
-    # long pool of training documents costs about what a short batch costs (README "Time budget")
+    # long pool of training documents costs about what a short batch costs (docs/RECIPE.md, "The cost cut")
     max_batch_tokens: Optional[int] = None
     lr: float = 3.0e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
@@ -320,7 +231,7 @@ class TrainConfig:
     val_batch_size: int = 64
     # best.ckpt = max of this. auto: what each variant can reach: far recall on val_long (evaluation-like long
     # documents, training seed family) for the document-spanning memories (cmr), overall recall on val for the
-    # rest (pipeline/train_config.py resolve_monitor); or any {val,val_long}/recall[_far|_local|_numeric|_dialogue]
+    # rest (pipeline/config/train.py resolve_monitor); or any {val,val_long}/recall[_far|_local|_numeric|_dialogue]
     monitor: str = "auto"
     target_recall: float = 0.9  # metrics.json steps_to_90: first validation where the monitored metric >= this
     num_sanity_val_steps: int = 0
@@ -434,7 +345,7 @@ class StudyConfig:
 
 @dataclass
 class SweepConfig:
-    """The job a Hydra sweep runs (`python -m pipeline.sweep -m sweep.variant=window,cmr`)."""
+    """The job a Hydra sweep runs (`python -m pipeline.studies.sweep -m sweep.variant=window,cmr`)."""
 
     variant: str = "cmr"
     seed: int = 0
@@ -449,7 +360,8 @@ class PathsConfig:
 
 @dataclass
 class RootConfig:
-    """The whole composed config (params.yaml). `models` maps a variant to its memory config (MEMORY_CONFIGS)."""
+    """The whole composed config (params.yaml). `models` maps a variant to its memory's config: a mapping here,
+    the memory's own dataclass after pipeline.models.registry.typed_models."""
 
     profile_name: str = "default"
     study: StudyConfig = field(default_factory=StudyConfig)
@@ -465,8 +377,6 @@ class RootConfig:
 
 
 def register(store: Any) -> None:
-    """Put the schema into Hydra's ConfigStore (`store`: ConfigStore.instance()): `cmr_repro_schema`, first in
-    conf/config.yaml's defaults, and `schema/model/<name>`, first in each conf/model/<name>.yaml."""
+    """Put the schema into Hydra's ConfigStore (`store`: ConfigStore.instance()) as `cmr_repro_schema`, first in
+    conf/config.yaml's defaults (each memory's own schema: pipeline.models.registry.register)."""
     store.store(name="cmr_repro_schema", node=RootConfig)
-    for name, cls in MEMORY_CONFIGS.items():
-        store.store(group="schema/model", name=name, node=cls)

@@ -1,6 +1,6 @@
-"""The document generator's config (pipeline/schema.py DataConfig) from any mapping, and its choices.
+"""The document generator's config (pipeline/config/schema.py DataConfig) from any mapping, and its choices.
 
-No torch import: `report` and `--help` must start fast. Its checks: pipeline/config_checks.py (check_data).
+No torch import: `report` and `--help` must start fast. Its checks: pipeline/config/checks.py (check_data_fields; the layouts' dry run: pipeline.data.documents.check_data).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.schema import DataConfig, DocKind, EvalFacts, Filler, LocalFormat, RootConfig, choices, from_dict
+from pipeline.config.schema import DataConfig, DocKind, EvalFacts, Filler, LocalFormat, RootConfig, choices, from_dict
 
 FILLER_SOURCES = choices(Filler)
 LOCAL_FORMATS = choices(LocalFormat)

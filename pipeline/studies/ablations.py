@@ -1,6 +1,6 @@
-"""Aggregate ablation sweeps: `python -m pipeline.ablations <multirun_dir> [...] [--out results]`.
+"""Aggregate ablation sweeps: `python -m pipeline.studies.ablations <multirun_dir> [...] [--out results]`.
 
-Reads every Hydra job folder under the given folders (one `python -m pipeline.sweep -m ...` job:
+Reads every Hydra job folder under the given folders (one `python -m pipeline.studies.sweep -m ...` job:
 `.hydra/overrides.yaml`, `.hydra/config.yaml`, the job's eval and train runs) and writes
 results/ablations.{csv,md,png}: one row per (sweep, setting). A sweep is one wandb group
 (`logger.wandb.group`, set by conf/experiment/ablation_*.yaml); its setting is the values of the
@@ -43,7 +43,7 @@ class Job:
     overrides: dict[str, str]  # key -> value, as written in .hydra/overrides.yaml
     config: dict  # the job's composed config (.hydra/config.yaml)
     swept: set[str] = field(default_factory=set)  # hydra.sweeper.params keys
-    record: dict = field(default_factory=dict)  # job.json (pipeline.sweep), if present
+    record: dict = field(default_factory=dict)  # job.json (pipeline.studies.sweep), if present
 
     @property
     def variant(self) -> str:
@@ -87,11 +87,11 @@ def find_job_dirs(roots: Sequence[str | Path]) -> list[Path]:
     out: list[Path] = []
     for root in map(Path, roots):
         if not root.is_dir():
-            raise DataError(f"{root}: no such folder (pass the folder of a `python -m pipeline.sweep -m` run)")
+            raise DataError(f"{root}: no such folder (pass the folder of a `python -m pipeline.studies.sweep -m` run)")
         found = [p.parent.parent for p in root.rglob(".hydra/overrides.yaml")]
         if not found:
             raise DataError(f"{root}: no Hydra job folders (.hydra/overrides.yaml) found; "
-                            f"pass the folder of a `python -m pipeline.sweep -m` run, e.g. multirun/ablation_k/<time>")
+                            f"pass the folder of a `python -m pipeline.studies.sweep -m` run, e.g. multirun/ablation_k/<time>")
         found.sort(key=lambda p: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(root).parts])
         out += [p for p in found if p not in out]
     return out
@@ -101,10 +101,10 @@ def load_job(job_dir: Path) -> Job:
     hydra_dir = job_dir / ".hydra"
     overrides = _parse_overrides(_load_yaml(hydra_dir / "overrides.yaml") or [], hydra_dir / "overrides.yaml")
     if not (hydra_dir / "config.yaml").is_file():
-        raise DataError(f"{job_dir}: no .hydra/config.yaml; not a `python -m pipeline.sweep` job folder")
+        raise DataError(f"{job_dir}: no .hydra/config.yaml; not a `python -m pipeline.studies.sweep` job folder")
     config = _load_yaml(hydra_dir / "config.yaml") or {}
     if not isinstance(config, dict) or "sweep" not in config:
-        raise DataError(f"{job_dir}: .hydra/config.yaml has no `sweep` node; not a `python -m pipeline.sweep` job")
+        raise DataError(f"{job_dir}: .hydra/config.yaml has no `sweep` node; not a `python -m pipeline.studies.sweep` job")
     record = {}
     if (job_dir / "job.json").is_file():
         try:
@@ -179,11 +179,64 @@ def _mean(values: Sequence[Any]) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
+def _setting_row(sweep: str, keys: list, values: tuple, gj: list, ref: Any, rc: Any) -> tuple[dict, pd.DataFrame]:
+    """One setting's row (recall by N and overall with CIs, training numbers) and its recall predictions."""
+    from pipeline.report.tables import cell_stats
+
+    seeds = [j.seed for j in gj]
+    dup = {s for s in seeds if seeds.count(s) > 1}
+    if dup:
+        where = ", ".join(str(j.dir) for j in gj if j.seed in dup)
+        raise DataError(f"sweep {sweep}: setting {dict(zip(keys, values))} has seed(s) {sorted(dup)} "
+                        f"more than once ({where}); aggregate one of those sweeps")
+    preds = pd.concat([load_predictions(j) for j in gj], ignore_index=True)
+    if preds.empty:
+        raise DataError(f"sweep {sweep}: no recall predictions in {[str(j.run_path('eval')) for j in gj]}")
+    train = [load_train_metrics(j) for j in gj]
+    setting = "; ".join(f"{k}={v}" for k, v in zip(keys, values)) or "(no swept key)"
+    is_ref = None if ref is None else all(_select(gj[0].config, k) == ref[k] for k in keys)
+    row: dict[str, Any] = {"sweep": sweep, "setting": setting, "reference": is_ref}
+    for n in sorted(preds["length"].unique()):
+        c = cell_stats(preds[preds["length"] == n], rc)
+        row.update({f"recall_{int(n)}": c["accuracy"], f"recall_{int(n)}_ci_low": c["ci_low"],
+                    f"recall_{int(n)}_ci_high": c["ci_high"]})
+    c = cell_stats(preds, rc)
+    row.update({"recall_mean": c["accuracy"], "recall_mean_ci_low": c["ci_low"],
+                "recall_mean_ci_high": c["ci_high"], "n_docs": c["n_docs"], "n_queries": c["n_queries"],
+                "n_seeds": len(gj), "seeds": " ".join(str(s) for s in sorted(seeds)),
+                "val_recall": _mean([m.get("val_recall") for m in train]),
+                "params": _mean([m.get("params") for m in train]),
+                "train_tokens_per_s": _mean([m.get("train_tokens_per_s") for m in train]),
+                "train_wall_s": _mean([m.get("wall_s") for m in train]),
+                "job_wall_s": _mean([j.record.get("wall_s") for j in gj]),
+                "jobs": " ".join(str(j.dir) for j in gj)})
+    return row, preds
+
+
+def _compare_with_reference(sweep_rows: list[dict], preds_by_setting: dict) -> None:
+    """Where a sweep has one reference setting: each row's recall gap to it and McNemar's p (Holm over the sweep)."""
+    from pipeline.stats import align_pairs, holm, mcnemar_from_outcomes
+
+    refs = [r for r in sweep_rows if r["reference"]]
+    if len(refs) != 1:
+        return
+    ref_row = refs[0]
+    for r in sweep_rows:
+        r["delta_vs_reference"] = r["recall_mean"] - ref_row["recall_mean"]
+        if r is ref_row:
+            continue
+        pairs = align_pairs(preds_by_setting[r["setting"]], preds_by_setting[ref_row["setting"]])
+        r["n_pairs"] = len(pairs)
+        r["p_vs_reference"] = (mcnemar_from_outcomes(pairs["correct_a"], pairs["correct_b"]).p_value
+                               if len(pairs) else math.nan)
+    ps = np.array([r.get("p_vs_reference", math.nan) for r in sweep_rows], dtype=float)
+    for r, p in zip(sweep_rows, holm(ps)):
+        r["p_vs_reference_holm"] = p
+
+
 def aggregate(roots: Sequence[str | Path]) -> pd.DataFrame:
     """One row per (sweep, setting) over every job under `roots`."""
-    from pipeline.report.tables import cell_stats
-    from pipeline.config_checks import report_config
-    from pipeline.stats import align_pairs, holm, mcnemar_from_outcomes
+    from pipeline.config.checks import report_config
 
     jobs = [load_job(d) for d in find_job_dirs(roots)]
     rows = []
@@ -197,49 +250,10 @@ def aggregate(roots: Sequence[str | Path]) -> pd.DataFrame:
         rc = report_config(sj[0].config)
         sweep_rows, preds_by_setting = [], {}
         for values, gj in groups.items():
-            seeds = [j.seed for j in gj]
-            dup = {s for s in seeds if seeds.count(s) > 1}
-            if dup:
-                where = ", ".join(str(j.dir) for j in gj if j.seed in dup)
-                raise DataError(f"sweep {sweep}: setting {dict(zip(keys, values))} has seed(s) {sorted(dup)} "
-                                f"more than once ({where}); aggregate one of those sweeps")
-            preds = pd.concat([load_predictions(j) for j in gj], ignore_index=True)
-            if preds.empty:
-                raise DataError(f"sweep {sweep}: no recall predictions in {[str(j.run_path('eval')) for j in gj]}")
-            train = [load_train_metrics(j) for j in gj]
-            setting = "; ".join(f"{k}={v}" for k, v in zip(keys, values)) or "(no swept key)"
-            is_ref = None if ref is None else all(_select(gj[0].config, k) == ref[k] for k in keys)
-            row: dict[str, Any] = {"sweep": sweep, "setting": setting, "reference": is_ref}
-            for n in sorted(preds["length"].unique()):
-                c = cell_stats(preds[preds["length"] == n], rc)
-                row.update({f"recall_{int(n)}": c["accuracy"], f"recall_{int(n)}_ci_low": c["ci_low"],
-                            f"recall_{int(n)}_ci_high": c["ci_high"]})
-            c = cell_stats(preds, rc)
-            row.update({"recall_mean": c["accuracy"], "recall_mean_ci_low": c["ci_low"],
-                        "recall_mean_ci_high": c["ci_high"], "n_docs": c["n_docs"], "n_queries": c["n_queries"],
-                        "n_seeds": len(gj), "seeds": " ".join(str(s) for s in sorted(seeds)),
-                        "val_recall": _mean([m.get("val_recall") for m in train]),
-                        "params": _mean([m.get("params") for m in train]),
-                        "train_tokens_per_s": _mean([m.get("train_tokens_per_s") for m in train]),
-                        "train_wall_s": _mean([m.get("wall_s") for m in train]),
-                        "job_wall_s": _mean([j.record.get("wall_s") for j in gj]),
-                        "jobs": " ".join(str(j.dir) for j in gj)})
+            row, preds = _setting_row(sweep, keys, values, gj, ref, rc)
             sweep_rows.append(row)
-            preds_by_setting[setting] = preds
-        refs = [r for r in sweep_rows if r["reference"]]
-        if len(refs) == 1:
-            ref_row = refs[0]
-            for r in sweep_rows:
-                r["delta_vs_reference"] = r["recall_mean"] - ref_row["recall_mean"]
-                if r is ref_row:
-                    continue
-                pairs = align_pairs(preds_by_setting[r["setting"]], preds_by_setting[ref_row["setting"]])
-                r["n_pairs"] = len(pairs)
-                r["p_vs_reference"] = (mcnemar_from_outcomes(pairs["correct_a"], pairs["correct_b"]).p_value
-                                       if len(pairs) else math.nan)
-            ps = np.array([r.get("p_vs_reference", math.nan) for r in sweep_rows], dtype=float)
-            for r, p in zip(sweep_rows, holm(ps)):
-                r["p_vs_reference_holm"] = p
+            preds_by_setting[row["setting"]] = preds
+        _compare_with_reference(sweep_rows, preds_by_setting)
         rows += sweep_rows
     df = pd.DataFrame(rows)
     tail = [c for c in ("delta_vs_reference", "n_pairs", "p_vs_reference", "p_vs_reference_holm") if c in df]
@@ -262,12 +276,12 @@ def render_markdown(df: pd.DataFrame) -> str:
              "Reference (ref) = the setting the configuration uses without the sweep; delta = change in mean "
              "recall vs the reference, p = exact McNemar on the paired recall queries vs the reference, "
              "Holm-corrected within the sweep. val = best validation recall during training. "
-             "Generated by `python -m pipeline.ablations`.", ""]
+             "Generated by `python -m pipeline.studies.ablations`.", ""]
     if (df["n_seeds"] == 1).any():
         lines += ["**One seed per setting** in some rows: their CIs and p-values cover the noise of the evaluation "
                   "queries, not seed-to-seed variance, which for CMR can be larger than any difference below "
                   "(compare the per-seed results in REPORT.md). Treat those deltas as leads, not findings; "
-                  "`python -m pipeline.sweep -m experiment=ablation_<name> sweep.seed=0,1,2` adds seeds.", ""]
+                  "`python -m pipeline.studies.sweep -m experiment=ablation_<name> sweep.seed=0,1,2` adds seeds.", ""]
     for sweep, sd in df.groupby("sweep", sort=False):
         lines += [f"## {sweep}", ""]
         table = []
@@ -357,7 +371,7 @@ def write_outputs(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = stage_cli.parser("ablations", __doc__.splitlines()[0], params=False, overrides=False)
-    parser.add_argument("sweep_dirs", nargs="+", help="folders of `python -m pipeline.sweep -m` runs")
+    parser.add_argument("sweep_dirs", nargs="+", help="folders of `python -m pipeline.studies.sweep -m` runs")
     parser.add_argument("--out", default="results", help="output folder (default: results)")
     args = stage_cli.parse(parser, argv)
 

@@ -1,13 +1,13 @@
-"""Hyperparameter search with Optuna: `python -m pipeline.hparams_search hparams_search=lr_width [n_trials=N]
+"""Hyperparameter search with Optuna: `python -m pipeline.studies.hparams_search hparams_search=lr_width [n_trials=N]
 [study_dir=DIR] [OVERRIDE ...]`.
 
 A current Optuna (>= 3) drives the search itself, composing conf/ through Hydra's compose API for
 each trial: Hydra's Optuna sweeper plugin (hydra-optuna-sweeper 1.3) pins optuna < 3, which in turn
 needs sqlalchemy < 2 and alembic < 1.12. The search is described by conf/hparams_search/<name>.yaml
 (search space, objective metric, sampler, trials); every trial runs the same job as a
-`python -m pipeline.sweep` job (`pipeline.sweep.run_job_metrics`: train + evaluate) in its own folder
+`python -m pipeline.studies.sweep` job (`pipeline.studies.sweep.run_job_metrics`: train + evaluate) in its own folder
 <study_dir>/<trial number>/, laid out like a Hydra job folder (.hydra/overrides.yaml,
-.hydra/config.yaml, job.json), so `python -m pipeline.ablations <study_dir>` tabulates it too.
+.hydra/config.yaml, job.json), so `python -m pipeline.studies.ablations <study_dir>` tabulates it too.
 After every trial the study is written to <study_dir>/trials.csv and best.json. With
 `storage: sqlite` the study lives in <study_dir>/study.db, and rerunning the command resumes it.
 A trial whose training diverges (TrainingError) is recorded as failed and the search goes on.
@@ -168,7 +168,7 @@ def run_search(name: str, args: Sequence[str] = ()) -> Any:
     import optuna
 
     from pipeline.io import atomic_write_text
-    from pipeline.sweep import run_job_metrics, write_job_record
+    from pipeline.studies.sweep import run_job_metrics, write_job_record
 
     search_keys = set(OmegaConf.structured(SearchConfig).keys())
     dotlist = [a for a in args if a.split("=", 1)[0] in search_keys]

@@ -1,12 +1,12 @@
-"""Hydra entry point for sweeps: `python -m pipeline.sweep -m sweep.variant=window,cmr models.cmr.k=4,8`.
+"""Hydra entry point for sweeps: `python -m pipeline.studies.sweep -m sweep.variant=window,cmr models.cmr.k=4,8`.
 
 Each job composes conf/ (Hydra), validates it like a DVC stage does, then runs the same functions
 the DVC stages run: `pipeline.train.train` and `pipeline.evaluate.evaluate`, writing into the
 Hydra job's own output folder. Data come from `paths.data_dir`, which the first job prepares when it
 is missing (`ensure_data`); a folder prepared with other data settings is refused, so a sweep over
 data settings needs a `paths.data_dir` per setting (or the DVC pipeline).
-Ready-made sweeps live in conf/experiment/ (`python -m pipeline.sweep -m experiment=ablation_k`);
-`python -m pipeline.ablations <sweep dir>` aggregates them.
+Ready-made sweeps live in conf/experiment/ (`python -m pipeline.studies.sweep -m experiment=ablation_k`);
+`python -m pipeline.studies.ablations <sweep dir>` aggregates them.
 
 One sweep is one wandb group (`logger.wandb.group`, which the ablation configs set to their name;
 else `sweep-<sweep folder>`); each job is one wandb run per stage, finished before the next job
@@ -26,8 +26,9 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline.config import CONF_DIR, typed
+from pipeline.models.registry import typed_models
 from pipeline.errors import ConfigError, DataError, PipelineError
-from pipeline.schema import RootConfig
+from pipeline.config.schema import RootConfig
 
 JOB_RECORD = "job.json"
 
@@ -39,7 +40,7 @@ def run_job_metrics(cfg: DictConfig | RootConfig, job_dir: Path, group: str) -> 
 
     from pipeline.paths import run_dir
 
-    cfg = typed(cfg)
+    cfg = typed_models(typed(cfg), [cfg.sweep.variant])
     ensure_data(cfg)
     from pipeline.evaluate import evaluate  # torch and lightning: seconds to import, so after the checks
     from pipeline.train import train
@@ -66,7 +67,7 @@ def ensure_data(cfg: RootConfig) -> None:
     with other data settings than the job's, which would silently train on the wrong documents."""
     from pipeline.data.prepare import prepare
     from pipeline.data.store import read_manifest
-    from pipeline.schema import to_dict
+    from pipeline.config.schema import to_dict
 
     data_dir = Path(cfg.paths.data_dir)
     want = to_dict(cfg.data)
@@ -102,7 +103,7 @@ def write_job_record(job_dir: Path, *, group: str, variant: str, seed: int, over
 
 def sweep_options(overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """{key: [option, ...]} of `hydra.sweeper.params` for a composition, e.g. ["experiment=ablation_k"]:
-    what `python -m pipeline.sweep -m <overrides>` would sweep (options as override strings)."""
+    what `python -m pipeline.studies.sweep -m <overrides>` would sweep (options as override strings)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
