@@ -1,6 +1,7 @@
-"""Statistics for the report: bootstrap CIs over documents, exact McNemar on paired outcomes, Holm.
+"""Statistics for the report: bootstrap CIs, exact McNemar on paired outcomes, Holm.
 
-All CIs come from scipy.stats.bootstrap (documents, or timing repeats, are the resampled unit);
+Accuracy CIs resample seeds and documents (crossed_bootstrap_ci: a seeds x documents matrix); the other CIs come
+from scipy.stats.bootstrap (documents, or timing repeats, are the resampled unit);
 p-values from scipy.stats.binomtest (exact McNemar: a binomial test on the discordant pairs).
 
 Kept free of torch so the report starts fast. Every function is deterministic given its seed.
@@ -20,6 +21,7 @@ from scipy import stats as sps
 from pipeline.errors import DataError
 
 PAIR_KEYS: tuple[str, ...] = ("split", "doc_id", "query_idx", "seed")
+CROSSED = "percentile, seeds x documents"  # the method name crossed_bootstrap_ci records
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,64 @@ def bootstrap_ci(
     return CI(mean, low, high, n, level, used, False, note)
 
 
+def _resample_counts(rng: np.random.Generator, n: int, n_resamples: int) -> np.ndarray:
+    """How often each of n units is drawn in each of n_resamples bootstrap samples: [n_resamples, n]."""
+    idx = rng.integers(0, n, (n_resamples, n))
+    counts = np.zeros((n_resamples, n))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], idx), 1.0)
+    return counts
+
+
+def _complete(matrix: np.ndarray) -> np.ndarray:
+    m = np.asarray(matrix, dtype=float)
+    if m.ndim != 2:
+        raise ValueError(f"expected a seeds x documents matrix, got shape {m.shape}")
+    return m[:, np.all(np.isfinite(m), axis=0)]  # a document every seed answered
+
+
+def crossed_bootstrap_ci(matrix: np.ndarray, *, level: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> CI:
+    """CI of the mean of a seeds x documents matrix (every seed answers the same documents: a crossed design),
+    resampling seeds and documents independently, percentile interval. A seed that learned less, or floats that
+    moved on another machine, widen it, where a CI over documents alone covers neither; with one seed it is the
+    documents' bootstrap. Documents missing for some seed are left out."""
+    m = _complete(matrix)
+    S, D = m.shape
+    if S == 0 or D == 0:
+        return CI(math.nan, math.nan, math.nan, 0, level, CROSSED, True, "no data")
+    mean = float(m.mean())
+    if np.all(m == m.flat[0]):
+        return CI(mean, mean, mean, D, level, CROSSED, True, "constant data: degenerate interval")
+    rng = np.random.default_rng(seed)
+    cs, cd = _resample_counts(rng, S, n_resamples), _resample_counts(rng, D, n_resamples)
+    stats = np.einsum("bs,sd,bd->b", cs, m, cd) / (S * D)
+    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return CI(mean, float(low), float(high), D, level, CROSSED)
+
+
+def crossed_bootstrap_diff_ci(x: np.ndarray, y: np.ndarray, *, level: float = 0.95, n_resamples: int = 2000,
+                              seed: int = 0) -> CI:
+    """CI of mean(x) - mean(y) for two seeds x documents matrices with the same seeds in the same rows and their
+    own documents (e.g. CMR's gap at the longest vs the shortest N): one resample of seeds for both, documents
+    resampled on each side."""
+    x, y = _complete(x), _complete(y)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"the two matrices must hold the same seeds: {x.shape[0]} vs {y.shape[0]} rows")
+    S = x.shape[0]
+    if S == 0 or x.shape[1] == 0 or y.shape[1] == 0:
+        return CI(math.nan, math.nan, math.nan, 0, level, CROSSED, True, "no data")
+    est = float(x.mean() - y.mean())
+    n = int(min(x.shape[1], y.shape[1]))
+    if np.all(x == x.flat[0]) and np.all(y == y.flat[0]):
+        return CI(est, est, est, n, level, CROSSED, True, "difference: no spread to resample (degenerate interval)")
+    rng = np.random.default_rng(seed)
+    cs = _resample_counts(rng, S, n_resamples)
+    cx, cy = _resample_counts(rng, x.shape[1], n_resamples), _resample_counts(rng, y.shape[1], n_resamples)
+    stats = (np.einsum("bs,sd,bd->b", cs, x, cx) / (S * x.shape[1])
+             - np.einsum("bs,sd,bd->b", cs, y, cy) / (S * y.shape[1]))
+    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return CI(est, float(low), float(high), n, level, CROSSED)
+
+
 def _two_sample_ci(x: np.ndarray, y: np.ndarray, statistic, *, level: float, n_resamples: int, method: str,
                    seed: int, what: str) -> CI:
     """CI of statistic(x, y) for two independent samples, each resampled on its own."""
@@ -99,16 +159,6 @@ def _two_sample_ci(x: np.ndarray, y: np.ndarray, statistic, *, level: float, n_r
         res = sps.bootstrap((x, y), statistic, confidence_level=level, n_resamples=n_resamples, method=method,
                             random_state=np.random.default_rng(seed), vectorized=True, paired=False)
     return CI(est, float(res.confidence_interval.low), float(res.confidence_interval.high), n, level, method)
-
-
-def bootstrap_diff_ci(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, level: float = 0.95,
-                      n_resamples: int = 2000, method: str = "percentile", seed: int = 0) -> CI:
-    """CI of mean(x) - mean(y) for independent samples (e.g. CMR's gap at the longest vs the shortest N).
-
-    Used for "does the gap grow": x and y are per-document gaps from two different cells.
-    """
-    return _two_sample_ci(np.asarray(x), np.asarray(y), lambda a, b, axis: a.mean(axis) - b.mean(axis),
-                          level=level, n_resamples=n_resamples, method=method, seed=seed, what="difference")
 
 
 def bootstrap_ratio_ci(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, level: float = 0.95,

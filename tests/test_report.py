@@ -756,3 +756,35 @@ def test_cost_benchmarks_are_shown_when_committed(tmp_path):
     assert "default (d=64, 2 layers, cmr/window 1.30x)" in section and "paper (d=512, 8 layers" in section
     assert "reweave read" in section and "aten::addmm" not in section  # parts only, one thread
     assert "- cmr/window at the default shape, d=64: 1.24-1.66x over N (NOT met)" in section
+
+
+def test_a_win_needs_the_ci_over_seeds_too():
+    """McNemar pools every seed's queries, so one seed that recalls far more can make a cell 'significant'; the
+    gap's CI over seeds and documents must also lie above 0 (it crosses 0 when the seeds disagree)."""
+    from pipeline.config.schema import ReportConfig
+    from pipeline.report.tables import ACCURACY_TABLES, AccuracyResult
+    from pipeline.report.verdicts import CLAIMS, accuracy_verdict
+
+    spec = next(s for s in ACCURACY_TABLES if s.name == "recall")
+    tests = pd.DataFrame([{"comparison": "cmr_vs_window", "N": n, "gap": 0.3, "gap_ci_low": low, "gap_ci_high": 0.6,
+                           "p_holm": 1e-9, "seeds_cmr_better": 1, "n_seeds": 3} for n, low in ((500, -0.05), (1000, 0.1))])
+    v = accuracy_verdict(CLAIMS[0], AccuracyResult(spec, pd.DataFrame(), tests), ReportConfig())
+    assert v["verdict"] == "mixed" and "does not beat window significantly at N=500" in v["cmr_loses"]
+    assert "significant wins 1/2" in v["evidence"]
+
+
+def test_overhead_ratio_is_the_statistic_of_its_own_ci():
+    """Table III's ratio is the ratio of medians of the timing repeats pooled over seeds, the statistic its CI
+    bootstraps; the mean over seeds of each seed's ratio can fall outside that CI."""
+    from pipeline.report.tables import overhead_table
+
+    def run(v, s, reps):
+        return {"variant": v, "seed": s, "overhead": {"ms_per_token": {"500": float(np.median(reps))},
+                                                     "ms_per_token_repeats": {"500": reps}}}
+    runs = [run("window", 0, [1.0, 1.0, 1.1]), run("window", 1, [3.0, 3.0, 3.1]),
+            run("cmr", 0, [1.2, 1.2, 1.3]), run("cmr", 1, [9.0, 9.0, 9.2])]
+    t = overhead_table(runs, {}, None).set_index("variant")
+    c = t.loc["cmr"]
+    assert c["ratio_vs_window"] == pytest.approx(np.median([1.2, 1.2, 1.3, 9.0, 9.0, 9.2]) /
+                                                 np.median([1.0, 1.0, 1.1, 3.0, 3.0, 3.1]))
+    assert c["ratio_ci_low"] <= c["ratio_vs_window"] <= c["ratio_ci_high"]

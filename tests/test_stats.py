@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.stats import (align_pairs, bootstrap_ci, bootstrap_diff_ci, bootstrap_ratio_ci, holm, mcnemar_exact,
+from pipeline.stats import (align_pairs, bootstrap_ci, bootstrap_ratio_ci, holm, mcnemar_exact,
                             mcnemar_from_outcomes)
 
 
@@ -54,16 +54,13 @@ def test_bootstrap_ci_coverage_bernoulli_documents():
     assert 42 <= covered <= 50
 
 
-def test_diff_and_ratio_cis():
+def test_ratio_ci():
     rng = np.random.default_rng(5)
-    x, y = rng.normal(0.6, 0.1, 60), rng.normal(0.4, 0.1, 60)
-    d = bootstrap_diff_ci(x, y, seed=1)
-    assert d.low < 0.2 < d.high and d.low > 0 and d.mean == pytest.approx(x.mean() - y.mean())
-    assert bootstrap_diff_ci(x, y, seed=1) == d
+    y = rng.normal(0.4, 0.1, 60)
     r = bootstrap_ratio_ci(2 * y + 0.3, y + 0.15, seed=1)  # exactly twice
     assert r.mean == pytest.approx(2.0) and r.low <= 2.0 <= r.high
     assert bootstrap_ratio_ci([1.0, 1.0], [0.5, 0.5]).degenerate
-    assert math.isnan(bootstrap_diff_ci([], [1.0]).mean)
+    assert math.isnan(bootstrap_ratio_ci([], [1.0]).mean)
 
 
 def test_bootstrap_ci_is_seeded_and_bca_works():
@@ -142,3 +139,41 @@ def test_align_pairs_rejects_duplicate_keys():
     a = _preds([True, True])
     with pytest.raises(DataError, match="duplicated"):
         align_pairs(pd.concat([a, a]), a)
+
+
+def test_crossed_bootstrap_covers_seed_to_seed_variation():
+    """Three seeds that agree within each document but differ as seeds: the documents' CI alone is tight around
+    the mean of the seed means; resampling seeds widens it to the seeds' spread."""
+    from pipeline.stats import bootstrap_ci, crossed_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    docs = rng.uniform(0.8, 1.0, 200)
+    m = np.stack([docs, docs - 0.3, docs - 0.02])  # one seed learned much less
+    docs_only = bootstrap_ci(m.mean(axis=0), seed=1)
+    crossed = crossed_bootstrap_ci(m, seed=1)
+    assert crossed.mean == pytest.approx(m.mean())
+    assert crossed.high - crossed.low > 5 * (docs_only.high - docs_only.low)
+    assert crossed.low < m.mean() < crossed.high
+    # one seed: only documents are resampled, as wide as the documents' own bootstrap
+    one = crossed_bootstrap_ci(m[:1], n_resamples=4000, seed=2)
+    ref = bootstrap_ci(m[0], n_resamples=4000, seed=2)
+    assert one.high - one.low == pytest.approx(ref.high - ref.low, rel=0.15)
+    # a document missing for one seed is left out; constant data is degenerate
+    m2 = m.copy()
+    m2[1, 0] = np.nan
+    assert crossed_bootstrap_ci(m2).n == 199
+    assert crossed_bootstrap_ci(np.ones((3, 5))).degenerate
+
+
+def test_crossed_difference_shares_the_seed_resample():
+    from pipeline.stats import crossed_bootstrap_diff_ci
+
+    rng = np.random.default_rng(3)
+    seed_effect = np.array([[0.0], [0.2], [-0.2]])  # shared by both cells: it cancels in the difference
+    x = rng.normal(0.5, 0.05, (3, 80)) + seed_effect
+    y = rng.normal(0.4, 0.05, (3, 60)) + seed_effect
+    ci = crossed_bootstrap_diff_ci(x, y, seed=0)
+    assert ci.mean == pytest.approx(x.mean() - y.mean())
+    assert 0.05 < ci.low < 0.1 < ci.high < 0.15
+    with pytest.raises(ValueError, match="same seeds"):
+        crossed_bootstrap_diff_ci(x, y[:2])

@@ -131,8 +131,8 @@ def write_accuracy(res: AccuracyResult, paper: dict, rc: ReportConfig, tl: Train
     if spec.family == "distance":
         extra += (f" distance_vs_training: the bin against the longest training document "
                   f"({tl.segments} segments).")
-    caption = (f"{spec.title}. Ours: mean over seeds, {int(rc.ci_level * 100)}% bootstrap CI over documents "
-               f"(each document's accuracy averaged over seeds), n = queries, documents, seeds; paper values as "
+    caption = (f"{spec.title}. Ours: mean over seeds, {int(rc.ci_level * 100)}% bootstrap CI resampling seeds and "
+               f"documents, n = queries, documents, seeds; paper values as "
                f"fractions. {BASELINE_CAPTION} p: exact McNemar on queries paired by (seed, split, document, "
                f"query), pooled over seeds; {fam}.{extra}")
     write_table(table, tables_dir / spec.name, caption)
@@ -140,7 +140,7 @@ def write_accuracy(res: AccuracyResult, paper: dict, rc: ReportConfig, tl: Train
         write_table(tests, tables_dir / f"{spec.name}_tests",
                     f"{spec.title.split(':')[0]}: exact McNemar tests on paired queries pooled over seeds "
                     f"(b = cmr right, other wrong; c = the reverse), {fam}; gap = cmr - other accuracy with a "
-                    f"{int(rc.ci_level * 100)}% bootstrap CI over documents; per-seed p uncorrected")
+                    f"{int(rc.ci_level * 100)}% bootstrap CI resampling seeds and documents; per-seed p uncorrected")
     plot_df = table[["variant", spec.key, "accuracy", "ci_low", "ci_high"]].copy()
     if pt is not None:
         for who, vals in (("paper_baseline", pt.baseline), ("paper_cmr", pt.cmr)):

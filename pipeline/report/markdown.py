@@ -163,9 +163,11 @@ def training_runs_table(train: Mapping[str, dict]) -> pd.DataFrame:
 
 def statistics_text(rc: Any, family_sizes: Mapping[str, int]) -> str:
     return (f"Statistics: every accuracy cell is the mean over seeds of the per-seed accuracy, with a "
-            f"{int(rc.ci_level * 100)}% {rc.ci_method} bootstrap CI (scipy.stats.bootstrap, {rc.n_resamples} "
-            f"resamples, seed {rc.seed}) over documents, each document's accuracy averaged over seeds, and n (queries, "
-            f"documents, seeds); `*` marks a degenerate interval (one document or identical values), `†` a cell where "
+            f"{int(rc.ci_level * 100)}% percentile bootstrap CI ({rc.n_resamples} resamples, seed {rc.seed}) that "
+            f"resamples seeds and documents independently (every seed answers the same documents), so it covers "
+            f"seed-to-seed variation as well as documents: a rerun on another machine, whose floats differ, moves "
+            f"a seed's numbers by about as much as another seed would, and a finding that such a move can flip is "
+            f"not significant. n (queries, documents, seeds); `*` marks a degenerate interval (one document or identical values), `†` a cell where "
             f"`full` runs beyond its training length. Paired tests: exact McNemar (scipy.stats.binomtest on the "
             f"discordant pairs b, c) on the per-query outcomes paired by (seed, split, document, query) - both "
             f"variants see the same evaluation documents - pooled over seeds. Multiple comparisons: Holm over all "

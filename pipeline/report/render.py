@@ -113,7 +113,7 @@ def plot_accuracy(table: pd.DataFrame, spec: AccuracySpec, paper: PaperTable | N
                    "turns": "dialogue turns",
                    "distance_segments": "segments from the fact's to the query's (bin lower edge)"
                    }.get(spec.key, spec.key))
-    ax.set_ylabel("accuracy (95% CI over documents)")
+    ax.set_ylabel("accuracy (95% CI over seeds and documents)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(spec.title.split(":")[0] + f": {spec.name}" if spec.family == "paper" else
                  "Recall by fact-to-query distance")

@@ -15,7 +15,7 @@ from pipeline.report.common import doc_mean_over_seeds as _doc_mean_over_seeds
 from pipeline.report.load import norm_key, sort_key_values
 from pipeline.report.paper import PaperTable
 from pipeline.config.schema import ReportConfig
-from pipeline.stats import align_pairs, bootstrap_ci, bootstrap_ratio_ci, holm, mcnemar_from_outcomes
+from pipeline.stats import (align_pairs, bootstrap_ratio_ci, crossed_bootstrap_ci, holm, mcnemar_from_outcomes)
 
 
 BASELINE_CAPTION = "Paper baseline = the paper's baseline model, which is our `window` variant."
@@ -58,13 +58,18 @@ FAMILY_TEXT = {
 
 
 # ------------------------------------------------------------------------------------------ computation
+def seed_doc_matrix(values: pd.Series) -> pd.DataFrame:
+    """A (seed, split, doc_id)-indexed series as a seeds x documents matrix (NaN where a seed lacks a document)."""
+    return values.unstack(["split", "doc_id"]).sort_index()
+
+
 def cell_stats(sub: pd.DataFrame, rc: ReportConfig) -> dict:
-    """Mean over seeds, bootstrap CI over documents (each document averaged over seeds), n."""
+    """Mean over seeds, a bootstrap CI resampling seeds and documents (crossed_bootstrap_ci), n."""
     doc_acc = sub.groupby(["seed", "split", "doc_id"], sort=True)["correct"].mean()  # per (seed, doc)
     seed_means = doc_acc.groupby(level="seed").mean()
     doc_units = doc_acc.groupby(level=["split", "doc_id"]).mean()  # per doc, averaged over seeds
-    ci = bootstrap_ci(doc_units.to_numpy(), level=rc.ci_level, n_resamples=rc.n_resamples,
-                      method=rc.ci_method, seed=rc.seed)
+    ci = crossed_bootstrap_ci(seed_doc_matrix(doc_acc).to_numpy(), level=rc.ci_level, n_resamples=rc.n_resamples,
+                              seed=rc.seed)
     return {
         "accuracy": float(seed_means.mean()),
         "ci_low": ci.low,
@@ -78,10 +83,10 @@ def cell_stats(sub: pd.DataFrame, rc: ReportConfig) -> dict:
     }
 
 
-def doc_gaps(pairs: pd.DataFrame) -> np.ndarray:
-    """Per-document accuracy gap (a - b) from paired outcomes, each document averaged over seeds."""
+def doc_gaps(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy gap (a - b) per seed and document from paired outcomes: a seeds x documents matrix."""
     d = pairs.assign(_d=pairs["correct_a"].astype(float) - pairs["correct_b"].astype(float))
-    return d.groupby(["seed", "split", "doc_id"])["_d"].mean().groupby(level=["split", "doc_id"]).mean().to_numpy()
+    return seed_doc_matrix(d.groupby(["seed", "split", "doc_id"])["_d"].mean())
 
 
 @dataclass
@@ -91,7 +96,7 @@ class AccuracyResult:
     spec: AccuracySpec
     table: pd.DataFrame
     tests: pd.DataFrame
-    gaps: dict = field(default_factory=dict)  # (comparison, key) -> per-document gaps (np.ndarray)
+    gaps: dict = field(default_factory=dict)  # (comparison, key) -> gaps per seed and document (doc_gaps)
 
 
 def accuracy_table(preds: pd.DataFrame, spec: AccuracySpec, paper: PaperTable | None, rc: ReportConfig,
@@ -138,15 +143,15 @@ def accuracy_table(preds: pd.DataFrame, spec: AccuracySpec, paper: PaperTable | 
 
 def _paired_test(pa: pd.DataFrame, pb: pd.DataFrame, comp: str, key: str, k: Any, rc: ReportConfig,
                  gaps: dict) -> dict:
-    """McNemar over the queries both variants answered, the documents' gap with its bootstrap CI (kept in `gaps`
-    for the trend tests) and the per-seed tests, for one cell of one comparison."""
+    """McNemar over the queries both variants answered, the gap with its CI over seeds and documents (the seeds x
+    documents matrix kept in `gaps` for the trend tests) and the per-seed tests, for one cell of one comparison."""
     pairs = align_pairs(pa, pb)
     if pairs.empty:
         return {"comparison": comp, key: k, "b": 0, "c": 0, "n_pairs": 0, "p_value": math.nan,
                 "note": "no paired queries"}
     m = mcnemar_from_outcomes(pairs["correct_a"], pairs["correct_b"])
     g = gaps[(comp, k)] = doc_gaps(pairs)
-    ci = bootstrap_ci(g, level=rc.ci_level, n_resamples=rc.n_resamples, method=rc.ci_method, seed=rc.seed)
+    ci = crossed_bootstrap_ci(g.to_numpy(), level=rc.ci_level, n_resamples=rc.n_resamples, seed=rc.seed)
     per_seed = [(s, mcnemar_from_outcomes(q["correct_a"], q["correct_b"]).p_value,
                  q["correct_a"].mean() > q["correct_b"].mean()) for s, q in pairs.groupby("seed")]
     return {"comparison": comp, key: k, "b": m.b, "c": m.c, "n_pairs": m.n_pairs,
@@ -189,8 +194,9 @@ def apply_holm(results: Mapping[str, AccuracyResult], alpha: float) -> dict[str,
 
 def overhead_table(runs: list[dict], train_metrics: Mapping[str, dict], paper: PaperTable | None,
                    rc: ReportConfig | None = None) -> pd.DataFrame:
-    """Table III: ms/token by N per variant (mean over seeds), ratios to window (+ CI over timing repeats),
-    params, memory, train speed.
+    """Table III: ms/token by N per variant (mean over seeds), ratios to window (the ratio of medians of the timing
+    repeats pooled over seeds, with its bootstrap CI; mean over seeds where no repeats were kept), params, memory,
+    train speed.
 
     Ratios are to the `window` timed in the same process: a run's `source` names its timing run ("study": the
     overhead stage; else a run beside the study, whose window rows are passed with `reference: True` and serve
@@ -229,14 +235,15 @@ def overhead_table(runs: list[dict], train_metrics: Mapping[str, dict], paper: P
     win = {key: sum(xs) / len(xs) for key, xs in refs.items()}
     t["ratio_vs_window"] = [ms / win[(src, n)] if (src, n) in win else math.nan
                             for ms, src, n in zip(t["ms_per_token"], t["source"], t["N"])]
-    lo, hi = [], []
-    for v, n, src in zip(t["variant"], t["N"], t["source"]):
+    ratio, lo, hi = [], [], []
+    for v, n, src, r in zip(t["variant"], t["N"], t["source"], t["ratio_vs_window"]):
         a, b = reps.get((src, v, n)), reps.get((src, "window", n))
-        ci = (bootstrap_ratio_ci(a, b, level=rc.ci_level, n_resamples=rc.n_resamples, seed=rc.seed)
-              if a and b and v != "window" else None)
+        ci = (bootstrap_ratio_ci(a, b, level=rc.ci_level, n_resamples=rc.n_resamples, method=rc.ci_method,
+                                 seed=rc.seed) if a and b and v != "window" else None)
+        ratio.append(ci.mean if ci else r)  # where repeats exist, the point estimate is the CI's own statistic
         lo.append(ci.low if ci else math.nan)
         hi.append(ci.high if ci else math.nan)
-    t["ratio_ci_low"], t["ratio_ci_high"] = lo, hi
+    t["ratio_vs_window"], t["ratio_ci_low"], t["ratio_ci_high"] = ratio, lo, hi
     wtps = sv["train_tokens_per_s"].get("window", math.nan) if "window" in sv.index else math.nan
     t["train_ratio_vs_window"] = t["train_tokens_per_s"] / wtps
     pb = [paper.lookup(n) if paper else (math.nan, math.nan) for n in t["N"]]
