@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup study study-ci test params bench ablations sanity baselines hf-cmr clean-runs
+.PHONY: setup study study-ci test params bench train-bench ablations sanity baselines hf-cmr clean-runs
 
 # pip byte-compiles the installed packages (half of the install's 2.2 min). Not skipped with --no-compile: where
 # PYTHONDONTWRITEBYTECODE is set (these machines), every process would then compile what it imports, ~10 s each.
@@ -47,6 +47,11 @@ params: setup
 bench: setup
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/profile_overhead.py
+
+## Training speed per memory at the study's shape (results/train_speed.{csv,md}): ms per step, tokens/s, counted
+## FLOPs and the share of this machine's GEMM rate. On a quiet machine, never beside a training.
+train-bench: setup
+	$(BIN)/python benchmarks/train_speed.py
 
 ## CMR ablation sweeps (conf/experiment/ablation_*.yaml; ~6 min per job on 2 cores, 25 jobs), then
 ## results/ablations.{csv,md,png} from the latest run of each. `make ablations ABLATIONS="gate k"` for some.

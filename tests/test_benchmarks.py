@@ -97,3 +97,23 @@ def test_targets_name_the_bar_and_whether_it_was_met():
     lines = mod.targets(pd.DataFrame(rows))
     assert lines[0] == "cmr/window at the default shape, d=64: 1.10-1.30x over N (target <= 1.15x: NOT met)"
     assert "cmr 1.18x" in lines[1] and "window 1.00x" in lines[1]
+
+
+def test_train_speed_times_every_shape_and_counts_its_flops(tmp_path):
+    pd = pytest.importorskip("pandas")
+    from pipeline.config import compose, to_params_yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(to_params_yaml(compose(["profile=ci"])))
+    mod = _load("train_speed")
+    out = tmp_path / "train_speed.csv"
+    assert mod.main(["--params", str(params), "--variants", "window,gdn", "--rounds", "1", "--warmup", "0",
+                     "--vocab", "64", "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert len(df) == 2 * len(mod.SHAPES) and set(df.variant) == {"window", "gdn"}
+    assert (df.flops_per_token > 0).all() and (df.of_ceiling > 0).all() and (df.tokens_per_s > 0).all()
+    assert (df[df.variant == "window"].ratio_to_window == 1.0).all()
+    # window reads each segment alone: its counted work per token does not depend on the document's length
+    w = df[df.variant == "window"].set_index("shape").flops_per_token
+    assert w.max() == pytest.approx(w.min(), rel=0.05)
+    assert out.with_suffix(".md").is_file()
