@@ -24,7 +24,8 @@ TINY = DataConfig(
     n_train_docs=300, n_val_docs=20, eval_lengths=[64, 128], n_eval_docs=4, rare_eval_length=64,
     n_rare_docs=10, dialogue_turns=[2, 3], dialogue_turn_len=24, rare_counts=[2, 4, 10],
     rare_tokens_per_class=2, n_eval_facts=4, n_eval_num_vars=4, filler_vocab_size=64, verify_docs=8,
-    val_long_lengths=[64, 96], n_val_long_docs=5,
+    val_long_lengths=[64, 96], n_val_long_docs=5, max_number=99, train_max_segments=4, n_train_long_docs=0,
+    train_long_segments=16, n_far_facts=2, train_mix={"recall": 0.7, "numeric": 0.15, "dialogue": 0.15},
 )
 EVAL_SPLITS = ["recall_64", "recall_128", "numeric_64", "numeric_128", "rare", "dialogue_2", "dialogue_3"]
 

@@ -468,7 +468,7 @@ def test_validate_accepts_defaults_and_omegaconf():
     [
         ({"models.cmr.k": 17}, "models.cmr.k"),
         ({"models.cmr.k": 0}, "models.cmr.k"),
-        ({"models.cmr.capacity": 4}, "models.cmr.capacity"),
+        ({"models.cmr.capacity": 3}, "models.cmr.capacity"),  # below k (4)
         ({"models.cmr.capture_layers": [2]}, "models.cmr.capture_layers"),
         ({"models.cmr.capture_layers": [-1]}, "models.cmr.capture_layers"),
         ({"models.cmr.reweave_layers": [5]}, "models.cmr.reweave_layers"),

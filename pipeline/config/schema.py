@@ -73,8 +73,8 @@ def _as_choice(kind: Any, value: Any) -> Any:
 # ---- data ------------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
-    """Generator of documents with planted facts (METHOD.md section 3). Small fast defaults (ci-like);
-    profiles override the sizes."""
+    """Generator of documents with planted facts (METHOD.md section 3). The defaults are the default study's; the
+    ci and paper profiles override the sizes."""
 
     # --- filler text ---
     filler: Filler = Filler.synthetic
@@ -95,7 +95,9 @@ class DataConfig:
     n_entities: int = 64
     n_common_values: int = 64
     n_variables: int = 16
-    max_number: int = 99  # numbers are tokens 0..max_number; sums stay in range
+    # numbers are tokens 0..max_number; sums stay in range. 9: sums of two recalled numbers are learnable at this
+    # size (full on val 0.85 with 0-9, 0.77 with 0-19, chance with 0-99; docs/RECIPE.md, "The numeric recipe")
+    max_number: int = 9
     rare_counts: List[int] = field(default_factory=lambda: [10, 50, 100, 500, 1000])  # training occurrences per class
     rare_tokens_per_class: int = 2
     max_rare_fraction: float = 0.5  # at most this share of training fact slots hold rare values
@@ -107,30 +109,36 @@ class DataConfig:
     speakers: List[str] = field(default_factory=lambda: ["A:", "B:"])
     # --- training documents (train / val splits) ---
     segment_len: int = 16  # = backbone.window (conf/data links them): training documents are whole segments
-    n_train_docs: int = 4000
+    n_train_docs: int = 20000
     n_val_docs: int = 200
     train_min_segments: int = 2
-    train_max_segments: int = 4
+    train_max_segments: int = 6  # the short pool: 2-6 segments (96 tokens), where every fact, sum and rare value is taught
     # long training documents, an extra pool (common values only, their own seed stream) that the curriculum
-    # reaches only once it allows this many segments: banks overflow in them, so the scorer learns to rank
-    n_train_long_docs: int = 0
-    train_long_segments: int = 16
-    n_far_facts: int = 2  # facts in early segments asked in the last one
+    # reaches only once it allows this many segments: banks overflow in them, so the scorer learns to rank facts
+    # above filler (32-segment documents overflow cmr's banks 4x; docs/RECIPE.md, "The long pool of training documents")
+    n_train_long_docs: int = 10000
+    train_long_segments: int = 32
+    # facts in early segments asked in the last one, as many as fit (2 in 2-segment documents): cmr's recall falls
+    # with the number of facts a document holds, so it must learn to tell several apart (docs/RECIPE.md, "The short
+    # convolution, k, facts and steps")
+    n_far_facts: int = 4
     n_distractor_facts: int = 0  # recall docs: facts in early segments never asked (as many as fit)
     local_pairs_per_segment: int = 1  # fact + query inside the same segment, every segment
-    train_mix: Dict[str, float] = field(default_factory=lambda: {"recall": 0.7, "numeric": 0.15, "dialogue": 0.15})
+    # numeric 0.15: full's sums 0.96-1.00 by 3,000 steps (0.1: 0.79 on one seed; docs/RECIPE.md, "The task mix")
+    train_mix: Dict[str, float] = field(default_factory=lambda: {"recall": 0.8, "numeric": 0.15, "dialogue": 0.05})
     # --- long validation (val_long): evaluation-like recall documents from the training seed family,
     # scored during training and used to select checkpoints (the short val split cannot see long-document failure)
-    val_long_lengths: List[int] = field(default_factory=lambda: [256, 512])
+    # checkpoints are selected on these: at 256-512 tokens banks overflow 2-4x, too little to see the miss 2,048 shows
+    val_long_lengths: List[int] = field(default_factory=lambda: [256, 512, 2048])
     n_val_long_docs: int = 50  # per length
     # --- evaluation documents ---
     eval_lengths: List[int] = field(default_factory=lambda: [500, 1000, 1500, 2000, 2500])
     eval_facts: EvalFacts = EvalFacts.spread  # recall facts spread over the document, or all in segment 0
-    n_eval_docs: int = 20  # per recall_<N> / numeric_<N> / dialogue_<T> split
+    n_eval_docs: int = 50  # per recall_<N> / numeric_<N> / dialogue_<T> split
     n_eval_facts: int = 8  # recall facts per eval doc (all asked at the end)
     n_eval_num_vars: int = 8  # numeric vars per eval doc (queried in pairs: n/2 queries)
     rare_eval_length: int = 500
-    n_rare_docs: int = 50
+    n_rare_docs: int = 100
     dialogue_turns: List[int] = field(default_factory=lambda: [2, 4, 6, 8, 10])
     dialogue_turn_len: int = 64  # tokens per turn (speaker tag + chit-chat + facts/queries)
     n_dialogue_facts: int = 2
@@ -204,7 +212,8 @@ class TrainConfig:
     batch_size: int = 64
     # tokens per batch at most (null = always batch_size): a batch of long documents holds fewer of them, so the
     # long pool of training documents costs about what a short batch costs (docs/RECIPE.md, "The cost cut")
-    max_batch_tokens: Optional[int] = None
+    # (a long batch: 8 documents of 512 tokens; 64-document long batches cost the study 84 min)
+    max_batch_tokens: Optional[int] = 4096
     lr: float = 3.0e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
     warmup_steps: int = 100
@@ -213,20 +222,21 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1.0e-8  # AdamW epsilon
     grad_clip: float = 1.0  # Trainer.gradient_clip_val (norm); 0 = off
-    max_steps: int = 3000  # a multiple of val_check_interval
+    max_steps: int = 4000  # a multiple of val_check_interval; cmr's long-document recall peaks after 3,000
     lm_loss_weight: float = 0.0  # weight of next-token loss on all tokens, added to the answer loss
     # weight of each query type's answers in the answer loss (a weighted mean; types not named weigh 1; all 1:
     # the plain mean): the types are far from equally common (numeric sums are ~6% of the default study's answers)
     answer_loss_weights: Dict[str, float] = field(default_factory=lambda: {q.value: 1.0 for q in QueryType})
-    # curriculum over training documents' n_segments; empty = all documents from step 0
+    # curriculum over training documents' n_segments; empty = all documents from step 0. 2-segment documents until
+    # the binding is learned, then the short pool and the 32-segment long pool (docs/RECIPE.md, "Why the recipe changed")
     curriculum: List[CurriculumStage] = field(
         default_factory=lambda: [
-            CurriculumStage(until_step=500, max_segments=2),
-            CurriculumStage(until_step=None, max_segments=4),
+            CurriculumStage(until_step=1500, max_segments=2),
+            CurriculumStage(until_step=None, max_segments=32),
         ]
     )
     # validation / checkpoints
-    val_check_interval: int = 250  # optimizer steps between validations (and checkpoints)
+    val_check_interval: int = 500  # optimizer steps between validations (and checkpoints); 8 per run: the time budget
     limit_val_batches: float = 1.0  # int-valued = number of batches, fraction = share of val batches
     val_batch_size: int = 64
     # best.ckpt = max of this. auto: what each variant can reach: far recall on val_long (evaluation-like long
@@ -258,7 +268,7 @@ class OverheadConfig:
 
     lengths: List[int] = field(default_factory=lambda: [500, 1000, 1500, 2000, 2500])
     warmup: int = 2
-    repeats: int = 5
+    repeats: int = 20  # median of 20 timed forwards per N (5 was noisy at ~10 us/token)
     batch_size: int = 1
     # Peak memory is measured in a separate (untimed) forward, since tracking slows the ops down.
     measure_memory: bool = True

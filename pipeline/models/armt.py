@@ -37,7 +37,7 @@ class ARMTConfig(MemoryConfig):
     mem_tokens: int = 4  # write tokens appended to every segment (learned; their outputs are written)
     d_key: int = 8  # key projection width before the DPFP feature map; features 2*nu*d_key = 16
     nu: int = 1  # DPFP order. State n_layers*16*(d_model+1) = 2,080 floats at the defaults (cmr: 2,048)
-    bptt_segments: int = 4  # segments gradients flow back through the matrices (0: detached); conf/: cmr's depth
+    bptt_segments: int = 6  # segments gradients flow back through the matrices (0: detached); conf/: cmr's depth
     spans_document = True
 
     def check(self, backbone: BackboneConfig) -> None:

@@ -58,7 +58,9 @@ class CMRConfig(MemoryConfig):
     name: str = "cmr"
     capture_layers: Optional[List[int]] = None  # null: every layer but the last
     reweave_layers: Optional[List[int]] = None  # null: every layer after the first capture layer
-    k: int = 8  # tokens captured per segment per capture layer (<= backbone.window)
+    # tokens captured per segment per capture layer (<= backbone.window); 4 of 16: fewer filler slots (far recall
+    # 0.47-0.52 against 0.33-0.39 with 8; docs/RECIPE.md, "The short convolution, k, facts and steps")
+    k: int = 4
     capacity: int = 32  # K: slots per bank (>= k)
     d_mem: Optional[int] = None  # slot width; null: d_model
     mem_heads: Optional[int] = None  # heads of the reweave cross-attention; null: n_heads
@@ -67,8 +69,8 @@ class CMRConfig(MemoryConfig):
     mode: Mode = Mode.hierarchical  # hierarchical: reweave j reads banks l < j; flat: every bank
     gate: bool = True  # false: plain residual add (ablation)
     gate_bias: float = -4.0  # untrained cmr ~ window
-    # segments gradients flow back through the banks (0: detached); >= longest training doc - 1
-    bptt_segments: int = 4
+    # segments gradients flow back through the banks (0: detached): the whole short-pool document
+    bptt_segments: int = 6
     # What the salience scorer reads: attention_input (the token entering the capture layer with its
     # short-convolution context, as the block's attention receives it) | block_input (the token alone: at layer 0
     # every '.' scores the same, and a seed that learned to keep the period closing each fact kept filler periods

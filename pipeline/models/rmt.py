@@ -35,7 +35,7 @@ class RMTConfig(MemoryConfig):
     # m: state m*d_model floats (8*64 = 512 at the default width, a quarter of cmr's banks; 32 matches them at 5x
     # the tokens per segment); RMT's small recall recipe used 4
     mem_tokens: int = 8
-    bptt_segments: int = 4  # memory transitions gradients flow back through (0: detached); conf/: cmr's depth
+    bptt_segments: int = 6  # memory transitions gradients flow back through (0: detached); conf/: cmr's depth
     spans_document = True
 
     def check(self, backbone: BackboneConfig) -> None:
