@@ -358,7 +358,7 @@ def test_distance_table_and_datasets_from_its_stage(tmp_path):
 
     cfg, evals, trains = make_study(tmp_path)
     cfg["backbone"] = {"window": 16}
-    cfg["data"] = {"train_max_segments": 6}
+    cfg["data"] = {"train_max_segments": 6, "n_train_long_docs": 0}  # no long pool: training documents of 6 segments
     manifest = {"wall_s": 1.0, "filler_source": "synthetic",
                 "splits": {"train": {"docs": 10, "mean_tokens": 64.0, "max_tokens": 96, "mean_words": 50.0,
                                      "facts_per_doc": 3.0, "queries_per_doc": 3.0, "mean_distance": 20.0},

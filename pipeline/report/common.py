@@ -19,8 +19,10 @@ VARIANT_ORDER = NAMES  # the registry's order
 METHOD, PAPER_BASELINE, CEILING = "cmr", "window", "full"
 # the method against every other variant but the ceiling
 COMPARISONS = tuple((METHOD, v) for v in NAMES if v not in (METHOD, CEILING))
-COLORS = dict(zip(NAMES, ("tab:gray", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:red",
-                          "tab:pink", "tab:olive", "tab:cyan")))
+# the method in red, the others in the registry's order
+COLORS = {METHOD: "tab:red", **dict(zip((v for v in NAMES if v != METHOD),
+                                        ("tab:gray", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown",
+                                         "tab:pink", "tab:olive", "tab:cyan")))}
 
 
 def variant_order(variants) -> list[str]:

@@ -80,7 +80,9 @@ def recall_table(preds: pd.DataFrame, train: pd.DataFrame, window: int) -> pd.Da
     pooled = (per_seed.groupby("variant", sort=False).mean(numeric_only=True).reset_index()
               .assign(seed="mean", n_queries=lambda d: per_seed.groupby("variant", sort=False)["n_queries"]
                       .sum().to_numpy()))
-    order = {v: i for i, v in enumerate(("window", "xl", "full", "cmr"))}
+    from pipeline.models.registry import NAMES
+
+    order = {v: i for i, v in enumerate(NAMES)}
     out = pd.concat([per_seed, pooled], ignore_index=True)
     out = out.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else
                           c.map(lambda s: (s == "mean", s)), kind="stable")
@@ -141,7 +143,7 @@ def plot(table: pd.DataFrame, path: Path, chance: float, window: int) -> None:
     cols = [c for c in table if c.startswith("seg_")]
     x = [int(c[4:]) for c in cols]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    colors = {"window": "tab:gray", "xl": "tab:blue", "full": "tab:green", "cmr": "tab:red"}
+    from pipeline.report.common import COLORS as colors
     for (variant, seed), r in table.set_index(["variant", "seed"]).iterrows():
         mean = seed == "mean"
         ax.plot(x, [r[c] for c in cols], marker="o" if mean else None, lw=2.2 if mean else 0.8,
