@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup study study-ci test params bench train-bench ablations sanity baselines hf-cmr clean-runs
+.PHONY: setup study study-ci test params bench train-bench ablations sanity hf-cmr clean-runs
 
 # pip byte-compiles the installed packages (half of the install's 2.2 min). Not skipped with --no-compile: where
 # PYTHONDONTWRITEBYTECODE is set (these machines), every process would then compile what it imports, ~10 s each.
@@ -60,13 +60,6 @@ ablations: setup
 	dvc repro prepare
 	for a in $(ABLATIONS); do $(BIN)/python -m pipeline.studies.sweep -m experiment=ablation_$$a || exit 1; done
 	$(BIN)/python -m pipeline.studies.ablations $$(for a in $(ABLATIONS); do ls -d multirun/ablation_$$a/*/ | tail -n 1; done)
-
-## The memory baselines beside the study (conf/experiment/baselines.yaml: rmt, armt, memorizing x study.seeds on the
-## study's data and recipe; ~40 min on 2 cores, over the default study's time budget), then the report with them.
-baselines: setup
-	dvc repro train@window
-	$(BIN)/python -m pipeline.studies.baselines
-	dvc repro report
 
 ## CMR inside a pretrained Hugging Face LM (conf/experiment/hf_cmr.yaml): a GPT-2 pretrained on the training
 ## documents and saved with save_pretrained, then window (frozen, nothing to train) and cmr (its modules only)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.config.access import cfg_path
 
-KINDS = ("train", "eval", "attention", "overhead")
+KINDS = ("train", "eval", "attention", "overhead", "stress")
 
 
 def experiments_dir(cfg: Any) -> Path:

@@ -13,6 +13,7 @@ Writes experiments/train/<variant>/s<seed>/:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -28,6 +29,7 @@ from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.io import atomic_write_json, write_stage_time
 from pipeline import paths, stage_cli
 from pipeline.config.schema import ProgressBar, RootConfig, TrainConfig
+from pipeline.config.load import recipe_train
 from pipeline.config.train import RUNTIME_KEYS, resolve_monitor
 
 if TYPE_CHECKING:
@@ -132,7 +134,7 @@ def build_trainer(t: TrainConfig, run_dir: Path, loggers: list, callbacks: list,
                            save_last=False, auto_insert_metric_name=False, enable_version_counter=False)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, save_last=False,
                            auto_insert_metric_name=False, enable_version_counter=False)
-    cbs = [best, last, *callbacks]
+    cbs = [best, last, *early_stopping(t, monitor), *callbacks]
     if t.progress_bar == "tqdm":
         cbs.append(TQDMProgressBar(refresh_rate=int(t.progress_refresh_rate)))
     elif t.progress_bar == "rich":
@@ -141,7 +143,7 @@ def build_trainer(t: TrainConfig, run_dir: Path, loggers: list, callbacks: list,
     return L.Trainer(
         accelerator=str(t.accelerator), devices=int(t.devices), num_nodes=int(t.num_nodes),
         strategy=str(t.strategy), precision=str(t.precision),
-        max_steps=int(t.max_steps), max_epochs=-1,
+        max_steps=int(t.max_steps), max_epochs=-1, min_epochs=0, min_steps=min(int(t.stop_min_steps), int(t.max_steps)) if early_stopping(t, monitor) else None,
         val_check_interval=int(t.val_check_interval), check_val_every_n_epoch=None,
         limit_val_batches=int(lvb) if lvb > 1.0 else lvb, num_sanity_val_steps=int(t.num_sanity_val_steps),
         log_every_n_steps=int(t.log_every_n_steps),
@@ -150,6 +152,18 @@ def build_trainer(t: TrainConfig, run_dir: Path, loggers: list, callbacks: list,
         callbacks=cbs, logger=loggers if loggers else False, default_root_dir=str(run_dir),
         enable_progress_bar=t.progress_bar != "none", enable_model_summary=False,
     )
+
+
+def early_stopping(t: TrainConfig, monitor: str) -> list:
+    """Lightning's EarlyStopping on the checkpoint monitor, at each validation: at the target (`stop_at`) or after
+    `stop_patience` validations without a rise of `stop_min_delta`; none when both are off."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    if t.stop_at is None and int(t.stop_patience) == 0:
+        return []
+    return [EarlyStopping(monitor=monitor, mode="max", stopping_threshold=None if t.stop_at is None else float(t.stop_at),
+                          patience=int(t.stop_patience) if int(t.stop_patience) > 0 else 10**9,
+                          min_delta=float(t.stop_min_delta), check_on_train_epoch_end=False, verbose=False)]
 
 
 @contextlib.contextmanager
@@ -189,6 +203,7 @@ def summarize(module: MemoryLMModule, thr: ThroughputMonitor, t: TrainConfig, va
         "tokens_trained": int(thr.tokens), "hardware": hardware(),
         "steps_to_90": reach[0] if reach else None, "target_recall": float(t.target_recall),
         "config": {"max_steps": 0 if frozen else int(t.max_steps)}, "frozen": bool(frozen),
+        "stopped_early": not frozen and int(global_step) < int(t.max_steps),
     }
 
 
@@ -247,6 +262,9 @@ def train(cfg: RootConfig | Any, variant: str, seed: int, *, run_dir: str | Path
     cfg = typed(cfg)  # a RootConfig as it is; a Hydra sweep's or a test's DictConfig or dict: validated
     check_variant(cfg, variant)
     cfg = typed_models(cfg, [variant])
+    if cfg.models[variant].recipe:  # the memory's own recipe: its train keys in place of the study's
+        cfg = dataclasses.replace(cfg, train=recipe_train(cfg.train, cfg.models[variant].recipe,
+                                                          f"models.{variant}.recipe"))
     t = cfg.train
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, variant, seed)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -171,9 +171,15 @@ class MemoryLMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["val_history"] = list(self.val_history)
         checkpoint["fingerprint"] = dict(self.fingerprint)
+        checkpoint["stopped_early"] = bool(self.trainer.should_stop)  # EarlyStopping runs before the checkpoints
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_history = list(checkpoint.get("val_history", []))
+        self._stopped_early = bool(checkpoint.get("stopped_early", False))
+
+    def on_train_start(self) -> None:
+        if getattr(self, "_stopped_early", False):  # resumed from a run that had stopped: it stays finished
+            self.trainer.should_stop = True
 
     def configure_optimizers(self):
         t = self.tcfg

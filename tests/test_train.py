@@ -173,6 +173,41 @@ def test_rerun_resumes_only_a_run_of_the_same_config(env, tmp_path, capsys):
     assert "different train" in capsys.readouterr().err
 
 
+def test_early_stopping_ends_a_done_run_and_stays_finished(env, tmp_path):
+    """At the target (stop_at) or on a plateau (stop_patience), never before stop_min_steps; the stopped run is the
+    same run cut short (same curve up to there), and a rerun of it is a no-op, not more training."""
+    straight = T.train(_with(env, max_steps=20, stop_at=None, stop_patience=0), "window", 0, run_dir=tmp_path / "s")
+    assert straight["steps"] == 20 and not straight["stopped_early"]
+    at = T.train(_with(env, max_steps=20, stop_at=0.0, stop_min_steps=10), "window", 0, run_dir=tmp_path / "at")
+    assert at["steps"] == 10 and at["stopped_early"]  # the target is met at step 5, but 10 is the earliest stop
+    assert at["val_curve"] == straight["val_curve"][:2]
+    last = tmp_path / "at" / "checkpoints" / "last.ckpt"
+    stamp = last.stat().st_mtime_ns
+    again = T.train(_with(env, max_steps=20, stop_at=0.0, stop_min_steps=10), "window", 0, run_dir=tmp_path / "at")
+    assert again["steps"] == 10 and again["val_curve"] == at["val_curve"] and last.stat().st_mtime_ns == stamp
+    flat = T.train(_with(env, max_steps=20, stop_at=None, stop_patience=1, stop_min_delta=1.0, stop_min_steps=5),
+                   "window", 0, run_dir=tmp_path / "flat")  # no validation can rise by 1.0: stops at the second
+    assert flat["steps"] == 10 and flat["stopped_early"]
+
+
+def test_a_memory_trains_with_its_own_recipe(env, tmp_path):
+    """models.<variant>.recipe: its train keys replace the study's for that memory alone (its checkpoint says so);
+    an unknown key or a runtime key is a ConfigError naming it."""
+    cfg = as_plain(env)
+    cfg["models"]["window"]["recipe"] = {"lr": 0.05, "curriculum": [{"until_step": None, "max_segments": 3}]}
+    own = T.train(cfg, "window", 0, run_dir=tmp_path / "own")
+    study = T.train(env, "window", 0, run_dir=tmp_path / "study")
+    assert own["val_curve"] != study["val_curve"]
+    hp = torch.load(tmp_path / "own" / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]
+    assert hp["cfg"]["train"]["lr"] == 0.05 and hp["cfg"]["train"]["curriculum"][0]["max_segments"] == 3
+    for bad, match in (({"lr_typo": 1.0}, r"models.window.recipe: unknown key\(s\) \['lr_typo'\]"),
+                       ({"threads": 2}, r"models.window.recipe: \['threads'\] say how a run executes"),
+                       ({"max_steps": 7}, r"train.max_steps=7 must be a multiple")):
+        cfg["models"]["window"]["recipe"] = bad
+        with pytest.raises(ConfigError, match=match):
+            T.train(cfg, "window", 0, run_dir=tmp_path / "bad")
+
+
 def test_fingerprint_names_what_changed(env, tmp_path):
     cfg = as_plain(env)
     fp = T.run_fingerprint(cfg, "cmr", 0, env.paths.data_dir)

@@ -33,6 +33,28 @@ def check_all(cfg: Any) -> None:
     check_eval(cfg.eval, cfg)
     check_logger(cfg.logger)
     report_config(cfg)
+    check_stress(cfg.stress, cfg)
+
+
+def check_stress(st: Any, full_cfg: Any) -> None:
+    """`stress`: positive sizes and a threshold in (0, 1] (what its documents need of `data`: the stress-data
+    stage, pipeline/stress/data.py check_fits, so a config that never builds them is not held to it)."""
+    def pos(v: Any, key: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"stress.{key} must be an integer >= 1, got {v!r}")
+        return v
+
+    for key in ("load_length", "n_load_docs", "n_length_docs", "full_max_length", "update_length",
+                "n_update_docs", "batch_size"):
+        pos(_get(st, key), key)
+    for key in ("load_facts", "lengths", "update_gaps"):
+        if not list(_get(st, key) or []):
+            raise ConfigError(f"stress.{key} must list at least one value")
+        for v in _get(st, key):
+            pos(v, f"{key}[]")
+    thr = _get(st, "threshold")
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0.0 < float(thr) <= 1.0:
+        raise ConfigError(f"stress.threshold must be in (0, 1], got {thr!r}")
 
 
 def check_study(cfg: Any) -> None:
@@ -253,9 +275,11 @@ def _check_numbers(t: Any) -> None:
     for k in ("eps",):
         pos(k)
     for k in ("warmup_steps", "weight_decay", "grad_clip", "lm_loss_weight", "num_sanity_val_steps",
-              "min_lr_ratio", "limit_val_batches"):
+              "min_lr_ratio", "limit_val_batches", "stop_min_delta"):
         pos(k, strict=False)
-    for k in ("beta1", "beta2", "min_lr_ratio", "target_recall"):
+    for k in ("stop_patience", "stop_min_steps"):
+        pos(k, strict=False, kind=int)
+    for k in ("beta1", "beta2", "min_lr_ratio", "target_recall", "stop_at"):
         v = _get(t, k)
         if v is not None and not (0.0 <= float(v) <= 1.0):
             raise ConfigError(f"train.{k} must be in [0, 1], got {v!r}")

@@ -15,8 +15,9 @@ from typing import Any, Mapping, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config.checks import check_all
-from pipeline.config.schema import RootConfig, from_dict, to_dict
+from pipeline.config.checks import check_all, check_train
+from pipeline.config.schema import CurriculumStage, RootConfig, TrainConfig, from_dict, to_dict
+from pipeline.config.train import RUNTIME_KEYS
 from pipeline.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -147,3 +148,19 @@ def as_dataclass(cls: type, cfg: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {sorted(known)}")
     return from_dict(cls, d)
+
+
+def recipe_train(train: Any, recipe: Mapping[str, Any], where: str) -> Any:
+    """The TrainConfig a memory trains with: the study's `train` (any form) with the keys of its `recipe`
+    (models.<variant>.recipe) in their place, checked like `train` itself. Keys that say how a run executes
+    (RUNTIME_KEYS) are no recipe."""
+    recipe = dict(recipe or {})
+    runtime = sorted(set(recipe) & set(RUNTIME_KEYS))
+    if runtime:
+        raise ConfigError(f"{where}: {runtime} say how a run executes, not what it learns; set them in train")
+    base = to_dict(train) if not isinstance(train, Mapping) else dict(train)
+    merged = as_dataclass(TrainConfig, {**base, **recipe}, where)
+    merged.curriculum = [s if isinstance(s, CurriculumStage) else as_dataclass(CurriculumStage, s, f"{where}.curriculum")
+                         for s in (merged.curriculum or [])]
+    check_train(merged)
+    return merged

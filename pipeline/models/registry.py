@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from pipeline.config.access import cfg_path
 from pipeline.config.checks import check_backbone, longest_input
-from pipeline.config.load import as_dataclass
+from pipeline.config.load import as_dataclass, recipe_train
 from pipeline.config.schema import BackboneConfig, MemoryConfig, RootConfig
 
 # the study's order (report rows, colours, CLI help): no memory, the cache, the ceiling, the other memories, and the
@@ -99,6 +99,8 @@ def check_models(cfg: Any, full_cfg: Any = None, variants: Optional[Sequence[str
         if mem.name != v:
             raise ConfigError(f"models.{v}.name = {mem.name!r} must equal its key {v!r}")
         check_model(backbone, mem)
+        if mem.recipe:
+            recipe_train(cfg_path(root, "train", {}) or {}, mem.recipe, f"models.{v}.recipe")
         if mem.whole_sequence and backbone.positions == "learned":  # rotary positions have no table to outgrow
             need = max([longest_input(root), *(cfg_path(root, "eval.overhead.lengths", []) or [])])
             if backbone.max_positions < need:

@@ -29,7 +29,7 @@ def _attention_module():
 
 
 def attention_paths(cfg: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[Path] | None:
-    """The runs' attention files (the study's, and those of runs beside it, e.g. results/baselines/attention/),
+    """The runs' attention files (the study's, and those of runs beside it),
     or None when experiments/attention/ does not exist (not tested).
 
     When the folder exists every run's file must too: a missing one raises DataError naming it.

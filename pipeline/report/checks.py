@@ -4,9 +4,11 @@ A table compares memories only if the models learned the task where it is within
 check is read per seed (a seed that did not learn is a finding about the recipe, never averaged away):
 
 - ceiling:            `full` recalls far facts within its training length (validation split) on every seed;
-- <memory>_learned:   `cmr`, and every other memory whose state spans the document, recalls far facts on the
-                      long validation split (val_long: evaluation-like documents from the training seed family,
-                      what its checkpoint is selected on) on every seed;
+- <memory>_learned:   `cmr`, and every other memory whose state spans the document, recalls far facts at its
+                      training length (the validation split) on every seed: it learned the task;
+- <memory>_long:      the same memory recalls far facts on the long validation split (val_long: evaluation-like
+                      documents of 256-2,048 tokens from the training seed family, what its checkpoint is selected
+                      on) on every seed: it carries them past its training length (`cmr_long` gates cmr's claims);
 - window_near_chance: `window` is near chance on far facts (out of its window), so the task separates;
 - xl_reach:           `xl` recalls facts one segment back (inside its cache) and is near chance beyond its
                       reach (n_layers x mem_len tokens), so the baseline memory works as designed;
@@ -32,14 +34,14 @@ from pipeline.report.common import METHOD, FAILED, NOT_RUN, PASSED, doc_mean_ove
 
 LONG_FAR = "val_long/recall_far"  # the monitor of a memory whose state spans the document
 
-ACCURACY_CHECKS = ("ceiling", "cmr_learned", "window_near_chance", "binding")
+ACCURACY_CHECKS = ("ceiling", "cmr_learned", "cmr_long", "window_near_chance", "binding")
 CLAIM_CHECKS = {
     "recall": ACCURACY_CHECKS,
     "rare": ACCURACY_CHECKS,
     "dialogue": ACCURACY_CHECKS,
-    "numeric": ("ceiling", "cmr_learned", "window_near_chance", "numeric_learnable"),
+    "numeric": ("ceiling", "cmr_learned", "cmr_long", "window_near_chance", "numeric_learnable"),
     "overhead": (),  # timing does not depend on what the models learned
-    "attention": ("ceiling", "cmr_learned", "binding"),
+    "attention": ("ceiling", "cmr_learned", "cmr_long", "binding"),
 }
 
 
@@ -73,16 +75,29 @@ def ceiling(train: Mapping[str, dict], rc: ReportConfig) -> dict:
 
 
 def learned(train: Mapping[str, dict], rc: ReportConfig, variant: str) -> dict:
+    vals = {s: m.get("val_recall_far") for s, m in _seeds_of(train, variant).items()}
+    return _per_seed_check(vals, rc.learned_threshold, f"{variant}'s far recall at its training length (val)")
+
+
+def carries_long(train: Mapping[str, dict], rc: ReportConfig, variant: str) -> dict:
     vals = {s: m.get("val_long_recall_far") for s, m in _seeds_of(train, variant).items()}
-    return _per_seed_check(vals, rc.learned_threshold, f"{variant}'s far recall on the long validation split (val_long)")
+    return _per_seed_check(vals, rc.long_threshold, f"{variant}'s far recall on the long validation split (val_long)")
 
 
 def learned_checks(train: Mapping[str, dict], rc: ReportConfig) -> dict:
-    """`<variant>_learned` for every memory whose state spans the document (its runs chose their checkpoints on
-    val_long's far recall: MemoryConfig.spans_document), in the study's order: each must learn before a table
-    compares it."""
+    """`<variant>_learned` and `<variant>_long` for every memory whose state spans the document (its runs chose
+    their checkpoints on val_long's far recall: MemoryConfig.spans_document), in the study's order: the same
+    two checks for each, so a comparison names the memories that learned the task."""
     spanning = {name.rpartition("-s")[0] for name, m in train.items() if (m or {}).get("monitor") == LONG_FAR}
-    return {f"{v}_learned": learned(train, rc, v) for v in variant_order(spanning | {METHOD})}
+    out = {}
+    for v in variant_order(spanning | {METHOD}):
+        out[f"{v}_learned"], out[f"{v}_long"] = learned(train, rc, v), carries_long(train, rc, v)
+    return out
+
+
+def memories_that_learned(validity: Mapping[str, dict]) -> list[str]:
+    """The memories whose `<variant>_learned` check passed on every seed, in the study's order."""
+    return [k[: -len("_learned")] for k, r in validity.items() if k.endswith("_learned") and (r or {}).get("passed")]
 
 
 def numeric_learnable(train: Mapping[str, dict], rc: ReportConfig) -> dict:

@@ -11,7 +11,7 @@ from pipeline.io import staged_outputs
 from pipeline.report.readme import refresh
 from pipeline.report.build import build_report
 from pipeline.report.common import FAILED
-from pipeline.report.runs import baseline_dirs, study_dirs
+from pipeline.report.runs import study_dirs
 
 REPORT_OUTPUTS = ["tables", "REPORT.md", "summary.json", "stage_times.csv"]
 REPORT_SHARED = ("plots",)
@@ -30,9 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         evals, trains = study_dirs(cfg, args.all_runs)
         results = Path((cfg.get("paths") or {}).get("results_dir", "results"))
         notes: list[str] = []
-        b_evals, b_trains = baseline_dirs(cfg, results, notes)
         with staged_outputs(results, REPORT_OUTPUTS, REPORT_SHARED) as tmp:  # a failed report leaves the old one whole
-            summary = build_report(cfg, evals + b_evals, trains + b_trains, tmp,
+            summary = build_report(cfg, evals, trains, tmp,
                                    datasets_csv=results / "datasets" / "datasets.csv", notes=notes)
         print(f"report written to {results}/ (REPORT.md, summary.json, tables/<table>.csv/.md/.tex/.png, plots/, "
               f"stage_times.csv)")

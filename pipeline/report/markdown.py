@@ -114,7 +114,7 @@ def verdict_context(verdict_list: Sequence[dict], rc: Any) -> dict[str, Any]:
         return {"verdict_table": None, "evidence": [], "rules": []}
     table = pd.DataFrame([{"#": v["claim"], "claim": v["text"], "paper": v["source"], "verdict": f"**{v['verdict']}**",
                            "where CMR loses": _md_cell(v["cmr_loses"] or "--"),
-                           "vs the strongest baseline": _md_cell(v.get("vs_strongest") or "--")} for v in verdict_list])
+                           "vs the strongest baseline that learned": _md_cell(v.get("vs_strongest") or "--")} for v in verdict_list])
     return {"verdict_table": table.to_markdown(index=False),
             "evidence": [f"{v['claim']}. **{v['verdict']}** - {_md_cell(v['evidence'])}" for v in verdict_list],
             "rules": [f"{kind}: {rule_text(kind, rc)}" for kind in dict.fromkeys(VERDICT_RULES)]}

@@ -1,5 +1,5 @@
-"""Which runs the report covers (the study's variants x seeds, the memory baselines and the Hugging Face run
-committed beside it) and what each recorded: predictions, timings, training metrics, benchmarks."""
+"""Which runs the report covers (the study's variants x seeds and the Hugging Face run committed beside
+it) and what each recorded: predictions, timings, training metrics, benchmarks."""
 from __future__ import annotations
 
 import re
@@ -67,32 +67,6 @@ def timing_references(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
             refs.append({"dir": str(f.parent), "variant": "window", "seed": int(f.parent.name[1:]),
                          "overhead": read_json(f), "metrics": None, "source": source, "reference": True})
     return refs
-
-
-def baseline_dirs(cfg: Mapping[str, Any], results_dir: Path, notes: list[str]) -> tuple[list[Path], list[Path]]:
-    """(eval run dirs, train run dirs) of the memory baselines run beside the study (`cmr-repro baselines`,
-    copied to <results_dir>/baselines/), for the variants the study does not train itself; none when the
-    folder is absent or its recipe differs from the study's (then a note says which part differs)."""
-    import yaml
-
-    from pipeline.config.train import recipe_matches
-
-    root = results_dir / "baselines"
-    if not (root / "params.yaml").is_file():
-        return [], []
-    bcfg = yaml.safe_load((root / "params.yaml").read_text()) or {}
-    differ = recipe_matches(cfg, bcfg)
-    if differ:
-        notes.append(f"{root} holds baselines trained with another recipe ({', '.join(differ)} differ from this "
-                     f"study's): not shown (rerun `cmr-repro baselines`)")
-        return [], []
-    study = set((cfg.get("study") or {}).get("variants") or [])
-    pairs = [(v, int(s)) for v in bcfg["study"]["variants"] if v not in study for s in bcfg["study"]["seeds"]]
-    evals = [root / "eval" / v / f"s{s}" for v, s in pairs]
-    missing = [str(d / "predictions.parquet") for d in evals if not (d / "predictions.parquet").is_file()]
-    if missing:
-        raise DataError("baseline outputs missing: " + ", ".join(missing) + " (rerun `cmr-repro baselines`)")
-    return evals, [root / "train" / v / f"s{s}" for v, s in pairs]
 
 
 def hf_experiment(cfg: Mapping[str, Any], root: Path, notes: list[str]) -> dict | None:

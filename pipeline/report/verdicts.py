@@ -64,20 +64,26 @@ CEILING = "full"  # every other variant but cmr is a baseline CMR is compared wi
 WINDOW_STRONGEST = "the strongest baseline on recall is window (the claim's own comparison)"
 
 
-def strongest_baseline(table: pd.DataFrame) -> tuple[str, float] | None:
-    """(baseline, its mean accuracy over the table's cells): the best variant other than cmr and the ceiling."""
+def strongest_baseline(table: pd.DataFrame, learned: list[str] | None = None) -> tuple[str, float] | None:
+    """(baseline, its mean accuracy over the table's cells): the best variant other than cmr and the ceiling,
+    among the memories that learned (`learned`: their `<memory>_learned` check passed) when any of them is in the
+    table, else among every baseline (window and xl always count: they have nothing to learn that they can't reach)."""
     t = table[~table["variant"].isin(["cmr", CEILING])]
+    if learned is not None:
+        spanning = set(t["variant"]) - {"window", "xl"}
+        t = t[~t["variant"].isin(spanning - set(learned))]
     if t.empty:
         return None
     means = t.groupby("variant")["accuracy"].mean()
     return str(means.idxmax()), float(means.max())
 
 
-def vs_strongest(res: AccuracyResult | None, rc: ReportConfig) -> str:
-    """Whether cmr beats the table's strongest baseline: significant wins and losses over its cells (Holm)."""
+def vs_strongest(res: AccuracyResult | None, rc: ReportConfig, learned: list[str] | None = None) -> str:
+    """Whether cmr beats the table's strongest baseline that learned: significant wins and losses over its cells
+    (Holm)."""
     if res is None or res.table.empty or "cmr" not in set(res.table["variant"]):
         return "n/a"
-    best = strongest_baseline(res.table)
+    best = strongest_baseline(res.table, learned)
     if best is None:
         return "n/a (no baseline evaluated)"
     b, acc = best
@@ -89,8 +95,10 @@ def vs_strongest(res: AccuracyResult | None, rc: ReportConfig) -> str:
     wins, losses = int((sig & (t["gap"] > 0)).sum()), int((sig & (t["gap"] < 0)).sum())
     word = "beats" if wins and not losses else "loses to" if losses and not wins else (
         "mixed against" if wins else "does not beat")
+    skipped = sorted(set(res.table["variant"]) - {"cmr", CEILING, "window", "xl"} - set(learned or []))
+    note = f"; not counted, did not learn: {', '.join(skipped)}" if learned is not None and skipped else ""
     return (f"cmr {word} {b} (mean accuracy {cmr:.3f} vs {acc:.3f}): significantly better in {wins}/{len(t)} "
-            f"cells, worse in {losses}/{len(t)} (Holm)")
+            f"cells, worse in {losses}/{len(t)} (Holm){note}")
 
 
 def overhead_vs_strongest(oh: pd.DataFrame, b: str | None) -> str:
@@ -102,7 +110,7 @@ def overhead_vs_strongest(oh: pd.DataFrame, b: str | None) -> str:
     r = (c / x).dropna()
     if r.empty:
         return f"{b}: no N timed for both"
-    return (f"cmr costs {r.min():.2f}-{r.max():.2f}x the ms/token of {b} (the strongest baseline on recall; "
+    return (f"cmr costs {r.min():.2f}-{r.max():.2f}x the ms/token of {b} (the strongest baseline that learned, on recall; "
             f"each as its ratio to the window timed with it)")
 
 
@@ -255,7 +263,8 @@ def verdicts(results: Mapping[str, AccuracyResult], oh: pd.DataFrame, attention:
     did not all pass is "not testable": its evidence is still computed and shown, but no verdict is drawn."""
     out = []
     recall = results.get("recall")
-    recall_best = strongest_baseline(recall.table) if recall is not None and not recall.table.empty else None
+    learned = checks.memories_that_learned(validity or {})
+    recall_best = strongest_baseline(recall.table, learned) if recall is not None and not recall.table.empty else None
     for claim in CLAIMS:
         if claim.name == "overhead":
             v = overhead_verdict(claim, oh, rc)
@@ -265,11 +274,11 @@ def verdicts(results: Mapping[str, AccuracyResult], oh: pd.DataFrame, attention:
             b = recall_best[0] if recall_best else None
             vb = attention_verdict(claim, attention, rc, attention_why, base=b) if b and b != "window" else None
             v["vs_strongest"] = ("n/a" if b is None else WINDOW_STRONGEST if vb is None else
-                                 f"against {b} (the strongest baseline on recall): {vb['verdict']}; "
+                                 f"against {b} (the strongest baseline that learned, on recall): {vb['verdict']}; "
                                  f"{vb['evidence'].split('. ')[0]}")
         else:
             v = accuracy_verdict(claim, results.get(claim.name), rc)
-            v["vs_strongest"] = vs_strongest(results.get(claim.name), rc)
+            v["vs_strongest"] = vs_strongest(results.get(claim.name), rc, learned)
         blocked = checks.blocking(claim.name, validity or {})
         if blocked and v["verdict"] != NOT_TESTED:
             v = {**v, "verdict": NOT_TESTABLE, "would_be": v["verdict"], "blocked_by": blocked,

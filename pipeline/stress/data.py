@@ -1,0 +1,192 @@
+"""Stage `stress-data`: the load, length and update documents (pipeline/stress/__init__.py) in data_stress/.
+
+The study's generator and vocabulary (checked against data/tokenizer.json) with the `stress` section's sizes and
+seed; written atomically, one `datasets` split per folder, plus a manifest. An update document's queries carry,
+beside the answer (the later value), `prior`: the value the entity held before (-1 for an ordinary fact)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config.schema import DataConfig, StressConfig
+from pipeline.data.build import (Source, _fill_values, _materialise, _py_rng, gen_eval, make_source, split_rng,
+                                 to_columns, train_values)
+from pipeline.data.documents import Block, DocBuilder, _aligned, _region
+from pipeline.errors import ConfigError, DataError
+from pipeline.io import atomic_dir, atomic_write_json, write_stage_time
+from pipeline.paths import experiments_dir
+from pipeline.stress import STRESS_DIR
+
+MANIFEST = "manifest.json"
+
+
+def check_fits(data: DataConfig, st: StressConfig) -> None:
+    """F facts need F distinct entities; an update gap must fit its document with room before and after."""
+    if max(st.load_facts) > data.n_entities:
+        raise ConfigError(f"stress.load_facts: {max(st.load_facts)} facts need as many distinct entities; "
+                          f"data.n_entities = {data.n_entities}")
+    W = data.segment_len
+    if (max(st.update_gaps) + 4) * W > st.update_length:
+        raise ConfigError(f"stress.update_gaps: a gap of {max(st.update_gaps)} segments does not fit in "
+                          f"stress.update_length = {st.update_length} tokens (segments of {W}, 4 more needed)")
+
+
+def split_plan(st: StressConfig) -> list[tuple[str, str, int]]:
+    """(split name, kind, size) of every stress split, in a fixed order."""
+    return ([(f"load_{f}", "load", int(f)) for f in st.load_facts]
+            + [(f"length_{n}", "length", int(n)) for n in st.lengths]
+            + [(f"update_{g}", "update", int(g)) for g in st.update_gaps])
+
+
+def _seeded(data: DataConfig, st: StressConfig, kind: str, size: int) -> DataConfig:
+    """The data config a stress split is drawn with: its own seed per kind and size (no study split's stream)."""
+    code = {"load": 1, "length": 2, "update": 3}[kind]
+    return dataclasses.replace(data, eval_seed=int(st.seed) * 1_000_003 + code * 100_000 + int(size))
+
+
+def gen_split(data: DataConfig, st: StressConfig, src: Source, kind: str, size: int) -> list[dict]:
+    cfg = _seeded(data, st, kind, size)
+    if kind == "load":
+        cfg = dataclasses.replace(cfg, n_eval_facts=int(size), n_eval_docs=int(st.n_load_docs), eval_facts="spread")
+        return gen_eval(cfg, src, "recall", int(st.load_length))
+    if kind == "length":
+        cfg = dataclasses.replace(cfg, n_eval_docs=int(st.n_length_docs), eval_facts="spread")
+        return gen_eval(cfg, src, "recall", int(size))
+    return gen_update(cfg, st, src, int(size))
+
+
+def _update_layout(r: random.Random, b: DocBuilder, length: int, gap: int) -> tuple[list, int, int, int]:
+    """(pieces, facts, prior slot, later slot) of one update document: n_eval_facts - 1 ordinary facts spread
+    before the first statement, the entity's first statement (slot `prior`) `gap` segments before its second
+    (the slot its query answers), and every query at the end. The second statement sits 3 segments before the
+    end, so only `gap` varies from split to split."""
+    W = b.cfg.segment_len
+    ents = r.sample(b.entities, b.cfg.n_eval_facts)
+    pairs = [b.recall(e, i) for i, e in enumerate(ents)]  # pair 0: the updated entity's later statement, its query
+    prior = b.new_slot()
+    first = Block(b.t.fact.render(E=ents[0], V=prior), b.t.fact.slots["V"], fact_id=len(ents))
+    s2 = length // W - 3
+    s1 = s2 - gap
+    queries = [p[1] for p in pairs]
+    r.shuffle(queries)
+    pieces = _aligned(r, W, s1 * W, [p[0] for p in pairs[1:]])
+    pieces += _region(r, W, [first]) + [(s2 - s1 - 1) * W] + _region(r, W, [pairs[0][0]])
+    pieces += _aligned(r, W, length - (s2 + 1) * W, [], offset=(s2 + 1) * W, tail=queries)
+    return pieces, len(pairs), prior, pairs[0][1].tokens[-1]
+
+
+def gen_update(cfg: DataConfig, st: StressConfig, src: Source, gap: int) -> list[dict]:
+    """Update documents; each doc's `prior` lists, per query, the earlier value of the updated entity for its
+    query and -1 for the others. The two statements always differ."""
+    rng = split_rng(cfg, "recall", gap)
+    b = DocBuilder(cfg, src.vocab)
+    r = _py_rng(rng)
+    length = int(st.update_length) // cfg.segment_len * cfg.segment_len
+    layouts, slots = [], []
+    for _ in range(int(st.n_update_docs)):
+        pieces, nf, prior, later = _update_layout(r, b, length, gap)
+        layouts.append((pieces, nf, {"length": length, "task": "recall", "n_turns": 0,
+                                     "n_segments": length // cfg.segment_len}))
+        slots.append((-prior - 1, -later - 1, later))
+    docs = _materialise(rng, src, layouts, cfg.segment_len)
+    values = train_values(rng, cfg, src.vocab, b.n_slots, rare=False)
+    common = src.vocab.common_value_ids
+    for d, (prior, later, later_ph) in zip(docs, slots):
+        while values[prior] == values[later]:
+            values[prior] = common[rng.integers(len(common))]
+        d["prior"] = [int(values[prior]) if a == later_ph else -1 for a in d["answers"]]
+    _fill_values(docs, values)
+    return docs
+
+
+def check_vocab(src: Source, data_dir: Path) -> None:
+    """The stress documents must use the study's token ids: the rebuilt vocabulary must equal data/'s tokenizer."""
+    from pipeline.data import load_tokenizer
+
+    tok = load_tokenizer(data_dir)
+    vocab = tok.get_vocab()
+    if len(vocab) != len(src.vocab) or any(vocab.get(w) != i for i, w in enumerate(src.vocab.words)):
+        raise DataError(f"{data_dir}/tokenizer.json differs from the vocabulary params.yaml's data section builds; "
+                        f"rerun `dvc repro prepare`")
+
+
+def build(cfg: Any, out: Path, quiet: bool = False) -> dict:
+    """Every stress split of `cfg` written to `out` (atomically); returns the manifest."""
+    data, st = cfg.data, cfg.stress
+    check_fits(data, st)
+    src = make_source(data)
+    check_vocab(src, Path(cfg.paths.data_dir))
+    is_word = src.vocab.is_word_mask()
+    stats = {}
+    with atomic_dir(out) as tmp:
+        for name, kind, size in split_plan(st):
+            docs = gen_split(data, st, src, kind, size)
+            cols = to_columns(docs, is_word)
+            cols["prior"] = [d.get("prior", [-1] * len(d["query_pos"])) for d in docs]
+            save_stress_split(cols, tmp / "splits" / name)
+            stats[name] = {"kind": kind, "size": size, "docs": len(docs), "tokens": int(docs[0]["ids"].shape[0]),
+                           "queries_per_doc": float(np.mean([len(d["query_pos"]) for d in docs]))}
+        manifest = {"stress": dataclasses.asdict(st), "splits": stats}
+        atomic_write_json(tmp / MANIFEST, manifest)
+    if not quiet:
+        print(f"stress splits written to {out}/: " + ", ".join(f"{k} ({v['docs']} docs of {v['tokens']} tokens)"
+                                                              for k, v in stats.items()))
+    return manifest
+
+
+def save_stress_split(cols: dict, path: Path) -> None:
+    """A split as the study's (pipeline/data/store.py features) plus its `prior` column."""
+    import datasets
+
+    from pipeline.data.store import features
+
+    f = features()
+    f["prior"] = datasets.Sequence(datasets.Value("int32"))
+    datasets.disable_progress_bars()  # one bar per split is noise in a DVC log
+    datasets.Dataset.from_dict(cols, features=f).save_to_disk(str(path))
+
+
+def load_stress_split(root: str | Path, name: str):
+    import datasets
+
+    path = Path(root) / "splits" / name
+    if not path.is_dir():
+        raise DataError(f"{path}: stress split missing; run `cmr-repro stress-data` (dvc repro stress-data)")
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as err:  # datasets raises several types for a corrupt folder
+        raise DataError(f"{path}: unreadable stress split ({err})") from None
+
+
+def read_manifest(root: str | Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `cmr-repro stress-data` (dvc repro stress-data)")
+    return json.loads(path.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline import stage_cli
+
+    ap = stage_cli.parser("stress-data", __doc__.splitlines()[0])
+    args = stage_cli.parse(ap, argv)
+
+    def body() -> None:
+        cfg = stage_cli.load_config(args)
+        t0 = time.perf_counter()
+        build(cfg, Path(STRESS_DIR))
+        write_stage_time(experiments_dir(cfg) / "stress-data", t0)
+
+    return stage_cli.run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Stage `stress --variant V`: each seed's best checkpoint on every stress split (data_stress/) ->
+experiments/stress/<variant>/s<seed>/predictions.parquet (the study's prediction columns plus `prior`: the updated
+entity's earlier value on an update query, else -1) and metrics.json. Written atomically per run.
+
+A memory that reads the document as one sequence (`full`: attention quadratic in N) is read up to
+stress.full_max_length; longer splits are listed in metrics.json `skipped`, never silently dropped."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline import paths
+from pipeline.stress import STRESS_DIR
+
+
+def stress_dir(cfg: Any, variant: str, seed: int) -> Path:
+    return paths.run_dir(cfg, "stress", variant, seed)
+
+
+def evaluate_stress(cfg: Any, variant: str, seed: int, *, model: Any = None, root: str | Path = STRESS_DIR) -> Path:
+    """Score one trained (variant, seed) on every stress split; returns its folder."""
+    import pandas as pd
+    import torch
+
+    from pipeline.evaluate.predict import predict_split
+    from pipeline.evaluate.trained import check_trained
+    from pipeline.io import atomic_dir, atomic_write_json
+    from pipeline.models.checkpoint import load_trained
+    from pipeline.models.registry import memory_config
+    from pipeline.stress.data import load_stress_split, read_manifest
+
+    t0 = time.perf_counter()
+    manifest = read_manifest(root)
+    if model is None:
+        tdir = paths.run_dir(cfg, "train", variant, seed)
+        check_trained(tdir, variant, seed)
+        model, _ = load_trained(tdir)
+    torch.set_num_threads(int(cfg.eval.threads))
+    model.eval()
+    whole = memory_config(cfg.models[variant]).whole_sequence
+    frames, skipped, timing = [], [], {}
+    for name, s in manifest["splits"].items():
+        if whole and s["tokens"] > int(cfg.stress.full_max_length):
+            skipped.append(name)
+            continue
+        t = time.perf_counter()
+        ds = load_stress_split(root, name)
+        pred = predict_split(model, ds, variant=variant, seed=seed, split=name, task=s["kind"],
+                             length=int(s["size"]), batch_size=int(cfg.stress.batch_size))
+        prior = [p for doc in ds["prior"] for p in doc]  # predictions come doc by doc, query by query
+        pred["prior"] = pd.Series(prior, dtype="int64").values
+        frames.append(pred)
+        timing[name] = round(time.perf_counter() - t, 3)
+    out = stress_dir(cfg, variant, seed)
+    with atomic_dir(out) as tmp:
+        pd.concat(frames, ignore_index=True).to_parquet(tmp / "predictions.parquet", index=False)
+        atomic_write_json(tmp / "metrics.json", {"variant": variant, "seed": int(seed), "skipped": skipped,
+                                                 "split_s": timing, "wall_s": time.perf_counter() - t0})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline import stage_cli
+    from pipeline.io import write_stage_time
+    from pipeline.parallel import map_seeds
+
+    ap = stage_cli.parser("stress", __doc__.splitlines()[0], variant=True, seeds=True)
+    args = stage_cli.parse(ap, argv)
+
+    def body() -> None:
+        cfg = stage_cli.load_config(args)
+        seeds = [int(s) for s in (args.seeds or cfg.study.seeds)]
+        t0 = time.perf_counter()
+        map_seeds(evaluate_stress, cfg, args.variant, seeds, int(cfg.study.jobs))
+        write_stage_time(paths.experiments_dir(cfg) / "stress" / args.variant, t0, runs=len(seeds))
+
+    return stage_cli.run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
