@@ -11,10 +11,16 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup study study-ci test params bench train-bench ablations sanity hf-cmr clean-runs
+.DEFAULT_GOAL := help
+.PHONY: help setup study study-ci test params bench train-bench ablations sanity hf-cmr clean-runs
 
 # pip byte-compiles the installed packages (half of the install's 2.2 min). Not skipped with --no-compile: where
 # PYTHONDONTWRITEBYTECODE is set (these machines), every process would then compile what it imports, ~10 s each.
+## This list (the default goal): each target and the first line of what it does. The commands it installs (`dvc`, `cmr-repro`) live in
+## .venv/bin: `source .venv/bin/activate` (or `export PATH=$PWD/.venv/bin:$PATH`) to call them in a shell.
+help:
+	@awk '/^## /{if (!doc) doc=substr($$0, 4); next} /^[a-z][a-z-]*:/{if (doc) printf "  make %-12s %s\n", substr($$1, 1, length($$1)-1), doc; doc=""; next} /^$$/{doc=""}' $(MAKEFILE_LIST)
+
 setup: $(VENV)/.installed-$(EXTRAS)
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml $(CONSTRAINTS)

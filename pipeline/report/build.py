@@ -20,6 +20,7 @@ from pipeline.report.markdown import render_markdown
 from pipeline.report.memory import write_memory
 from pipeline.report.paper import load_paper_numbers
 from pipeline.report.render import plot_accuracy, plot_overhead, write_table
+from pipeline.report.stress import headline as stress_headline, load_stress, write_stress
 from pipeline.report.runs import cost_benchmarks, hf_experiment, load_runs, load_train_runs, timing_references
 from pipeline.report.tables import (ACCURACY_TABLES, AccuracyResult, BASELINE_CAPTION, FAMILY_TEXT,
                                     accuracy_table, apply_holm, distance_vs_training, overhead_table,
@@ -60,7 +61,11 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
         summary["overhead"] = write_overhead(oh, paper["tables"].get("overhead"), rc, tables_dir, plots_dir)
     attention, att_why, diagnostics = write_diagnostics(cfg, runs, train, preds, rc, tables_dir, plots_dir,
                                                         summary, notes)
-    validity, verdict_list = summary["validity"], verdicts(results, oh, attention, rc, att_why, summary["validity"])
+    stress, skipped = load_stress(cfg, [(r["variant"], r["seed"]) for r in runs if r["source"] == "study"], notes)
+    if stress is not None:
+        summary["stress"] = write_stress(cfg, stress, skipped, preds, rc, tables_dir, plots_dir, write_table)
+    validity, verdict_list = summary["validity"], verdicts(results, oh, attention, rc, att_why, summary["validity"],
+                                                          summary.get("stress"))
     summary["verdicts"] = verdict_list
     for v in verdict_list:
         print(f"claim {v['claim']} ({v['source']}): {v['verdict']}")
@@ -72,6 +77,8 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     setup = setup_table(cfg, runs, train)
     summary["setup"] = {"seeds": sorted({r["seed"] for r in runs}), "train_length_tokens": tl.tokens,
                         "variants": setup.set_index("variant").to_dict("index")}
+    stress_md = (stress_headline(summary["stress"], dict(zip(setup["variant"], setup["memory_floats"])))
+                 if "stress" in summary else None)
     committed = Path((cfg.get("paths") or {}).get("results_dir", "results"))  # results_dir is the staging folder
     hf = hf_experiment(cfg, committed / "hf_cmr", notes)
     cost = cost_benchmarks(committed)
@@ -80,14 +87,33 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     summary["notes"] = notes
     summary = _jsonable(summary)
     atomic_write_json(results_dir / "summary.json", summary)
+    atomic_write_json(results_dir / "metrics.json", headline_metrics(summary))
     atomic_write_text(results_dir / "REPORT.md",
                       render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes,
                                       datasets=datasets, setup=setup, verdict_list=verdict_list,
                                       attention=attention, family_sizes=family_sizes, train_len=tl,
-                                      diagnostics=diagnostics, hf=hf, cost=cost))
+                                      diagnostics=diagnostics, hf=hf, cost=cost, stress=stress_md))
     for n in notes:
         print(f"note: {n}")
     return summary
+
+
+def headline_metrics(summary: dict) -> dict:
+    """results/metrics.json, what `dvc metrics show` / `diff` print: per variant its mean far recall over Table II's
+    lengths, capacity and effective length; the validity checks passed; each claim's verdict (summary.json holds the
+    rest)."""
+    out: dict[str, Any] = {}
+    recall = summary.get("recall") or {}
+    out["far_recall_mean"] = {v: round(float(np.mean(list(c.values()))), 4) for v, c in recall.items()
+                              if not v.startswith("paper") and c}
+    stress = summary.get("stress") or {}
+    for key in ("capacity", "effective_length"):
+        if stress.get(key):
+            out[key] = {v: d.get("mean") for v, d in stress[key].items()}
+    validity = summary.get("validity") or {}
+    out["checks_passed"] = f"{sum(c.get('status') == 'PASSED' for c in validity.values())}/{len(validity)}"
+    out["verdicts"] = {f"claim{v['claim']}": v["verdict"] for v in summary.get("verdicts") or []}
+    return _jsonable(out)
 
 
 def read_datasets(ds_csv: Path, summary: dict, notes: list[str]) -> pd.DataFrame | None:

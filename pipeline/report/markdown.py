@@ -81,11 +81,14 @@ def report_context(cfg, rc, paper, runs, train, results, oh, validity, times_df,
                    verdict_list: Sequence[dict] = (), attention: pd.DataFrame | None = None,
                    family_sizes: Mapping[str, int] | None = None, train_len: TrainLength | None = None,
                    diagnostics: Mapping[str, Any] | None = None, hf: Mapping[str, Any] | None = None,
-                   cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   cost: Mapping[str, Any] | None = None, stress: pd.DataFrame | None = None) -> dict[str, Any]:
     """Everything REPORT.md.j2 shows, as strings (tables already in Markdown) and lists of lines."""
     table_md = lambda df: df.map(fmt).to_markdown(index=False)  # noqa: E731
+    st = cfg.get("stress") or {}
     return {
         "source": paper["source"],
+        "stress_table": table_md(stress) if stress is not None and not stress.empty else None,
+        "stress_threshold": st.get("threshold"), "stress_load_length": st.get("load_length"),
         **verdict_context(verdict_list, rc),
         "setup_lines": setup_lines(cfg, runs, train, train_len, times_df),
         "setup_table": table_md(setup) if setup is not None and not setup.empty else None,

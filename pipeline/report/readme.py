@@ -74,6 +74,23 @@ def validity_line(summary_json: Path) -> str:
     return "; ".join(f"`{name}` **{c['status']}**" for name, c in checks.items())
 
 
+def break_table(summary_json: Path) -> str:
+    """Where memories break (summary.json `stress`): per variant its capacity and effective length."""
+    stress = _summary(summary_json, "stress")
+    if not stress or not stress.get("capacity"):
+        return "_No where-memories-break results in results/summary.json (stress stages not run)._"
+    setup = ((_summary(summary_json, "setup") or {}).get("variants") or {})
+    lines = ["| variant | state (floats) | capacity (far facts) | effective length (tokens) |", "|---|---|---|---|"]
+    from pipeline.report.common import variant_order
+
+    for v in variant_order(stress["capacity"]):
+        cap = stress["capacity"][v]
+        eff = (stress.get("effective_length") or {}).get(v) or {}
+        seeds = lambda d: ", ".join(str(d[k]) for k in sorted(d) if k.startswith("s") and k[1:].isdigit())  # noqa: E731
+        lines.append(f"| {v} | {(setup.get(v) or {}).get('memory_floats', '')} | {seeds(cap)} | {seeds(eff)} |")
+    return "\n".join(lines)
+
+
 def render(results: Path) -> str:
     """The README block, markers included, from a results folder."""
     results = Path(results)
@@ -87,6 +104,13 @@ def render(results: Path) -> str:
         "mean over seeds [95% bootstrap CI]:",
         "",
         accuracy_table(results / "tables" / "recall.csv", "N"),
+        "",
+        "**Where memories break** (per seed, far recall >= "
+        + str((_summary(summary, "stress") or {}).get("threshold", "the threshold"))
+        + "; capacity: the most far facts per 2,500-token document, effective length: the longest document; "
+        "`>=`: never broke in the range tested, `<`: broke at the smallest):",
+        "",
+        break_table(summary),
         "",
         "**Validity checks** (on every seed; a claim whose checks do not pass is *not testable*): "
         + validity_line(summary),

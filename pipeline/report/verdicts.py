@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -128,7 +128,24 @@ def ci_text(x: float, lo: float, hi: float, signed: bool = True) -> str:
     return f"{x:{f}} [{lo:{f}}, {hi:{f}}]" if all(map(math.isfinite, (x, lo, hi))) else f"{x:{f}}"
 
 
-def accuracy_verdict(claim: Claim, res: AccuracyResult | None, rc: ReportConfig) -> dict:
+def judged_range(table: pd.DataFrame, key: str, pair: tuple[str, str], chance: float, rc: ReportConfig) -> tuple[list, str]:
+    """(the keys where neither variant of `pair` is at chance or at ceiling, a sentence saying so): a trend can only
+    be read where both can move."""
+    piv = table.pivot_table(index=key, columns="variant", values="accuracy")
+    if any(v not in piv for v in pair) or piv.empty:
+        return [], ""
+    piv = piv.loc[sort_key_values(pd.Series(piv.index))]
+    lo, hi = chance + rc.chance_margin, rc.ceiling_threshold
+    inside = [k for k in piv.index if all(lo < piv.at[k, v] < hi for v in pair)]
+    stuck = [f"{v} at {'chance' if (piv[v] <= lo).all() else 'ceiling'} at every {key}" for v in pair
+             if (piv[v] <= lo).all() or (piv[v] >= hi).all()]
+    where = f"{key}={', '.join(map(str, inside))}" if inside else "none"
+    text = (f"range: judged on {key}={piv.index[0]}-{piv.index[-1]}; cells where neither {pair[0]} nor {pair[1]} is at "
+            f"chance (<= {lo:.2f}) or ceiling (>= {hi:.2f}): {where}" + (f" ({'; '.join(stuck)})" if stuck else ""))
+    return inside, text
+
+
+def accuracy_verdict(claim: Claim, res: AccuracyResult | None, rc: ReportConfig, chance: float = 0.0) -> dict:
     """Verdict on an accuracy claim from cmr-vs-window cells: every cell a significant win, and the trend."""
     if res is None or res.tests.empty or "p_holm" not in res.tests:
         return _not_tested(claim, f"no cmr-vs-window comparison for `{claim.name}` (cmr and window not both "
@@ -164,27 +181,35 @@ def accuracy_verdict(claim: Claim, res: AccuracyResult | None, rc: ReportConfig)
                          else "no clear difference between lowest and highest")
             trend_txt = (f"gap at {key}={hi_k} minus gap at {key}={lo_k}: {ci_text(ci.mean, ci.low, ci.high)} "
                          f"({shape} {key})")
+    inside, range_txt = judged_range(res.table, key, ("cmr", "window"), chance, rc)
+    undecidable = bool(claim.trend) and len(keys) >= 2 and len(inside) < 2
+    if undecidable:  # a gap between a variant stuck at chance (or ceiling) and another cannot show a trend
+        trend_ok = trend_bad = False
+        trend_txt += " - not decidable: fewer than two cells where both can move"
     if not wins:
         verdict = NOT_SUPPORTED
     elif len(wins) == len(t) and trend_ok:
         verdict = SUPPORTED
     else:
         verdict = MIXED
-    evidence = (f"significant wins {len(wins)}/{len(t)} cells (Holm, alpha={rc.alpha}); {trend_txt}. "
+    evidence = (f"significant wins {len(wins)}/{len(t)} cells (Holm, alpha={rc.alpha}); {trend_txt}; {range_txt}. "
                 f"Per cell gap cmr - window [CI]: {cells}")
     lose = []
     if losses:
         lose.append(f"CMR is significantly worse than window at {key}=" + ", ".join(map(str, losses)) + ".")
     if ties:
         lose.append(f"CMR does not beat window significantly at {key}=" + ", ".join(map(str, ties)) + ".")
-    if claim.trend and len(keys) >= 2 and not trend_ok:
+    if undecidable:
+        lose.append(f"The trend with {key} cannot be judged against window: fewer than two cells where both are "
+                    f"off chance and ceiling.")
+    elif claim.trend and len(keys) >= 2 and not trend_ok:
         if claim.trend > 0:
             lose.append(f"The gap shrinks with {key}." if trend_bad else f"The gap does not grow with {key} beyond noise.")
         else:
             lose.append(f"The gap is larger at the highest {key} than at the lowest." if trend_bad else
                         f"The gap is not measurably larger at the lowest {key}.")
     return {"claim": claim.id, "name": claim.name, "source": claim.source, "text": claim.text, "verdict": verdict,
-            "evidence": evidence, "cmr_loses": " ".join(lose), "rule": rule_text("accuracy", rc)}
+            "evidence": evidence, "cmr_loses": " ".join(lose), "rule": rule_text("accuracy", rc), "range": range_txt}
 
 
 def overhead_verdict(claim: Claim, oh: pd.DataFrame, rc: ReportConfig) -> dict:
@@ -257,11 +282,33 @@ def attention_verdict(claim: Claim, table: pd.DataFrame | None, rc: ReportConfig
             "evidence": evidence, "cmr_loses": lose, "rule": rule_text("attention", rc)}
 
 
+def length_axis_trend(stress: Mapping[str, Any], best: str, chance: float, rc: ReportConfig) -> str:
+    """Claim 1's trend read on the whole length axis (the study's N and the stress lengths) against `best`, on the
+    lengths where neither is at chance or ceiling (point estimates, mean over seeds)."""
+    rows = [{"variant": v, "N": int(n), "accuracy": a} for v, curve in (stress.get("length") or {}).items()
+            for n, a in curve.items() if v in ("cmr", best) and a is not None]
+    if not rows:
+        return f"length axis: no stress lengths for cmr and {best}"
+    t = pd.DataFrame(rows)
+    inside, text = judged_range(t, "N", ("cmr", best), chance, rc)
+    piv = t.pivot_table(index="N", columns="variant", values="accuracy")
+    if len(inside) < 2:
+        return f"length axis (up to N={int(piv.index.max())}) against {best}: {text}; no trend to read"
+    g = {n: piv.at[n, "cmr"] - piv.at[n, best] for n in inside}
+    first, last = inside[0], inside[-1]
+    word = "grows" if g[last] > g[first] else "shrinks" if g[last] < g[first] else "stays"
+    return (f"length axis against {best}: gap cmr - {best} {g[first]:+.3f} at N={first} -> {g[last]:+.3f} at "
+            f"N={last} ({word}; point estimates, {text})")
+
+
 def verdicts(results: Mapping[str, AccuracyResult], oh: pd.DataFrame, attention: pd.DataFrame | None,
-             rc: ReportConfig, attention_why: str = "", validity: Mapping[str, dict] | None = None) -> list[dict]:
+             rc: ReportConfig, attention_why: str = "", validity: Mapping[str, dict] | None = None,
+             stress: Mapping[str, Any] | None = None) -> list[dict]:
     """One verdict per claim in CLAIMS, in order. A claim whose validity checks (checks.CLAIM_CHECKS)
-    did not all pass is "not testable": its evidence is still computed and shown, but no verdict is drawn."""
+    did not all pass is "not testable": its evidence is still computed and shown, but no verdict is drawn.
+    `stress`: summary.json's where-memories-break entry, for claim 1's trend on the whole length axis."""
     out = []
+    chance = float(((validity or {}).get("window_near_chance") or {}).get("chance") or 0.0)
     recall = results.get("recall")
     learned = checks.memories_that_learned(validity or {})
     recall_best = strongest_baseline(recall.table, learned) if recall is not None and not recall.table.empty else None
@@ -277,8 +324,10 @@ def verdicts(results: Mapping[str, AccuracyResult], oh: pd.DataFrame, attention:
                                  f"against {b} (the strongest baseline that learned, on recall): {vb['verdict']}; "
                                  f"{vb['evidence'].split('. ')[0]}")
         else:
-            v = accuracy_verdict(claim, results.get(claim.name), rc)
+            v = accuracy_verdict(claim, results.get(claim.name), rc, chance)
             v["vs_strongest"] = vs_strongest(results.get(claim.name), rc, learned)
+            if claim.name == "recall" and stress and recall_best:
+                v["vs_strongest"] += "; " + length_axis_trend(stress, recall_best[0], chance, rc)
         blocked = checks.blocking(claim.name, validity or {})
         if blocked and v["verdict"] != NOT_TESTED:
             v = {**v, "verdict": NOT_TESTABLE, "would_be": v["verdict"], "blocked_by": blocked,

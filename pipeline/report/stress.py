@@ -1,0 +1,231 @@
+"""Where memories break (pipeline/stress/): far recall by load F (facts per document) and by length N (the study's
+recall_<N> joined with the stress lengths), each variant's capacity and effective length with a CI over seeds,
+and the update table (an entity restated with a new value: right, the earlier value, neither)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config.schema import ReportConfig
+from pipeline.errors import DataError
+from pipeline.paths import experiments_dir, run_dir
+from pipeline.report.common import COLORS, variant_order
+from pipeline.report.load import read_json
+from pipeline.report.tables import cell_stats
+from pipeline.stats import bootstrap_ci
+
+CAPACITY_CAPTION = ("capacity = the largest number of far facts per document F such that far recall is >= the "
+                    "threshold at F and at every smaller F tested; effective length = the longest N with far recall "
+                    ">= the threshold there and at every shorter N (RULER's definition); `>=` where the largest value "
+                    "tested still passes (a lower bound), `<` where the smallest already fails (counted 0). Per seed, then "
+                    "the mean over seeds with a bootstrap CI over seeds")
+
+
+def load_stress(cfg: Mapping[str, Any], pairs: Sequence[tuple[str, int]], notes: list[str]) -> tuple[pd.DataFrame | None, dict]:
+    """Every (variant, seed)'s stress predictions in one frame, and {run: splits it did not read}; None (with a
+    note) when the stress stages did not run; a DataError naming the runs whose outputs are missing."""
+    root = experiments_dir(cfg) / "stress"
+    if not root.is_dir():
+        notes.append(f"{root}/ does not exist (stress stages not run): where memories break not reported")
+        return None, {}
+    files = [(v, s, run_dir(cfg, "stress", v, s)) for v, s in pairs]
+    missing = [str(d / "predictions.parquet") for _, _, d in files if not (d / "predictions.parquet").is_file()]
+    if missing:
+        raise DataError("stress outputs missing: " + ", ".join(missing) + " (run `dvc repro stress`)")
+    frames, skipped = [], {}
+    for v, s, d in files:
+        frames.append(pd.read_parquet(d / "predictions.parquet"))
+        met = read_json(d / "metrics.json") if (d / "metrics.json").is_file() else {}
+        if met.get("skipped"):
+            skipped[f"{v}-s{s}"] = list(met["skipped"])
+    return pd.concat(frames, ignore_index=True), skipped
+
+
+def curve_table(preds: pd.DataFrame, key: str, rc: ReportConfig) -> pd.DataFrame:
+    """Far recall per variant and key (F or N): mean over seeds with its crossed CI, and each seed's value."""
+    rows = []
+    for (v, k), sub in preds.groupby(["variant", "length"], sort=False):
+        st = cell_stats(sub, rc)
+        per_seed = sub.groupby(["seed", "split", "doc_id"])["correct"].mean().groupby(level="seed").mean()
+        rows.append({"variant": v, key: int(k), "accuracy": st["accuracy"], "ci_low": st["ci_low"],
+                     "ci_high": st["ci_high"], "n_seeds": st["n_seeds"],
+                     **{f"s{int(s)}": float(a) for s, a in per_seed.items()}})
+    t = pd.DataFrame(rows)
+    if t.empty:
+        return t
+    order = {v: i for i, v in enumerate(variant_order(t["variant"]))}
+    return t.sort_values(["variant", key], key=lambda c: c.map(order) if c.name == "variant" else c).reset_index(drop=True)
+
+
+def break_point(curve: Mapping[int, float], threshold: float) -> tuple[float, str]:
+    """(value, as shown) of the largest key with accuracy >= threshold there and at every smaller key: shown '>=K'
+    when the largest key K passes (a lower bound), value 0 and shown '<K' when the smallest key K already fails."""
+    keys = sorted(curve)
+    passed = None
+    for k in keys:
+        if not (curve[k] >= threshold):
+            break
+        passed = k
+    if passed is None:
+        return 0.0, f"<{keys[0]:g}"
+    return float(passed), f">={passed:g}" if passed == keys[-1] else f"{passed:g}"
+
+
+def break_points(table: pd.DataFrame, key: str, threshold: float, rc: ReportConfig) -> pd.DataFrame:
+    """Per variant: each seed's break point on its own curve, their mean and a bootstrap CI over seeds (a seed that
+    fails at the smallest key counts 0; one that passes at the largest counts that key, a lower bound)."""
+    rows = []
+    seeds = [c for c in table.columns if c.startswith("s") and c[1:].isdigit()]
+    for v, g in table.groupby("variant", sort=False):
+        per_seed = {}
+        for s in seeds:
+            curve = {int(k): float(a) for k, a in zip(g[key], g[s]) if not pd.isna(a)}
+            if curve:
+                per_seed[s] = break_point(curve, threshold)
+        vals = [x for x, _ in per_seed.values()]
+        ci = bootstrap_ci(vals, level=rc.ci_level, n_resamples=rc.n_resamples, seed=rc.seed)
+        shown = {t[:2] if t.startswith(">=") else t[:1] if t.startswith("<") else "" for _, t in per_seed.values()}
+        rows.append({"variant": v, "mean": float(np.mean(vals)) if vals else math.nan, "ci_low": ci.low,
+                     "ci_high": ci.high, "bound": shown.pop() if len(shown) == 1 else "mixed",
+                     **{s: t for s, (_, t) in per_seed.items()}})
+    return pd.DataFrame(rows)
+
+
+def update_table(preds: pd.DataFrame) -> pd.DataFrame:
+    """The updated entity's query per variant and gap (segments between the two statements): share answered with
+    the later value (right), the earlier one (prior), or neither; mean over seeds, and each seed's share right."""
+    u = preds[(preds["task"] == "update") & (preds["prior"] >= 0)].copy()
+    if u.empty:
+        return pd.DataFrame()
+    u["right"] = u["pred"] == u["answer"]
+    u["earlier"] = u["pred"] == u["prior"]
+    u["neither"] = ~(u["right"] | u["earlier"])
+    rows = []
+    for (v, gap), g in u.groupby(["variant", "length"], sort=False):
+        by_seed = g.groupby("seed")[["right", "earlier", "neither"]].mean()
+        rows.append({"variant": v, "gap_segments": int(gap), **by_seed.mean().to_dict(),
+                     "n_queries": int(len(g)), "n_seeds": int(len(by_seed)),
+                     **{f"right_s{int(s)}": float(r) for s, r in by_seed["right"].items()}})
+    t = pd.DataFrame(rows)
+    order = {v: i for i, v in enumerate(variant_order(t["variant"]))}
+    return t.sort_values(["variant", "gap_segments"], key=lambda c: c.map(order) if c.name == "variant" else c)
+
+
+def plot_curves(table: pd.DataFrame, key: str, threshold: float, title: str, xlabel: str, path: Path,
+                base: int) -> None:
+    from pipeline.report.render import pyplot, save_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for v, g in table.groupby("variant", sort=False):
+        ax.errorbar(g[key], g["accuracy"], yerr=[g["accuracy"] - g["ci_low"], g["ci_high"] - g["accuracy"]],
+                    marker="o", ms=3, capsize=2, lw=1.3, label=v, color=COLORS.get(v))
+    ax.axhline(threshold, color="black", ls=":", lw=1, label=f"threshold {threshold:g}")
+    ax.set_xscale("log", base=base)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("far recall (fraction of queries)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    save_png(fig, path)
+    plt.close(fig)
+
+
+def plot_update(table: pd.DataFrame, path: Path) -> None:
+    from pipeline.report.render import pyplot, save_png
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), sharey=True)
+    for col, ax in zip(("right", "earlier"), axes):
+        for v, g in table.groupby("variant", sort=False):
+            ax.plot(g["gap_segments"], g[col], marker="o", ms=3, lw=1.3, label=v, color=COLORS.get(v))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("segments between the two statements")
+        ax.set_title("answered with the later value (right)" if col == "right" else "answered with the earlier value")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("share of the updated entity's queries")
+    axes[1].legend(fontsize=7, ncol=2)
+    save_png(fig, path)
+    plt.close(fig)
+
+
+def write_stress(cfg: Mapping[str, Any], stress: pd.DataFrame, skipped: Mapping[str, list], study_preds: pd.DataFrame,
+                 rc: ReportConfig, tables_dir: Path, plots_dir: Path,
+                 write_table: Callable[[pd.DataFrame, Path, str], Any]) -> dict:
+    """The load, length and update tables and plots, and the break points; returns summary.json's `stress`."""
+    from pipeline.io import atomic_write_text
+
+    thr = float((cfg.get("stress") or {}).get("threshold", 0.9))
+    far = stress[stress["query_type"] == "far"]
+    load = curve_table(far[far["task"] == "load"], "F", rc)
+    study_far = study_preds[(study_preds["task"] == "recall") & (study_preds["query_type"] == "far")]
+    length = curve_table(pd.concat([study_far, far[far["task"] == "length"]], ignore_index=True), "N", rc)
+    cap, eff = break_points(load, "F", thr, rc), break_points(length, "N", thr, rc)
+    upd = update_table(stress)
+    load_len = int((cfg.get("stress") or {}).get("load_length", 0))
+    skip_note = ("; not read: " + ", ".join(f"{r} {', '.join(s)}" for r, s in skipped.items())) if skipped else ""
+    write_table(load, tables_dir / "load", f"Recall vs load: far recall by the number of far facts per document F "
+                f"({load_len}-token documents), mean over seeds with a {int(rc.ci_level * 100)}% CI resampling seeds "
+                f"and documents, and each seed's value")
+    write_table(length, tables_dir / "length", f"Recall vs length: far recall by document length N (the study's "
+                f"recall_<N> splits, then the stress lengths), as the load table{skip_note}")
+    write_table(cap, tables_dir / "capacity", f"Capacity (far facts per document) at threshold {thr:g}: "
+                + CAPACITY_CAPTION)
+    write_table(eff, tables_dir / "effective_length", f"Effective length (tokens) at threshold {thr:g}: "
+                + CAPACITY_CAPTION)
+    plot_curves(load, "F", thr, f"Recall vs load ({load_len}-token documents)", "far facts per document F (log)",
+                tables_dir / "load.png", base=2)
+    plot_curves(length, "N", thr, "Recall vs length", "document length N in tokens (log)",
+                tables_dir / "length.png", base=10)
+    atomic_write_text(plots_dir / "load.csv", load[["variant", "F", "accuracy", "ci_low", "ci_high"]].to_csv(index=False))
+    atomic_write_text(plots_dir / "length.csv", length[["variant", "N", "accuracy", "ci_low", "ci_high"]].to_csv(index=False))
+    out = {"threshold": thr,
+           "capacity": {r["variant"]: {k: r[k] for k in r.index if k != "variant"} for _, r in cap.iterrows()},
+           "effective_length": {r["variant"]: {k: r[k] for k in r.index if k != "variant"} for _, r in eff.iterrows()},
+           "load": {v: dict(zip(g["F"].astype(str), g["accuracy"])) for v, g in load.groupby("variant", sort=False)},
+           "length": {v: dict(zip(g["N"].astype(str), g["accuracy"])) for v, g in length.groupby("variant", sort=False)},
+           "skipped": dict(skipped)}
+    if not upd.empty:
+        write_table(upd, tables_dir / "update", "Ambiguous queries (an entity stated twice with different values, "
+                    "`gap_segments` apart; its query comes after both): share of its queries answered with the later "
+                    "value (right), the earlier value, or neither; mean over seeds, and each seed's share right")
+        plot_update(upd, tables_dir / "update.png")
+        out["update"] = {v: {str(int(r["gap_segments"])): {"right": r["right"], "earlier": r["earlier"],
+                                                           "neither": r["neither"]} for _, r in g.iterrows()}
+                         for v, g in upd.groupby("variant", sort=False)}
+    return out
+
+
+def headline(summary_stress: Mapping[str, Any], memory_floats: Mapping[str, Any]) -> pd.DataFrame:
+    """REPORT.md's first table: per variant its state, capacity, effective length, recall at the largest load and
+    the update result at the largest gap."""
+    rows = []
+    for v in variant_order(summary_stress.get("capacity", {})):
+        cap = summary_stress["capacity"].get(v, {})
+        eff = summary_stress.get("effective_length", {}).get(v, {})
+        load = summary_stress.get("load", {}).get(v, {})
+        upd = summary_stress.get("update", {}).get(v, {})
+        top = max(load, key=int) if load else None
+        gap = max(upd, key=int) if upd else None
+        rows.append({"variant": v, "memory_floats": memory_floats.get(v),
+                     "capacity (facts)": _with_ci(cap), "effective length (tokens)": _with_ci(eff),
+                     f"far recall at F={top}" if top else "far recall at max F": load.get(top) if top else None,
+                     f"update at gap {gap}: later / earlier" if gap else "update": (
+                         f"{upd[gap]['right']:.2f} / {upd[gap]['earlier']:.2f}" if gap else None)})
+    return pd.DataFrame(rows)
+
+
+def _with_ci(d: Mapping[str, Any]) -> str:
+    """'mean [CI]' with the per-seed values, e.g. '8 [8, 8] (8, 8, 8)' or '0 (<4, <4, <4)'."""
+    if not d or d.get("mean") is None or (isinstance(d.get("mean"), float) and math.isnan(d["mean"])):
+        return "n/a"
+    lo, hi = d.get("ci_low"), d.get("ci_high")
+    ci = (f" [{lo:g}, {hi:g}]" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and
+          math.isfinite(lo) and math.isfinite(hi) and (lo, hi) != (d["mean"], d["mean"]) else "")
+    seeds = [str(d[k]) for k in sorted(d) if k.startswith("s") and k[1:].isdigit()]
+    return f"{d['mean']:g}{ci} ({', '.join(seeds)})"

@@ -1,0 +1,131 @@
+"""Where memories break (pipeline/stress/, pipeline/report/stress.py): the load, length and update documents on
+tiny real data, their evaluation with an oracle model, and the break points the report reads off the curves."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("datasets")
+
+from pipeline.config import typed  # noqa: E402
+from pipeline.config.schema import ReportConfig  # noqa: E402
+from pipeline.errors import ConfigError, DataError  # noqa: E402
+from pipeline.report.stress import break_point, break_points, update_table  # noqa: E402
+from pipeline.stress.data import build, check_fits, load_stress_split, read_manifest  # noqa: E402
+
+W = 16
+
+
+def tiny(root):
+    return typed({
+        "profile_name": "test", "study": {"variants": ["window", "full"], "seeds": [0]}, "sweep": {"variant": "window"},
+        "paths": {"data_dir": str(root / "data"), "experiments_dir": str(root / "exp"), "results_dir": str(root / "res")},
+        "backbone": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "window": W, "max_positions": 512},
+        "models": {"window": {"name": "window"}, "full": {"name": "full"}},
+        "data": {"segment_len": W, "n_train_docs": 40, "n_val_docs": 8, "train_min_segments": 2, "train_max_segments": 3,
+                 "n_entities": 16, "n_common_values": 16, "n_variables": 8, "max_number": 9, "rare_counts": [4],
+                 "rare_tokens_per_class": 1, "filler_vocab_size": 64, "eval_lengths": [64], "n_eval_docs": 2,
+                 "n_eval_facts": 3, "n_eval_num_vars": 2, "rare_eval_length": 64, "n_rare_docs": 2,
+                 "dialogue_turns": [2], "dialogue_turn_len": 16, "n_far_facts": 2, "n_train_long_docs": 0,
+                 "val_long_lengths": [64], "n_val_long_docs": 2,
+                 "train_mix": {"recall": 0.7, "numeric": 0.15, "dialogue": 0.15}},
+        "stress": {"load_facts": [2, 8], "load_length": 256, "n_load_docs": 3, "lengths": [320], "n_length_docs": 2,
+                   "full_max_length": 256, "update_gaps": [1, 3], "update_length": 160, "n_update_docs": 5},
+        "logger": {"wandb": {"enabled": False, "mode": "disabled"}, "csv": False},
+    })
+
+
+@pytest.fixture(scope="module")
+def stress_root(tmp_path_factory):
+    from pipeline.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("stress")
+    cfg = tiny(root)
+    prepare(cfg, quiet=True)
+    build(cfg, root / "data_stress", quiet=True)
+    return root, cfg
+
+
+def test_splits_have_the_loads_lengths_and_updates_asked_for(stress_root):
+    root, cfg = stress_root
+    m = read_manifest(root / "data_stress")
+    assert set(m["splits"]) == {"load_2", "load_8", "length_320", "update_1", "update_3"}
+    for f in (2, 8):
+        ds = load_stress_split(root / "data_stress", f"load_{f}")
+        assert len(ds) == 3 and all(len(q) == f and set(t) == {"far"} for q, t in zip(ds["query_pos"], ds["query_type"]))
+        assert all(len(ids) == 256 for ids in ds["input_ids"])
+        assert all(len(set(np.array(ids)[np.array(fp) - 1])) == f for ids, fp in zip(ds["input_ids"], ds["fact_pos"]))
+    assert all(len(ids) == 320 for ids in load_stress_split(root / "data_stress", "length_320")["input_ids"])
+
+
+def test_an_update_states_one_entity_twice_gap_segments_apart_with_different_values(stress_root):
+    root, _ = stress_root
+    for gap in (1, 3):
+        ds = load_stress_split(root / "data_stress", f"update_{gap}")
+        for ids, qpos, ans, fpos, prior in zip(ds["input_ids"], ds["query_pos"], ds["answers"], ds["fact_pos"], ds["prior"]):
+            ids = np.array(ids)
+            (i,) = [k for k, p in enumerate(prior) if p >= 0]  # exactly one updated entity per document
+            later_at = fpos[i]  # the later statement's value ("is E V ."): its entity just before it
+            assert ids[qpos[i]] == ids[later_at - 1] and ans[i] == ids[later_at] != prior[i]  # `? is E` -> V
+            earlier = [p for p in range(len(ids) - 1) if ids[p] == prior[i] and ids[p - 1] == ids[later_at - 1]]
+            assert earlier and later_at // W - earlier[-1] // W == gap
+            assert qpos[i] > later_at  # asked after both statements
+
+
+def test_stress_data_is_deterministic_and_checks_what_it_needs(stress_root, tmp_path):
+    root, cfg = stress_root
+    build(cfg, tmp_path / "again", quiet=True)
+    for name in ("load_8", "update_3"):
+        a, b = load_stress_split(root / "data_stress", name), load_stress_split(tmp_path / "again", name)
+        assert a["doc_id"] == b["doc_id"] and a["prior"] == b["prior"]
+    with pytest.raises(ConfigError, match="need as many distinct entities"):
+        check_fits(cfg.data, dataclasses.replace(cfg.stress, load_facts=[17]))
+    with pytest.raises(ConfigError, match="does not fit"):
+        check_fits(cfg.data, dataclasses.replace(cfg.stress, update_gaps=[8]))
+    with pytest.raises(DataError, match="stress split missing"):
+        load_stress_split(tmp_path / "nowhere", "load_2")
+
+
+class Oracle(torch.nn.Module):
+    """Predicts the next token everywhere (right on every query)."""
+
+    def forward(self, ids):
+        return torch.nn.functional.one_hot(torch.roll(ids, -1, dims=1), 200).float()
+
+
+def test_evaluation_scores_every_split_and_skips_what_full_cannot_read(stress_root, monkeypatch):
+    from pipeline.stress.evaluate import evaluate_stress
+
+    root, cfg = stress_root
+    monkeypatch.chdir(root)
+    out = evaluate_stress(cfg, "full", 0, model=Oracle(), root=root / "data_stress")
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert pred["correct"].all() and set(pred["split"]) == {"load_2", "load_8", "update_1", "update_3"}
+    assert (pred["prior"] >= 0).sum() == 10  # one updated entity in each of 5 documents x 2 gaps
+    import json
+
+    assert json.loads((out / "metrics.json").read_text())["skipped"] == ["length_320"]  # > full_max_length
+    out = evaluate_stress(cfg, "window", 0, model=Oracle(), root=root / "data_stress")
+    assert "length_320" in set(pd.read_parquet(out / "predictions.parquet")["split"])
+
+
+def test_break_points_are_read_off_each_seed_and_censored_where_nothing_breaks():
+    assert break_point({4: 0.99, 8: 0.95, 16: 0.7, 32: 0.93}, 0.9) == (8.0, "8")  # a later recovery does not count
+    assert break_point({4: 0.99, 8: 0.95}, 0.9) == (8.0, ">=8")  # never broke: a lower bound
+    assert break_point({4: 0.5, 8: 0.95}, 0.9) == (0.0, "<4")  # broke at the smallest load tested
+    t = pd.DataFrame({"variant": ["cmr"] * 3, "F": [4, 8, 16], "s0": [1.0, 0.95, 0.5], "s1": [1.0, 0.5, 0.4]})
+    bp = break_points(t, "F", 0.9, ReportConfig()).iloc[0]
+    assert (bp["s0"], bp["s1"], bp["mean"]) == ("8", "4", 6.0) and bp["ci_low"] <= 6.0 <= bp["ci_high"]
+
+
+def test_update_table_splits_right_earlier_and_neither():
+    p = pd.DataFrame({"variant": "cmr", "seed": [0, 0, 0, 1], "task": "update", "length": 4,
+                      "answer": [5, 5, 5, 5], "prior": [7, 7, 7, -1], "pred": [5, 7, 9, 7]})
+    r = update_table(p).iloc[0]
+    assert (r["right"], r["earlier"], r["neither"], r["n_queries"]) == (pytest.approx(1 / 3), pytest.approx(1 / 3),
+                                                                       pytest.approx(1 / 3), 3)
