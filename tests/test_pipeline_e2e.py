@@ -117,6 +117,15 @@ def test_ci_profile_produces_every_table(ci_study):
         assert (results / "tables" / f"{name}.csv").is_file(), name
     assert set(summary["stress"]["capacity"]) == set(summary["stress"]["effective_length"]) == variants
     assert "## Where memories break" in (results / "REPORT.md").read_text()
+    # the offline dashboard: REPORT.md as one page, every figure it shows on disk beside it
+    import re
+
+    page = (results / "index.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert "tables/load.png" in images and "<script" not in page
+    assert all((results / src).is_file() for src in images), [s for s in images if not (results / s).is_file()]
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert set(metrics["far_recall_mean"]) == variants and set(metrics["verdicts"]) == {f"claim{i}" for i in range(1, 7)}
     assert set(summary["validity"]) == {"ceiling", "cmr_learned", "cmr_long", "rmt_learned", "rmt_long",
                                         "window_near_chance", "xl_reach", "binding", "numeric_learnable"}
     # the ci profile learns nothing in 40 steps: its checks fail and the claims they gate are not testable

@@ -16,7 +16,7 @@ from pipeline.report.attention_results import attention_paths, build_attention
 from pipeline.report.costs import setup_table, stage_times
 from pipeline.report.curves import write_curves
 from pipeline.report.load import TrainLength, doc_tokens_by_split, plain_config, read_json, train_length
-from pipeline.report.markdown import render_markdown
+from pipeline.report.markdown import html_page, render_markdown
 from pipeline.report.memory import write_memory
 from pipeline.report.paper import load_paper_numbers
 from pipeline.report.render import plot_accuracy, plot_overhead, write_table
@@ -88,11 +88,12 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     summary = _jsonable(summary)
     atomic_write_json(results_dir / "summary.json", summary)
     atomic_write_json(results_dir / "metrics.json", headline_metrics(summary))
-    atomic_write_text(results_dir / "REPORT.md",
-                      render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes,
+    report_md = render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes,
                                       datasets=datasets, setup=setup, verdict_list=verdict_list,
                                       attention=attention, family_sizes=family_sizes, train_len=tl,
-                                      diagnostics=diagnostics, hf=hf, cost=cost, stress=stress_md))
+                                diagnostics=diagnostics, hf=hf, cost=cost, stress=stress_md)
+    atomic_write_text(results_dir / "REPORT.md", report_md)
+    atomic_write_text(results_dir / "index.html", html_page(report_md))
     for n in notes:
         print(f"note: {n}")
     return summary

@@ -13,7 +13,7 @@ from pipeline.report.build import build_report
 from pipeline.report.common import FAILED
 from pipeline.report.runs import study_dirs
 
-REPORT_OUTPUTS = ["tables", "REPORT.md", "summary.json", "metrics.json", "stage_times.csv"]
+REPORT_OUTPUTS = ["tables", "REPORT.md", "index.html", "summary.json", "metrics.json", "stage_times.csv"]
 REPORT_SHARED = ("plots",)
 
 

@@ -65,6 +65,21 @@ def _md_cell(s: Any) -> str:
 TEMPLATE = Path(__file__).with_name("REPORT.md.j2")
 
 
+HTML_STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+              "table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}td,th{border:1px solid #ccc;"
+              "padding:.2rem .45rem}th{background:#f4f4f4}img{max-width:100%}code{background:#f4f4f4}")
+
+
+def html_page(report_md: str) -> str:
+    """results/index.html: REPORT.md as one self-contained page (no script, no network; the figures are the PNGs
+    beside it, by relative path), to open in any browser offline."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(report_md)
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>cmr-repro: results</title>"
+            f"<style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
+
+
 def render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes, **sections: Any) -> str:
     """REPORT.md: REPORT.md.j2 filled with report_context (same arguments)."""
     import jinja2
