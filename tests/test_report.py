@@ -208,6 +208,23 @@ def test_failed_validity_is_marked_failed(tmp_path, capsys):
     assert main(["--params", str(_write_params(tmp_path, cfg)), "--strict"]) == 1
 
 
+@pytest.fixture(autouse=True)
+def _no_wandb(monkeypatch):
+    """The report stage logs a wandb run; only the test of that run keeps it on."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+def test_report_is_one_wandb_run_with_its_tables_and_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg, _, _ = make_study(tmp_path)
+    assert main(["--params", str(_write_params(tmp_path, cfg))]) == 0
+    (run,) = (tmp_path / "experiments" / "report" / "wandb").glob("offline-run-*")
+    media = run / "files" / "media"
+    assert list((media / "images" / "figures").glob("recall_*.png"))
+    assert {p.name.split("_0_")[0] for p in (media / "table" / "tables").glob("*.table.json")} >= {"recall", "overhead"}
+    assert list((media / "table").glob("verdicts_*.table.json"))
+
+
 def _write_params(tmp_path, cfg):
     """A whole composed config (the stage validates it, as every stage does) with the test study's keys."""
     from omegaconf import OmegaConf

@@ -1,6 +1,7 @@
 """`cmr-repro report [--params params.yaml] [--all] [--strict] [key=value ...]`: the report stage (pipeline/report/__init__.py)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -9,6 +10,7 @@ from pipeline import stage_cli
 from pipeline.config import as_plain
 from pipeline.io import staged_outputs
 from pipeline.report.readme import refresh
+from pipeline.report.tracking import log_report
 from pipeline.report.build import build_report
 from pipeline.report.common import FAILED
 from pipeline.report.runs import study_dirs
@@ -37,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"stage_times.csv)")
         if results.resolve() == Path("results").resolve():  # the study's own results: the README shows them
             refresh("results", "README.md")
+        log_report(cfg, results, summary, json.loads((results / "metrics.json").read_text()))
         failed = [k for k, v in summary["validity"].items() if v["status"] == FAILED]
         return 1 if (args.strict and failed) else 0
 
