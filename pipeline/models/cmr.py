@@ -32,9 +32,9 @@ s - c <= bptt_segments (0: every read is detached).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,11 @@ class CMRConfig(MemoryConfig):
     # as well on long documents: docs/RECIPE.md) | output (the captured state; salience then did not learn to rank
     # facts above filler and recall collapsed)
     score_input: ScoreInput = ScoreInput.attention_input
+    # its own curriculum: the long pool from step 1,500, as cmr's recipe was found (docs/RECIPE.md, "Why the recipe
+    # changed"). With the shared recipe's 1,000, seed 2 reached val_long 0.796 at step 1,500 and then fell to 0.377
+    # and 0.210 while its val far recall rose to 0.997 (the collapse seen before with an early long pool)
+    recipe: Dict[str, Any] = field(default_factory=lambda: {
+        "curriculum": [{"until_step": 1500, "max_segments": 2}, {"until_step": None, "max_segments": 32}]})
     spans_document = True
     on_pretrained = True
 
