@@ -131,6 +131,8 @@ def ci_text(x: float, lo: float, hi: float, signed: bool = True) -> str:
 def judged_range(table: pd.DataFrame, key: str, pair: tuple[str, str], chance: float, rc: ReportConfig) -> tuple[list, str]:
     """(the keys where neither variant of `pair` is at chance or at ceiling, a sentence saying so): a trend can only
     be read where both can move."""
+    if table.empty or not {key, "variant", "accuracy"} <= set(table.columns):
+        return [], ""
     piv = table.pivot_table(index=key, columns="variant", values="accuracy")
     if any(v not in piv for v in pair) or piv.empty:
         return [], ""
