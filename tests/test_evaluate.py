@@ -416,6 +416,10 @@ def test_missing_checkpoint_dir_is_a_clear_data_error(tmp_path):
     with pytest.raises(DataError, match="stopped at step 250 of 3000"):
         evaluate(cfg, "cmr", 0, loader=fake_loader(), train_counts={})
     assert not (tmp_path / "experiments" / "eval").exists()
+    from pipeline.evaluate import check_trained
+
+    (ckpts.parent / "metrics.json").write_text('{"steps": 2000, "config": {"max_steps": 3000}, "stopped_early": true}')
+    check_trained(ckpts.parent, "cmr", 0)  # early stopping ended it: a finished run
 
 
 def test_unknown_variant_is_a_config_error(tmp_path):

@@ -10,8 +10,8 @@ from pipeline.errors import ConfigError, DataError
 
 def check_trained(run_dir: Path, variant: str, seed: int) -> None:
     """Fail with a message that says what to run, before any work is done: only a finished training
-    run is scored (its best.ckpt, and a metrics.json that says it reached its max_steps). A run killed or
-    diverged mid-way leaves a last.ckpt but no such metrics.json, and is refused."""
+    run is scored (its best.ckpt, and a metrics.json that says it reached its max_steps or stopped early). A run
+    killed or diverged mid-way leaves a last.ckpt but no such metrics.json, and is refused."""
     hint = f"run `python -m pipeline.train --variant {variant} --seed {seed}` (or `dvc repro`) first"
     if not run_dir.is_dir():
         raise DataError(f"no trained model for {variant} seed {seed}: {run_dir} does not exist; {hint}")
@@ -25,7 +25,7 @@ def check_trained(run_dir: Path, variant: str, seed: int) -> None:
         raise DataError(f"{metrics} missing or unreadable: training of {variant} seed {seed} did not finish "
                         f"(killed or diverged); {hint}") from None
     want = (m.get("config") or {}).get("max_steps")
-    if want is not None and int(m.get("steps") or 0) < int(want):
+    if want is not None and int(m.get("steps") or 0) < int(want) and not m.get("stopped_early"):
         raise DataError(f"{metrics}: training of {variant} seed {seed} stopped at step {m.get('steps')} of {want}; "
                         f"{hint}")
 
