@@ -14,7 +14,7 @@ import pandas as pd
 from pipeline.config.schema import ReportConfig
 from pipeline.errors import DataError
 from pipeline.paths import experiments_dir, run_dir
-from pipeline.report.common import COLORS, variant_order
+from pipeline.report.common import COLORS, per_seed_accuracy, variant_order
 from pipeline.report.load import read_json
 from pipeline.report.tables import cell_stats
 from pipeline.stats import bootstrap_ci
@@ -51,11 +51,14 @@ def curve_table(preds: pd.DataFrame, key: str, rc: ReportConfig) -> pd.DataFrame
     rows = []
     for (v, k), sub in preds.groupby(["variant", "length"], sort=False):
         st = cell_stats(sub, rc)
-        per_seed = sub.groupby(["seed", "split", "doc_id"])["correct"].mean().groupby(level="seed").mean()
         rows.append({"variant": v, key: int(k), "accuracy": st["accuracy"], "ci_low": st["ci_low"],
                      "ci_high": st["ci_high"], "n_seeds": st["n_seeds"],
-                     **{f"s{int(s)}": float(a) for s, a in per_seed.items()}})
-    t = pd.DataFrame(rows)
+                     **{f"s{s}": a for s, a in per_seed_accuracy(sub).items()}})
+    return _in_study_order(pd.DataFrame(rows), key)
+
+
+def _in_study_order(t: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Rows by variant in the registry's order, then by `key`."""
     if t.empty:
         return t
     order = {v: i for i, v in enumerate(variant_order(t["variant"]))}
@@ -111,9 +114,7 @@ def update_table(preds: pd.DataFrame) -> pd.DataFrame:
         rows.append({"variant": v, "gap_segments": int(gap), **by_seed.mean().to_dict(),
                      "n_queries": int(len(g)), "n_seeds": int(len(by_seed)),
                      **{f"right_s{int(s)}": float(r) for s, r in by_seed["right"].items()}})
-    t = pd.DataFrame(rows)
-    order = {v: i for i, v in enumerate(variant_order(t["variant"]))}
-    return t.sort_values(["variant", "gap_segments"], key=lambda c: c.map(order) if c.name == "variant" else c)
+    return _in_study_order(pd.DataFrame(rows), "gap_segments")
 
 
 def plot_curves(table: pd.DataFrame, key: str, threshold: float, title: str, xlabel: str, path: Path,
