@@ -143,7 +143,7 @@ def build_trainer(t: TrainConfig, run_dir: Path, loggers: list, callbacks: list,
     return L.Trainer(
         accelerator=str(t.accelerator), devices=int(t.devices), num_nodes=int(t.num_nodes),
         strategy=str(t.strategy), precision=str(t.precision),
-        max_steps=int(t.max_steps), max_epochs=-1, min_epochs=0, min_steps=min(int(t.stop_min_steps), int(t.max_steps)) if early_stopping(t, monitor) else None,
+        max_steps=int(t.max_steps), max_epochs=-1, min_epochs=0,
         val_check_interval=int(t.val_check_interval), check_val_every_n_epoch=None,
         limit_val_batches=int(lvb) if lvb > 1.0 else lvb, num_sanity_val_steps=int(t.num_sanity_val_steps),
         log_every_n_steps=int(t.log_every_n_steps),
@@ -155,15 +155,29 @@ def build_trainer(t: TrainConfig, run_dir: Path, loggers: list, callbacks: list,
 
 
 def early_stopping(t: TrainConfig, monitor: str) -> list:
-    """Lightning's EarlyStopping on the checkpoint monitor, at each validation: at the target (`stop_at`) or after
-    `stop_patience` validations without a rise of `stop_min_delta`; none when both are off."""
+    """Lightning's EarlyStopping on the checkpoint monitor, at each validation from step `stop_min_steps` on: at the
+    target (`stop_at`) or after `stop_patience` validations without a rise of `stop_min_delta`; none when both are
+    off."""
     from lightning.pytorch.callbacks import EarlyStopping
+
+    class EarlyStoppingFrom(EarlyStopping):
+        """Validations before `start` are not looked at: neither the target nor the plateau's best and patience
+        count them (a memory at chance while the curriculum's first stage lasts has not plateaued)."""
+
+        def __init__(self, start: int, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.start = start
+
+        def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+            if trainer.global_step >= self.start:
+                super()._run_early_stopping_check(trainer)
 
     if t.stop_at is None and int(t.stop_patience) == 0:
         return []
-    return [EarlyStopping(monitor=monitor, mode="max", stopping_threshold=None if t.stop_at is None else float(t.stop_at),
-                          patience=int(t.stop_patience) if int(t.stop_patience) > 0 else 10**9,
-                          min_delta=float(t.stop_min_delta), check_on_train_epoch_end=False, verbose=False)]
+    return [EarlyStoppingFrom(int(t.stop_min_steps), monitor=monitor, mode="max",
+                              stopping_threshold=None if t.stop_at is None else float(t.stop_at),
+                              patience=int(t.stop_patience) if int(t.stop_patience) > 0 else 10**9,
+                              min_delta=float(t.stop_min_delta), check_on_train_epoch_end=False, verbose=False)]
 
 
 @contextlib.contextmanager

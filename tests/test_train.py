@@ -188,6 +188,10 @@ def test_early_stopping_ends_a_done_run_and_stays_finished(env, tmp_path):
     flat = T.train(_with(env, max_steps=20, stop_at=None, stop_patience=1, stop_min_delta=1.0, stop_min_steps=5),
                    "window", 0, run_dir=tmp_path / "flat")  # no validation can rise by 1.0: stops at the second
     assert flat["steps"] == 10 and flat["stopped_early"]
+    # the plateau counts from stop_min_steps: the validation at step 5 is neither the best nor a step of patience
+    later = T.train(_with(env, max_steps=20, stop_at=None, stop_patience=1, stop_min_delta=1.0, stop_min_steps=10),
+                    "window", 0, run_dir=tmp_path / "later")
+    assert later["steps"] == 15 and later["stopped_early"]
 
 
 def test_a_memory_trains_with_its_own_recipe(env, tmp_path):

@@ -250,8 +250,8 @@ class TrainConfig:
     # rest (pipeline/config/train.py resolve_monitor); or any {val,val_long}/recall[_far|_local|_numeric|_dialogue]
     monitor: str = "auto"
     target_recall: float = 0.9  # metrics.json steps_to_90: first validation where the monitored metric >= this
-    # early stopping (Lightning's EarlyStopping on the monitor, checked at each validation, never before
-    # stop_min_steps): a run stops once the monitor reaches stop_at (it has learned the task; null: never), or once
+    # early stopping (Lightning's EarlyStopping on the monitor, checked at each validation from stop_min_steps on:
+    # earlier validations count neither for the target nor for the plateau's patience): a run stops once the monitor reaches stop_at (it has learned the task; null: never), or once
     # it has not risen by stop_min_delta for stop_patience validations (it has stopped learning; 0: never). The
     # best checkpoint is chosen as without it: a stopped run is the same run cut short (docs/RECIPE.md, "Early
     # stopping"). 1,000 steps of 2-segment documents, then at least 500 of long ones before anything may stop.
