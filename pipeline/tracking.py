@@ -20,8 +20,6 @@ from pipeline.errors import ConfigError
 from pipeline.config.checks import WANDB_MODES
 
 
-
-
 def wandb_mode(cfg: Any) -> str:
     """The mode a run will use: 'disabled' if logger.wandb.enabled is false, else env WANDB_MODE if
     set, else logger.wandb.mode (default 'offline')."""
@@ -40,11 +38,25 @@ def wandb_mode(cfg: Any) -> str:
     return mode
 
 
+def run_tags(cfg: Any, job_type: str, variant: Optional[str] = None, seed: Optional[int] = None) -> list[str]:
+    """logger.wandb.tags, then what the run is: its profile, stage, variant and seed (W&B filters on tags)."""
+    wb = _get(_get(cfg, "logger"), "wandb")
+    tags = [str(t) for t in (_get(wb, "tags") or [])]
+    tags += [f"profile:{_get(cfg, 'profile_name') or 'none'}", job_type]
+    if variant is not None:
+        tags.append(f"variant:{variant}")
+    if seed is not None:
+        tags.append(f"seed:{int(seed)}")
+    return list(dict.fromkeys(tags))
+
+
 def start_wandb(cfg: Any, job_type: str, name: str, run_dir: str | os.PathLike,
-                extra_config: Optional[dict] = None):
+                extra_config: Optional[dict] = None, *, variant: Optional[str] = None, seed: Optional[int] = None):
     """Start a wandb run for one stage, or return None when wandb is disabled.
 
-    group = logger.wandb.group or the profile name; files go to <run_dir>/wandb.
+    group = logger.wandb.group or the profile name (one study, or one sweep); job_type = the stage; tags
+    (run_tags) and config name the variant and seed, so a dashboard groups and filters runs by them;
+    files go to <run_dir>/wandb.
     """
     mode = wandb_mode(cfg)
     if mode == "disabled":
@@ -57,7 +69,12 @@ def start_wandb(cfg: Any, job_type: str, name: str, run_dir: str | os.PathLike,
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     group = _get(wb, "group") or _get(cfg, "profile_name") or None
-    tags = [str(t) for t in (_get(wb, "tags") or [])]
+    tags = run_tags(cfg, job_type, variant, seed)
+    config = dict(extra_config or {})
+    if variant is not None:
+        config.setdefault("variant", variant)
+    if seed is not None:
+        config.setdefault("seed", int(seed))
     timeout = float(_get(wb, "init_timeout", 10.0) or 10.0)
     kwargs = dict(
         project=str(_get(wb, "project", "cmr-repro") or "cmr-repro"),
@@ -65,8 +82,8 @@ def start_wandb(cfg: Any, job_type: str, name: str, run_dir: str | os.PathLike,
         group=str(group) if group else None,
         job_type=job_type,
         name=name,
-        tags=tags or None,
-        config=dict(extra_config or {}),
+        tags=tags,
+        config=config,
         dir=str(run_dir),  # wandb writes <dir>/wandb/
         reinit="finish_previous",
     )
@@ -87,10 +104,11 @@ def finish_wandb(run: Any, exit_code: int = 0) -> None:
 
 @contextlib.contextmanager
 def wandb_run(cfg: Any, job_type: str, name: str, run_dir: str | os.PathLike,
-              extra_config: Optional[dict] = None) -> Iterator[Any]:
+              extra_config: Optional[dict] = None, *, variant: Optional[str] = None,
+              seed: Optional[int] = None) -> Iterator[Any]:
     """`with wandb_run(...) as run:` - yields the run (or None) and always finishes it; a failing
     stage marks the run failed (exit code 1)."""
-    run = start_wandb(cfg, job_type, name, run_dir, extra_config)
+    run = start_wandb(cfg, job_type, name, run_dir, extra_config, variant=variant, seed=seed)
     try:
         yield run
     except BaseException:

@@ -299,7 +299,8 @@ def train(cfg: RootConfig | Any, variant: str, seed: int, *, run_dir: str | Path
     name = paths.run_name(variant, seed)
     extra = {"variant": variant, "seed": int(seed), "cfg": plain}
     thr = ThroughputMonitor()
-    with (wandb_run(cfg, "train", name, run_dir, extra) if lead else contextlib.nullcontext()) as run, \
+    with (wandb_run(cfg, "train", name, run_dir, extra, variant=variant, seed=seed) if lead
+          else contextlib.nullcontext()) as run, \
             _quiet_lightning():
         loggers: list = []
         if cfg.logger.csv:
@@ -316,8 +317,16 @@ def train(cfg: RootConfig | Any, variant: str, seed: int, *, run_dir: str | Path
         if lead:
             atomic_write_json(run_dir / "metrics.json", metrics)
         if run is not None:
-            run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
+            run.summary.update(run_summary(metrics))
     return metrics
+
+
+def run_summary(metrics: dict) -> dict:
+    """metrics.json's numbers for the run's W&B summary, under `best_checkpoint/` where they are the selected
+    checkpoint's (val_*), `run/` otherwise: the logged curves keep their own `val/...` keys, so no summary key
+    looks like a curve's last point while holding another value."""
+    return {(f"best_checkpoint/{k}" if k.startswith("val_") else f"run/{k}"): v for k, v in metrics.items()
+            if isinstance(v, (int, float)) and v is not None}
 
 
 def _module_to_fit(cfg: RootConfig, variant: str, seed: int, run_dir: Path, dm: Any, vocab_size: int,

@@ -453,3 +453,20 @@ def test_cli_reports_missing_params_file(tmp_path, capsys):
 
     assert main(["--variant", "cmr", "--seed", "0", "--params", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_an_evaluation_run_in_wandb_carries_its_config(tmp_path, monkeypatch):
+    """An eval run can be grouped by variant and plotted against any eval or model key (read back offline)."""
+    pytest.importorskip("wandb")
+    from pipeline.config import compose
+    from pipeline.evaluate import _wandb_start
+    from pipeline.tracking import finish_wandb
+    from tests.wandb_files import read_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    finish_wandb(_wandb_start(compose([]), "cmr", 2, tmp_path))
+    run = read_run(next((tmp_path / "wandb").glob("offline-run-*")))
+    assert run["job_type"] == "evaluate" and "variant:cmr" in run["tags"] and "seed:2" in run["tags"]
+    assert run["config"]["variant"] == "cmr" and run["config"]["model"]["name"] == "cmr"
+    assert "lengths" in run["config"]["eval"]["overhead"]

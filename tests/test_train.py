@@ -532,3 +532,24 @@ def test_bf16_autocast_trains(env, tmp_path, variant):
     assert m["steps"] == 10 and all(np.isfinite(e["val/loss"]) for e in m["val_curve"])
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
+def test_a_training_run_in_wandb_says_what_it_is(env, tmp_path, monkeypatch):
+    """Group = the study, job_type = the stage, tags and config = profile, variant, seed; the summary keeps the
+    selected checkpoint's numbers apart from the curves' last points (read back from the offline run's file)."""
+    pytest.importorskip("wandb")
+    from tests.wandb_files import read_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = OmegaConf.merge(as_plain(env), {"logger": {"wandb": {"enabled": True, "mode": "offline"}}})
+    T.train(cfg, "window", 1, run_dir=tmp_path / "run")
+    (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    run = read_run(run_dir)
+    assert run["group"] == cfg.profile_name and run["job_type"] == "train"
+    assert run["tags"] == [f"profile:{cfg.profile_name}", "train", "variant:window", "seed:1"]
+    assert run["config"]["variant"] == "window" and run["config"]["seed"] == 1
+    summary = run["summary"]
+    assert "best_checkpoint/val_recall_far" in summary and summary["run/steps"] == 10
+    assert "val/recall_far" in summary  # the curve's last point, under the curve's own key
+    assert not {"val_recall_far", "val_long_recall_far"} & set(summary)  # and no look-alike of it

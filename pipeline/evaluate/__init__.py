@@ -34,9 +34,14 @@ def eval_dir(cfg: Any, variant: str, seed: int) -> Path:
 
 def _wandb_start(cfg: Any, variant: str, seed: int, run_dir: Path):
     """A wandb run through pipeline.tracking (it decides offline/disabled)."""
+    from pipeline.config import as_plain
     from pipeline.tracking import start_wandb
 
-    return start_wandb(cfg, job_type="evaluate", name=f"eval-{paths.run_name(variant, seed)}", run_dir=run_dir)
+    plain = as_plain(cfg)  # the run's config: what it evaluated and with which model, so runs group by any key
+    config = {"eval": plain.get("eval"), "backbone": plain.get("backbone"),
+              "model": (plain.get("models") or {}).get(variant)}
+    return start_wandb(cfg, job_type="evaluate", name=f"eval-{paths.run_name(variant, seed)}", run_dir=run_dir,
+                       extra_config=config, variant=variant, seed=seed)
 
 
 def _by(table: Any, key: str, value: str) -> dict[str, float]:
