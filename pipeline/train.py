@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 import warnings
@@ -94,11 +95,47 @@ def resumable(last: Path, fingerprint: dict[str, str]) -> Optional[str]:
         reason = f"is unreadable ({type(e).__name__})"
     else:
         changed = [k for k in fingerprint if old.get(k) != fingerprint[k]]
-        if not changed:
+        if not changed and _readable(last.parent / "best.ckpt"):
             return str(last)
-        reason = f"was trained with a different {', '.join(changed)}"
+        # a run whose best.ckpt is lost or truncated cannot be evaluated, and resuming a finished run trains nothing
+        reason = (f"was trained with a different {', '.join(changed)}" if changed
+                  else "has no readable best.ckpt beside it")
     print(f"warning: {last} {reason}: training from scratch", file=sys.stderr)
     return None
+
+
+def _readable(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # missing, truncated or foreign: torch raises several types
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder while training into it: a second `train` of the same run (a rerun
+    beside an orphaned one whose `dvc repro` was killed) stops with an error instead of training into the same
+    checkpoints. The lock goes with the process, so a killed run never leaves the folder locked."""
+    import fcntl
+
+    path = run_dir / ".train.lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "?"
+            raise TrainingError(f"{run_dir} is being trained by another process (pid {owner}); wait for it or "
+                                f"stop it (`kill {owner}`) before training this run again") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
 
 
 def clear_run(run_dir: Path) -> None:
@@ -282,6 +319,12 @@ def train(cfg: RootConfig | Any, variant: str, seed: int, *, run_dir: str | Path
     t = cfg.train
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, variant, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir) if is_lead_process() else contextlib.nullcontext():
+        return _train(cfg, variant, seed, run_dir, extra_callbacks)
+
+
+def _train(cfg: RootConfig, variant: str, seed: int, run_dir: Path, extra_callbacks: Optional[list]) -> dict:
+    t = cfg.train
     torch.set_num_threads(int(t.threads))
 
     dm, vocab_size = data_module(cfg, seed)

@@ -553,3 +553,26 @@ def test_a_training_run_in_wandb_says_what_it_is(env, tmp_path, monkeypatch):
     assert "best_checkpoint/val_recall_far" in summary and summary["run/steps"] == 10
     assert "val/recall_far" in summary  # the curve's last point, under the curve's own key
     assert not {"val_recall_far", "val_long_recall_far"} & set(summary)  # and no look-alike of it
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(env, tmp_path):
+    """A second train() of a run whose folder another process holds stops with an error naming that process;
+    the lock is gone once the holder ends."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with T.run_lock(run):
+        with pytest.raises(TrainingError, match=r"being trained by another process \(pid \d+\)"):
+            T.train(env, "window", 0, run_dir=run)
+        assert not (run / "checkpoints").exists()  # nothing of the refused run was written or cleared
+    assert T.train(env, "window", 0, run_dir=run)["steps"] == 10
+    assert not (run / ".train.lock").exists()
+
+
+def test_a_finished_run_with_a_truncated_best_checkpoint_is_trained_again(env, tmp_path, capsys):
+    run = tmp_path / "run"
+    first = T.train(env, "window", 0, run_dir=run)
+    best = run / "checkpoints" / "best.ckpt"
+    best.write_bytes(best.read_bytes()[:100])
+    again = T.train(env, "window", 0, run_dir=run)
+    assert "no readable best.ckpt" in capsys.readouterr().err
+    assert again["val_curve"] == first["val_curve"] and T._readable(best)
