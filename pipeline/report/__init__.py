@@ -8,8 +8,8 @@ experiments/eval/*/s*/), and writes results/. Only pandas / scipy / matplotlib a
 The paper's "baseline model" is our `window` variant; the paper's numbers (pipeline/report/paper_numbers.yaml)
 stand beside ours in every table. Accuracy cells: mean over seeds of the per-seed accuracy (each seed's
 accuracy = mean over documents of the per-document accuracy), a bootstrap CI resampling seeds and documents
-(pipeline.stats.crossed_bootstrap_ci), and n (queries, documents, seeds). cmr-vs-window and
-cmr-vs-xl cells get an exact McNemar test on the per-query outcomes paired by (seed, split, document,
+(pipeline.stats.crossed_bootstrap_ci), and n (queries, documents, seeds). cmr-vs-<memory> cells
+(every variant but the `full` ceiling) get an exact McNemar test on the per-query outcomes paired by (seed, split, document,
 query) and pooled over seeds, Holm-corrected over every such cell of the paper's tables II, IV, V, VI
 together (the distance table, a re-slicing of table II's queries, is its own family).
 

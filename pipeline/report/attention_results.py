@@ -29,16 +29,14 @@ def _attention_module():
 
 
 def attention_paths(cfg: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[Path] | None:
-    """The runs' attention files (the study's, and those of runs beside it),
-    or None when experiments/attention/ does not exist (not tested).
+    """The runs' attention files, or None when experiments/attention/ does not exist (not tested).
 
     When the folder exists every run's file must too: a missing one raises DataError naming it.
     """
     root = experiments_dir(cfg) / "attention"
     if not root.is_dir():
         return None
-    paths = [(run_dir(cfg, "attention", r["variant"], r["seed"]) if r.get("source", "study") == "study" else
-              Path(r["source"]) / "attention" / r["variant"] / f"s{r['seed']}") / ATTENTION_FILE for r in runs]
+    paths = [run_dir(cfg, "attention", r["variant"], r["seed"]) / ATTENTION_FILE for r in runs]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise DataError("attention outputs missing: " + ", ".join(missing)

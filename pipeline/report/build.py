@@ -21,7 +21,7 @@ from pipeline.report.memory import write_memory
 from pipeline.report.paper import load_paper_numbers
 from pipeline.report.render import plot_accuracy, plot_overhead, write_table
 from pipeline.report.stress import headline as stress_headline, load_stress, write_stress
-from pipeline.report.runs import cost_benchmarks, hf_experiment, load_runs, load_train_runs, timing_references
+from pipeline.report.runs import cost_benchmarks, hf_experiment, load_runs, load_train_runs
 from pipeline.report.tables import (ACCURACY_TABLES, AccuracyResult, BASELINE_CAPTION, FAMILY_TEXT,
                                     accuracy_table, apply_holm, distance_vs_training, overhead_table,
                                     per_seed_recall, xl_reach_segments)
@@ -54,14 +54,14 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
         if "tests" in out:
             summary.setdefault("tests", {})[name] = out["tests"]
     summary["holm"] = {f: {"tests": n, "what": FAMILY_TEXT[f]} for f, n in family_sizes.items()}
-    oh = overhead_table(runs + timing_references(runs), train, paper["tables"].get("overhead"), rc)
+    oh = overhead_table(runs, train, paper["tables"].get("overhead"), rc)
     if oh.empty:
         notes.append("no overhead.json in any run: Table III not reproduced")
     else:
         summary["overhead"] = write_overhead(oh, paper["tables"].get("overhead"), rc, tables_dir, plots_dir)
     attention, att_why, diagnostics = write_diagnostics(cfg, runs, train, preds, rc, tables_dir, plots_dir,
                                                         summary, notes)
-    stress, skipped = load_stress(cfg, [(r["variant"], r["seed"]) for r in runs if r["source"] == "study"], notes)
+    stress, skipped = load_stress(cfg, [(r["variant"], r["seed"]) for r in runs], notes)
     if stress is not None:
         summary["stress"] = write_stress(cfg, stress, skipped, preds, rc, tables_dir, plots_dir, write_table)
     validity, verdict_list = summary["validity"], verdicts(results, oh, attention, rc, att_why, summary["validity"],
@@ -71,7 +71,7 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
         print(f"claim {v['claim']} ({v['source']}): {v['verdict']}")
     datasets = read_datasets(Path(datasets_csv) if datasets_csv is not None
                              else results_dir / "datasets" / "datasets.csv", summary, notes)
-    times_df = stage_times(cfg, [r for r in runs if r["source"] == "study"], train, train_src, t0, notes)
+    times_df = stage_times(cfg, runs, train, train_src, t0, notes)
     atomic_write_text(results_dir / "stage_times.csv", times_df.to_csv(index=False))
     summary["stage_times_s"] = {f"{a}/{b}": w for a, b, w in zip(times_df["stage"], times_df["run"], times_df["wall_s"])}
     setup = setup_table(cfg, runs, train)

@@ -189,7 +189,7 @@ def statistics_text(rc: Any, family_sizes: Mapping[str, int]) -> str:
             f"`full` runs beyond its training length. Paired tests: exact McNemar (scipy.stats.binomtest on the "
             f"discordant pairs b, c) on the per-query outcomes paired by (seed, split, document, query) - both "
             f"variants see the same evaluation documents - pooled over seeds. Multiple comparisons: Holm over all "
-            f"cmr-vs-window and cmr-vs-xl cells (and cmr-vs-rmt/armt/memorizing where studied) of tables II, IV, V and VI together ({family_sizes.get('paper', 0)} "
+            f"cmr-vs-<memory> cells (every variant of the study but the `full` ceiling) of tables II, IV, V and VI together ({family_sizes.get('paper', 0)} "
             f"tests); the distance table is its own Holm family ({family_sizes.get('distance', 0)} tests). "
             f"alpha={rc.alpha}. Per-seed p-values (uncorrected) and the number of seeds where cmr is ahead are in "
             f"`tables/<table>_tests.csv`.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -26,16 +26,12 @@ def load_runs(cfg: dict, eval_dirs: Sequence[str | Path], notes: list[str]) -> t
             raise DataError(f"{Path(d) / 'predictions.parquet'} has no rows")
         v, s = df["variant"].iloc[0], int(df["seed"].iloc[0])
         oh_file = run_dir(cfg, "overhead", v, s) / "overhead.json"  # the overhead stage (timed in turns)
-        source = "study"
-        beside = Path(d).parents[2] / "overhead" / v / f"s{s}" / "overhead.json"  # a run beside the study's
-        if not oh_file.is_file() and beside.is_file():
-            oh_file, source = beside, str(Path(d).parents[2])
         if oh_file.is_file():
             oh = read_json(oh_file)
         if oh is None:
             notes.append(f"{oh_file} (or {Path(d) / 'overhead.json'}) missing: {run_name(v, s)} left out of Table III")
         frames.append(df)
-        runs.append({"dir": str(d), "variant": v, "seed": s, "overhead": oh, "metrics": met, "source": source})
+        runs.append({"dir": str(d), "variant": v, "seed": s, "overhead": oh, "metrics": met})
     preds = pd.concat(frames, ignore_index=True)
     window = int((cfg.get("backbone") or {}).get("window") or 0)
     if window > 0:
@@ -56,17 +52,6 @@ def load_train_runs(train_dirs: Sequence[str | Path], notes: list[str]) -> tuple
         else:
             notes.append(f"training metrics missing: {p}")
     return train, train_src
-
-
-def timing_references(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """The `window` timed in the same process as runs from beside the study (their Table III ratios are to it):
-    <source>/overhead/window/s<seed>/overhead.json, as run records for overhead_table only."""
-    refs = []
-    for source in dict.fromkeys(r["source"] for r in runs if r.get("source", "study") != "study"):
-        for f in sorted((Path(source) / "overhead" / "window").glob("s*/overhead.json")):
-            refs.append({"dir": str(f.parent), "variant": "window", "seed": int(f.parent.name[1:]),
-                         "overhead": read_json(f), "metrics": None, "source": source, "reference": True})
-    return refs
 
 
 def hf_experiment(cfg: Mapping[str, Any], root: Path, notes: list[str]) -> dict | None:

@@ -50,9 +50,9 @@ ACCURACY_TABLES = (
 
 
 FAMILY_TEXT = {
-    "paper": "Holm-corrected over all cmr-vs-window and cmr-vs-xl cells (and cmr-vs-rmt/armt/memorizing where studied) "
+    "paper": "Holm-corrected over all cmr-vs-<memory> cells (every variant but the `full` ceiling) "
              "of tables II, IV, V and VI together",
-    "distance": "Holm-corrected over this table's cmr-vs-window and cmr-vs-xl (and cmr-vs-baseline) cells (its own family: "
+    "distance": "Holm-corrected over this table's cmr-vs-<memory> cells (its own family: "
                 "the same queries as table II, sliced by distance)",
 }
 
@@ -198,28 +198,19 @@ def overhead_table(runs: list[dict], train_metrics: Mapping[str, dict], paper: P
     repeats pooled over seeds, with its bootstrap CI; mean over seeds where no repeats were kept), params, memory,
     train speed.
 
-    Ratios are to the `window` timed in the same process: a run's `source` names its timing run ("study": the
-    overhead stage; else a run beside the study, whose window rows are passed with `reference: True` and serve
-    only as its denominator)."""
+    Ratios are to the `window` timed in the same process (the overhead stage times every run in turns)."""
     rc = rc or ReportConfig()
     recs, static, reps, refs = [], [], {}, {}
     for r in runs:
-        oh, src = r["overhead"], r.get("source", "study")
+        oh = r["overhead"]
         if oh is None:
             continue
-        if r.get("reference"):
-            for n, ms in (oh.get("ms_per_token") or {}).items():
-                refs.setdefault((src, norm_key(n)), []).append(float(ms))
-            for n, xs in (oh.get("ms_per_token_repeats") or {}).items():
-                reps.setdefault((src, "window", norm_key(n)), []).extend(float(x) for x in xs)
-            continue
         for n, ms in (oh.get("ms_per_token") or {}).items():
-            recs.append({"variant": r["variant"], "seed": r["seed"], "N": norm_key(n), "ms_per_token": float(ms),
-                         "source": src})
+            recs.append({"variant": r["variant"], "seed": r["seed"], "N": norm_key(n), "ms_per_token": float(ms)})
             if r["variant"] == "window":
-                refs.setdefault((src, norm_key(n)), []).append(float(ms))
+                refs.setdefault(norm_key(n), []).append(float(ms))
         for n, xs in (oh.get("ms_per_token_repeats") or {}).items():
-            reps.setdefault((src, r["variant"], norm_key(n)), []).extend(float(x) for x in xs)
+            reps.setdefault((r["variant"], norm_key(n)), []).extend(float(x) for x in xs)
         tm = train_metrics.get(run_name(r["variant"], r["seed"]), {})
         pick = lambda k: oh[k] if oh.get(k) is not None else tm.get(k)  # noqa: E731  overhead.json first
         static.append({"variant": r["variant"], "seed": r["seed"], "params": pick("params"),
@@ -228,16 +219,15 @@ def overhead_table(runs: list[dict], train_metrics: Mapping[str, dict], paper: P
         return pd.DataFrame()
     d = pd.DataFrame(recs)
     s = pd.DataFrame(static).astype({"params": float, "peak_memory_mb": float, "train_tokens_per_s": float})
-    g = d.groupby(["variant", "N", "source"])["ms_per_token"]
+    g = d.groupby(["variant", "N"])["ms_per_token"]
     t = pd.DataFrame({"ms_per_token": g.mean(), "sd_seeds": g.std(ddof=1), "n_seeds": g.size()}).reset_index()
     sv = s.groupby("variant")[["params", "peak_memory_mb", "train_tokens_per_s"]].mean()
     t = t.join(sv, on="variant")
     win = {key: sum(xs) / len(xs) for key, xs in refs.items()}
-    t["ratio_vs_window"] = [ms / win[(src, n)] if (src, n) in win else math.nan
-                            for ms, src, n in zip(t["ms_per_token"], t["source"], t["N"])]
+    t["ratio_vs_window"] = [ms / win[n] if n in win else math.nan for ms, n in zip(t["ms_per_token"], t["N"])]
     ratio, lo, hi = [], [], []
-    for v, n, src, r in zip(t["variant"], t["N"], t["source"], t["ratio_vs_window"]):
-        a, b = reps.get((src, v, n)), reps.get((src, "window", n))
+    for v, n, r in zip(t["variant"], t["N"], t["ratio_vs_window"]):
+        a, b = reps.get((v, n)), reps.get(("window", n))
         ci = (bootstrap_ratio_ci(a, b, level=rc.ci_level, n_resamples=rc.n_resamples, method=rc.ci_method,
                                  seed=rc.seed) if a and b and v != "window" else None)
         ratio.append(ci.mean if ci else r)  # where repeats exist, the point estimate is the CI's own statistic
@@ -251,8 +241,7 @@ def overhead_table(runs: list[dict], train_metrics: Mapping[str, dict], paper: P
     t["paper_cmr"] = [p[1] for p in pb]
     t["paper_ratio"] = t["paper_cmr"] / t["paper_baseline"]
     order = {v: i for i, v in enumerate(variant_order(t["variant"].unique()))}
-    t["timed_with"] = ["the study's window" if src == "study" else f"the window timed in {src}" for src in t["source"]]
-    t = t.drop(columns="source").sort_values(["variant", "N"], key=lambda c: c.map(order) if c.name == "variant" else c)
+    t = t.sort_values(["variant", "N"], key=lambda c: c.map(order) if c.name == "variant" else c)
     return t.reset_index(drop=True)
 
 
