@@ -461,7 +461,8 @@ def test_verdicts_follow_the_rules(tmp_path):
     cfg["report"]["chance_margin"] = 0.2  # window's mean far recall (0.13) still counts as near chance here
     s = build_report(cfg, evals, trains, tmp_path / "results")
     v = {x["claim"]: x for x in s["verdicts"]}
-    assert [x["claim"] for x in s["verdicts"]] == [1, 2, 3, 4, 5, 6]
+    assert [x["claim"] for x in s["verdicts"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert v[7]["verdict"] == "not tested"  # no stress stage in this study: no update documents
     # the gap grows, but window is at chance (<= 0.25) at two of three N: one cell where both can move is no trend
     assert v[1]["verdict"] == "mixed" and "not decidable" in v[1]["evidence"], v[1]["evidence"]
     assert "cells where neither cmr nor window is at chance" in v[1]["range"] and "cannot be judged" in v[1]["cmr_loses"]
@@ -692,6 +693,22 @@ def test_a_win_needs_the_ci_over_seeds_too():
     v = accuracy_verdict(CLAIMS[0], AccuracyResult(spec, pd.DataFrame(), tests), ReportConfig())
     assert v["verdict"] == "mixed" and "does not beat window significantly at N=500" in v["cmr_loses"]
     assert "significant wins 1/2" in v["evidence"]
+
+
+def test_a_claim_without_a_trend_is_supported_by_wins_in_every_cell():
+    """Claim 7 (ambiguous queries) claims no trend over the gap: significant wins in every cell support it."""
+    from pipeline.config.schema import ReportConfig
+    from pipeline.report.stress import AMBIGUOUS
+    from pipeline.report.tables import AccuracyResult
+    from pipeline.report.verdicts import CLAIMS, accuracy_verdict
+
+    claim = next(c for c in CLAIMS if c.name == AMBIGUOUS.name)
+    tests = pd.DataFrame([{"comparison": "cmr_vs_window", "gap_segments": g, "gap": 0.4, "gap_ci_low": 0.2,
+                           "gap_ci_high": 0.6, "p_holm": 1e-6, "seeds_cmr_better": 3, "n_seeds": 3} for g in (1, 48)])
+    v = accuracy_verdict(claim, AccuracyResult(AMBIGUOUS, pd.DataFrame(), tests), ReportConfig())
+    assert v["verdict"] == "supported" and "trend: none claimed" in v["evidence"]
+    tests.loc[0, "gap_ci_low"] = -0.1
+    assert accuracy_verdict(claim, AccuracyResult(AMBIGUOUS, pd.DataFrame(), tests), ReportConfig())["verdict"] == "mixed"
 
 
 def test_overhead_ratio_is_the_statistic_of_its_own_ci():

@@ -16,7 +16,7 @@ from pipeline.config import typed  # noqa: E402
 from pipeline.config.schema import ReportConfig  # noqa: E402
 from pipeline.errors import ConfigError, DataError  # noqa: E402
 from pipeline.report.stress import break_point, break_points, update_table  # noqa: E402
-from pipeline.stress.data import build, check_fits, load_stress_split, read_manifest  # noqa: E402
+from pipeline.stress.data import LATER_TO_END, build, check_fits, load_stress_split, read_manifest  # noqa: E402
 
 W = 16
 
@@ -35,7 +35,7 @@ def tiny(root):
                  "val_long_lengths": [64], "n_val_long_docs": 2,
                  "train_mix": {"recall": 0.7, "numeric": 0.15, "dialogue": 0.15}},
         "stress": {"load_facts": [2, 8], "load_length": 256, "n_load_docs": 3, "lengths": [320], "n_length_docs": 2,
-                   "full_max_length": 256, "update_gaps": [1, 3], "update_length": 160, "n_update_docs": 5},
+                   "full_max_length": 256, "update_gaps": [1, 3], "update_length": 256, "n_update_docs": 5},
         "logger": {"wandb": {"enabled": False, "mode": "disabled"}, "csv": False},
     })
 
@@ -74,7 +74,8 @@ def test_an_update_states_one_entity_twice_gap_segments_apart_with_different_val
             assert ids[qpos[i]] == ids[later_at - 1] and ans[i] == ids[later_at] != prior[i]  # `? is E` -> V
             earlier = [p for p in range(len(ids) - 1) if ids[p] == prior[i] and ids[p - 1] == ids[later_at - 1]]
             assert earlier and later_at // W - earlier[-1] // W == gap
-            assert qpos[i] > later_at  # asked after both statements
+            assert qpos[i] > later_at  # asked after both statements, beyond local reach of the later one
+            assert qpos[i] // W - later_at // W >= LATER_TO_END - 1
 
 
 def test_stress_data_is_deterministic_and_checks_what_it_needs(stress_root, tmp_path):
@@ -86,7 +87,7 @@ def test_stress_data_is_deterministic_and_checks_what_it_needs(stress_root, tmp_
     with pytest.raises(ConfigError, match="need as many distinct entities"):
         check_fits(cfg.data, dataclasses.replace(cfg.stress, load_facts=[17]))
     with pytest.raises(ConfigError, match="does not fit"):
-        check_fits(cfg.data, dataclasses.replace(cfg.stress, update_gaps=[8]))
+        check_fits(cfg.data, dataclasses.replace(cfg.stress, update_gaps=[8]))  # 8 + 9 segments > 256 tokens
     with pytest.raises(DataError, match="stress split missing"):
         load_stress_split(tmp_path / "nowhere", "load_2")
 

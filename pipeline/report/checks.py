@@ -42,6 +42,7 @@ CLAIM_CHECKS = {
     "numeric": ("ceiling", "cmr_learned", "cmr_long", "window_near_chance", "numeric_learnable"),
     "overhead": (),  # timing does not depend on what the models learned
     "attention": ("ceiling", "cmr_learned", "cmr_long", "binding"),
+    "ambiguous": ACCURACY_CHECKS,
 }
 
 

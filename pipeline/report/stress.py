@@ -16,7 +16,7 @@ from pipeline.errors import DataError
 from pipeline.paths import experiments_dir, run_dir
 from pipeline.report.common import COLORS, per_seed_accuracy, variant_order
 from pipeline.report.load import read_json
-from pipeline.report.tables import cell_stats
+from pipeline.report.tables import AccuracyResult, AccuracySpec, accuracy_table, cell_stats
 from pipeline.stats import bootstrap_ci
 
 CAPACITY_CAPTION = ("capacity = the largest number of far facts per document F such that far recall is >= the "
@@ -115,6 +115,19 @@ def update_table(preds: pd.DataFrame) -> pd.DataFrame:
                      "n_queries": int(len(g)), "n_seeds": int(len(by_seed)),
                      **{f"right_s{int(s)}": float(r) for s, r in by_seed["right"].items()}})
     return _in_study_order(pd.DataFrame(rows), "gap_segments")
+
+
+# claim 7 as an accuracy table like the paper's: right = the later value, on the restated entity's queries only
+AMBIGUOUS = AccuracySpec("ambiguous", "update", "gap_segments", "length",
+                         "Ambiguous queries (claim 7): share of a restated entity's queries answered with its later "
+                         "(right) value, by segments between the two statements", family="ambiguous")
+
+
+def ambiguous_result(stress: pd.DataFrame, rc: ReportConfig) -> AccuracyResult | None:
+    """Claim 7's table and paired tests (raw p; the caller applies Holm over its own family), or None without
+    update documents."""
+    u = stress[(stress["task"] == "update") & (stress["prior"] >= 0)]
+    return None if u.empty else accuracy_table(u, AMBIGUOUS, None, rc)
 
 
 def plot_curves(table: pd.DataFrame, key: str, threshold: float, title: str, xlabel: str, path: Path,

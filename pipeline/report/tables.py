@@ -54,6 +54,8 @@ FAMILY_TEXT = {
              "of tables II, IV, V and VI together",
     "distance": "Holm-corrected over this table's cmr-vs-<memory> cells (its own family: "
                 "the same queries as table II, sliced by distance)",
+    "ambiguous": "Holm-corrected over this table's cmr-vs-<memory> cells (its own family: claim 7, read on the "
+                 "stress stage's update documents)",
 }
 
 

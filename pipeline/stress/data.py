@@ -34,9 +34,11 @@ def check_fits(data: DataConfig, st: StressConfig) -> None:
         raise ConfigError(f"stress.load_facts: {max(st.load_facts)} facts need as many distinct entities; "
                           f"data.n_entities = {data.n_entities}")
     W = data.segment_len
-    if (max(st.update_gaps) + 4) * W > st.update_length:
+    need = max(st.update_gaps) + LATER_TO_END + 1
+    if need * W > st.update_length:
         raise ConfigError(f"stress.update_gaps: a gap of {max(st.update_gaps)} segments does not fit in "
-                          f"stress.update_length = {st.update_length} tokens (segments of {W}, 4 more needed)")
+                          f"stress.update_length = {st.update_length} tokens (segments of {W}, "
+                          f"{LATER_TO_END + 1} more needed)")
 
 
 def split_plan(st: StressConfig) -> list[tuple[str, str, int]]:
@@ -63,17 +65,22 @@ def gen_split(data: DataConfig, st: StressConfig, src: Source, kind: str, size: 
     return gen_update(cfg, st, src, int(size))
 
 
+# segments between the later statement and the end of the document, where the queries are: beyond any local reach
+# (the window and xl's cache span 2 segments), so only a memory can answer, with either value
+LATER_TO_END = 8
+
+
 def _update_layout(r: random.Random, b: DocBuilder, length: int, gap: int) -> tuple[list, int, int, int]:
     """(pieces, facts, prior slot, later slot) of one update document: n_eval_facts - 1 ordinary facts spread
     before the first statement, the entity's first statement (slot `prior`) `gap` segments before its second
-    (the slot its query answers), and every query at the end. The second statement sits 3 segments before the
-    end, so only `gap` varies from split to split."""
+    (the slot its query answers), and every query at the end. The second statement sits LATER_TO_END segments
+    before the end, so only `gap` varies from split to split."""
     W = b.cfg.segment_len
     ents = r.sample(b.entities, b.cfg.n_eval_facts)
     pairs = [b.recall(e, i) for i, e in enumerate(ents)]  # pair 0: the updated entity's later statement, its query
     prior = b.new_slot()
     first = Block(b.t.fact.render(E=ents[0], V=prior), b.t.fact.slots["V"], fact_id=len(ents))
-    s2 = length // W - 3
+    s2 = length // W - LATER_TO_END
     s1 = s2 - gap
     queries = [p[1] for p in pairs]
     r.shuffle(queries)
