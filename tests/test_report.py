@@ -481,6 +481,8 @@ def test_verdicts_follow_the_rules(tmp_path):
     md = (tmp_path / "results" / "REPORT.md").read_text()
     assert "## Verdicts on the paper's claims" in md and "**mixed**" in md and "**not tested**" in md
     assert "supported = a significant win in every cell" in md  # the rules are stated
+    top = md.split("## ")[0]  # the headline opens the report, before any section
+    assert "**Memories that learned the task**" in top and "claim 1 (recall) better in" in top, top
     from pipeline.report.verdicts import CLAIMS, overhead_verdict
     from pipeline.config.schema import ReportConfig
 

@@ -98,7 +98,8 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
     report_md = render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes,
                                       datasets=datasets, setup=setup, verdict_list=verdict_list,
                                       attention=attention, family_sizes=family_sizes, train_len=tl,
-                                diagnostics=diagnostics, hf=hf, cost=cost, stress=stress_md)
+                                diagnostics=diagnostics, hf=hf, cost=cost, stress=stress_md,
+                                stress_summary=summary.get("stress"))
     atomic_write_text(results_dir / "REPORT.md", report_md)
     atomic_write_text(results_dir / "index.html", html_page(report_md))
     for n in notes:

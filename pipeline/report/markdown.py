@@ -13,7 +13,7 @@ from pipeline.report import checks
 from pipeline.report.common import variant_order
 from pipeline.report.load import TrainLength, sort_key_values
 from pipeline.report.render import fmt
-from pipeline.report.verdicts import VERDICT_RULES, ci_text, rule_text
+from pipeline.report.verdicts import VERDICT_RULES, ci_text, headline, rule_text
 
 
 def hardware_lines(runs: Sequence[Mapping[str, Any]], train: Mapping[str, dict]) -> list[str]:
@@ -96,12 +96,14 @@ def report_context(cfg, rc, paper, runs, train, results, oh, validity, times_df,
                    verdict_list: Sequence[dict] = (), attention: pd.DataFrame | None = None,
                    family_sizes: Mapping[str, int] | None = None, train_len: TrainLength | None = None,
                    diagnostics: Mapping[str, Any] | None = None, hf: Mapping[str, Any] | None = None,
-                   cost: Mapping[str, Any] | None = None, stress: pd.DataFrame | None = None) -> dict[str, Any]:
+                   cost: Mapping[str, Any] | None = None, stress: pd.DataFrame | None = None,
+                   stress_summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything REPORT.md.j2 shows, as strings (tables already in Markdown) and lists of lines."""
     table_md = lambda df: df.map(fmt).to_markdown(index=False)  # noqa: E731
     st = cfg.get("stress") or {}
     return {
         "source": paper["source"],
+        "headline": headline(list(verdict_list), results, validity, stress_summary, rc) if verdict_list else [],
         "stress_table": table_md(stress) if stress is not None and not stress.empty else None,
         "stress_threshold": st.get("threshold"), "stress_load_length": st.get("load_length"),
         **verdict_context(verdict_list, rc),

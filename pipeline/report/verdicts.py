@@ -80,6 +80,50 @@ def strongest_baseline(table: pd.DataFrame, learned: list[str] | None = None) ->
     return str(means.idxmax()), float(means.max())
 
 
+def cells_vs(res: AccuracyResult | None, b: str, rc: ReportConfig) -> tuple[int, int, int] | None:
+    """(cells where cmr is significantly better than b, significantly worse, cells tested) in one table (Holm)."""
+    if res is None or res.tests.empty or "p_holm" not in res.tests:
+        return None
+    t = res.tests[res.tests["comparison"] == f"cmr_vs_{b}"]
+    if t.empty:
+        return None
+    sig = t["p_holm"] < rc.alpha
+    return int((sig & (t["gap"] > 0)).sum()), int((sig & (t["gap"] < 0)).sum()), int(len(t))
+
+
+def headline(verdict_list: list[dict], results: Mapping[str, AccuracyResult], validity: Mapping[str, dict],
+             stress: Mapping[str, Any] | None, rc: ReportConfig) -> list[str]:
+    """REPORT.md's first three lines: which memories learned, how cmr fares against the strongest of them claim by
+    claim, and where the two break."""
+    learned = checks.memories_that_learned(validity)
+    failed = [k[: -len("_learned")] for k, r in validity.items() if k.endswith("_learned") and not (r or {}).get("passed")]
+    lines = [f"**Memories that learned the task** (far recall >= {rc.learned_threshold:g} on validation, every seed): "
+             f"{', '.join(learned) or 'none'}" + (f"; **did not**: {', '.join(failed)} (not counted below)" if failed else "")
+             + "."]
+    recall = results.get("recall")
+    best = strongest_baseline(recall.table, learned) if recall is not None and not recall.table.empty else None
+    if best is None:
+        return lines
+    b = best[0]
+    parts = []
+    for v in verdict_list:
+        c = cells_vs(results.get(v["name"]), b, rc)
+        if c is not None:
+            parts.append(f"claim {v['claim']} ({v['name']}) better in {c[0]}/{c[2]} cells, worse in {c[1]}/{c[2]}")
+        elif v["name"] == "overhead" and v.get("vs_strongest", "").startswith("cmr costs"):
+            parts.append(f"claim 2 ({v['vs_strongest'].split(' (')[0].removeprefix('cmr ')})")
+    lines.append(f"**`cmr` against `{b}`**, the strongest memory that learned (on recall): " + "; ".join(parts) + ".")
+    if stress:
+        def at(kind: str, v: str) -> str:
+            d = (stress.get(kind) or {}).get(v) or {}
+            seeds = [str(d[k]) for k in sorted(d) if k.startswith("s") and k[1:].isdigit()]
+            return ", ".join(seeds) if seeds else "n/a"
+        lines.append(f"**Where they break** (far recall >= {stress.get('threshold', 0.9):g}; per seed): `cmr` holds "
+                     f"{at('capacity', 'cmr')} far facts per document and carries them to {at('effective_length', 'cmr')} "
+                     f"tokens; `{b}` {at('capacity', b)} facts, {at('effective_length', b)} tokens.")
+    return lines
+
+
 def vs_strongest(res: AccuracyResult | None, rc: ReportConfig, learned: list[str] | None = None) -> str:
     """Whether cmr beats the table's strongest baseline that learned: significant wins and losses over its cells
     (Holm)."""
