@@ -318,18 +318,18 @@ def train(cfg: RootConfig | Any, variant: str, seed: int, *, run_dir: str | Path
                                                           f"models.{variant}.recipe"))
     t = cfg.train
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, variant, seed)
+    torch.set_num_threads(int(cfg.train.threads))
+    dm, vocab_size = data_module(cfg, seed)  # bad data fails here, before the run folder exists
+    monitor = resolve_monitor(str(cfg.train.monitor), cfg.models[variant].spans_document, "val_long" in dm.val_sets)
+    check_monitor(monitor, dm.val_sets)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir) if is_lead_process() else contextlib.nullcontext():
-        return _train(cfg, variant, seed, run_dir, extra_callbacks)
+        return _train(cfg, variant, seed, run_dir, dm, vocab_size, monitor, extra_callbacks)
 
 
-def _train(cfg: RootConfig, variant: str, seed: int, run_dir: Path, extra_callbacks: Optional[list]) -> dict:
+def _train(cfg: RootConfig, variant: str, seed: int, run_dir: Path, dm: MemoryDataModule, vocab_size: int,
+           monitor: str, extra_callbacks: Optional[list]) -> dict:
     t = cfg.train
-    torch.set_num_threads(int(t.threads))
-
-    dm, vocab_size = data_module(cfg, seed)
-    monitor = resolve_monitor(str(t.monitor), cfg.models[variant].spans_document, "val_long" in dm.val_sets)
-    check_monitor(monitor, dm.val_sets)
 
     module, ckpt_path, plain = _module_to_fit(cfg, variant, seed, run_dir, dm, vocab_size, monitor)
     lead = is_lead_process()

@@ -21,7 +21,7 @@ from pipeline.config import as_plain  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.models.checkpoint import load_trained  # noqa: E402
 from pipeline.train_module import MemoryLMModule  # noqa: E402
-from pipeline.errors import ConfigError, TrainingError  # noqa: E402
+from pipeline.errors import ConfigError, DataError, TrainingError  # noqa: E402
 from pipeline.config.schema import RootConfig  # noqa: E402
 from pipeline.config.checks import check_train as validate_train  # noqa: E402
 from pipeline.config.train import curriculum_limit  # noqa: E402
@@ -576,3 +576,11 @@ def test_a_finished_run_with_a_truncated_best_checkpoint_is_trained_again(env, t
     again = T.train(env, "window", 0, run_dir=run)
     assert "no readable best.ckpt" in capsys.readouterr().err
     assert again["val_curve"] == first["val_curve"] and T._readable(best)
+
+
+def test_bad_data_fails_before_the_run_folder_exists(env, tmp_path):
+    cfg = as_plain(env)
+    cfg["paths"]["data_dir"] = str(tmp_path / "no-data")
+    with pytest.raises(DataError, match="missing"):
+        T.train(cfg, "window", 0, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
