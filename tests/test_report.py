@@ -728,3 +728,15 @@ def test_overhead_ratio_is_the_statistic_of_its_own_ci():
     assert c["ratio_vs_window"] == pytest.approx(np.median([1.2, 1.2, 1.3, 9.0, 9.0, 9.2]) /
                                                  np.median([1.0, 1.0, 1.1, 3.0, 3.0, 3.1]))
     assert c["ratio_ci_low"] <= c["ratio_vs_window"] <= c["ratio_ci_high"]
+
+
+def test_a_smoke_test_profile_says_so_in_its_title(tmp_path):
+    """The ci profile's report is titled as a smoke test (its numbers say nothing about the claims)."""
+    cfg, evals, trains = make_study(tmp_path)
+    cfg["profile_name"] = "ci"
+    build_report(cfg, evals, trains, tmp_path / "results")
+    assert (tmp_path / "results" / "REPORT.md").read_text().startswith(
+        "# cmr-repro: `ci` profile - a smoke test, not a result")
+    cfg["profile_name"] = "default"
+    build_report(cfg, evals, trains, tmp_path / "default")
+    assert (tmp_path / "default" / "REPORT.md").read_text().startswith("# cmr-repro: results")

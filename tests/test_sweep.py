@@ -33,6 +33,11 @@ def test_multirun_trains_and_evaluates_each_job(tiny_multirun):
         assert f"sweep.variant={variant}" in record["overrides"]
         assert record["overrides"] == yaml.safe_load((sweep_dir / job / ".hydra" / "overrides.yaml").read_text())
         assert record["recall"] == metrics["recall"] and record["eval_dir"] == f"eval/{variant}/s0"
+        assert record["swept"] == ["sweep.variant"]  # a sweep given on the command line is recorded too
+    # the multirun's own summary, in its folder, titled by what it swept
+    summary = (sweep_dir / "ablations.md").read_text()
+    assert summary.startswith(f"# Sweep sweep-{sweep_dir.name}: sweep.variant") and "sweep.variant=cmr" in summary
+    assert (sweep_dir / "ablations.csv").is_file() and (sweep_dir / "ablations.png").is_file()
 
 
 def test_unknown_sweep_variant_is_a_config_error():

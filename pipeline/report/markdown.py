@@ -80,6 +80,9 @@ def html_page(report_md: str) -> str:
             f"<style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
 
 
+SMOKE_PROFILES = ("ci",)  # profiles that only check the pipeline runs: their report says so in its title
+
+
 def render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes, **sections: Any) -> str:
     """REPORT.md: REPORT.md.j2 filled with report_context (same arguments)."""
     import jinja2
@@ -103,6 +106,7 @@ def report_context(cfg, rc, paper, runs, train, results, oh, validity, times_df,
     st = cfg.get("stress") or {}
     return {
         "source": paper["source"],
+        "profile": cfg.get("profile_name"), "smoke": cfg.get("profile_name") in SMOKE_PROFILES,
         "headline": headline(list(verdict_list), results, validity, stress_summary, rc) if verdict_list else [],
         "stress_table": table_md(stress) if stress is not None and not stress.empty else None,
         "stress_threshold": st.get("threshold"), "stress_load_length": st.get("load_length"),

@@ -1,8 +1,10 @@
-"""Aggregate ablation sweeps: `python -m pipeline.studies.ablations <multirun_dir> [...] [--out results]`.
+"""Aggregate sweeps: `python -m pipeline.studies.ablations <multirun_dir> [...] [--out DIR]`.
 
 Reads every Hydra job folder under the given folders (one `python -m pipeline.studies.sweep -m ...` job:
 `.hydra/overrides.yaml`, `.hydra/config.yaml`, the job's eval and train runs) and writes
-results/ablations.{csv,md,png}: one row per (sweep, setting). A sweep is one wandb group
+<out>/ablations.{csv,md,png} (default: the first sweep folder; `make ablations` writes results/): one row per
+(sweep, setting). Every multirun of the sweep entry point writes its own summary this way when it ends
+(SweepSummary, a Hydra callback registered in conf/config.yaml). A sweep is one wandb group
 (`logger.wandb.group`, set by conf/experiment/ablation_*.yaml); its setting is the values of the
 keys the sweep varied (`hydra.sweeper.params` plus any key whose value differs between its jobs),
 seeds aside: a row pools its seeds. Cells are computed as the report computes them
@@ -268,10 +270,19 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def title(df: pd.DataFrame) -> str:
+    """What was swept, e.g. 'Sweep ablation_k: models.cmr.k' or 'Sweeps ablation_k: models.cmr.k; ...'."""
+    parts = []
+    for sweep, sd in df.groupby("sweep", sort=False):
+        keys = list(dict.fromkeys(k for st in sd["setting"] for k, _ in _parts(st) if k))
+        parts.append(f"{sweep}: {', '.join(keys) or 'nothing varied'}")
+    return ("Sweep " if len(parts) == 1 else "Sweeps ") + "; ".join(parts)
+
+
 def render_markdown(df: pd.DataFrame) -> str:
     """One table per sweep: recall by N and mean (95% CI), vs the reference, val recall, cost."""
     ns = sorted({int(c.split("_")[1]) for c in df.columns if c.startswith("recall_") and c.split("_")[1].isdigit()})
-    lines = ["# CMR ablations", "",
+    lines = [f"# {title(df)}", "",
              "Recall accuracy by document length N: mean over seeds, [95% bootstrap CI over documents]. "
              "Reference (ref) = the setting the configuration uses without the sweep; delta = change in mean "
              "recall vs the reference, p = exact McNemar on the paired recall queries vs the reference, "
@@ -372,11 +383,11 @@ def write_outputs(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = stage_cli.parser("ablations", __doc__.splitlines()[0], params=False, overrides=False)
     parser.add_argument("sweep_dirs", nargs="+", help="folders of `python -m pipeline.studies.sweep -m` runs")
-    parser.add_argument("--out", default="results", help="output folder (default: results)")
+    parser.add_argument("--out", default=None, help="output folder (default: the first sweep folder)")
     args = stage_cli.parse(parser, argv)
 
     def body() -> None:
-        for p in write_outputs(aggregate(args.sweep_dirs), args.out):
+        for p in write_outputs(aggregate(args.sweep_dirs), args.out or args.sweep_dirs[0]):
             print(f"wrote {p}")
 
     return stage_cli.run(body)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline.config import CONF_DIR, typed
@@ -123,6 +124,37 @@ def sweep_options(overrides: Sequence[str] = ()) -> dict[str, list[str]]:
         raise ConfigError(f"cannot read hydra.sweeper.params with overrides {list(overrides)}: {err}") from None
 
 
+def cli_swept_keys(argv: Sequence[str]) -> list[str]:
+    """The keys a command line sweeps (`models.cmr.k=4,8`, `train.lr=range(...)`), as Hydra parses them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    words = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        return [o.get_key_element() for o in OverridesParser.create().parse_overrides(words) if o.is_sweep_override()]
+    except Exception:  # Hydra itself reports a bad override before any job runs
+        return []
+
+
+class SweepSummary(Callback):
+    """When a multirun of this entry point ends: its summary table (ablations.{csv,md,png}: one row per setting,
+    titled by what was swept) in the sweep's own folder, and printed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.job.name != "sweep":  # another Hydra entry point (hparams_search) has its own summary
+            return
+        import subprocess
+
+        # its own process: the aggregation validates configs with Hydra's compose API, which the running app holds
+        sweep_dir = Path(config.hydra.sweep.dir)
+        proc = subprocess.run([sys.executable, "-m", "pipeline.studies.ablations", str(sweep_dir)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"warning: no sweep summary for {sweep_dir}: {proc.stderr.strip()[-500:]}", file=sys.stderr)
+            return
+        print((sweep_dir / "ablations.md").read_text())
+        print(proc.stdout.strip())
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
@@ -131,7 +163,7 @@ def main(cfg: DictConfig) -> float:
     multirun = hc.mode.name == "MULTIRUN"
     group = cfg.logger.wandb.group or (f"sweep-{Path(hc.sweep.dir).name}" if multirun else "single-run")
     job_dir = Path(hc.runtime.output_dir)
-    swept = sorted((hc.sweeper.get("params") or {}).keys()) if multirun else []
+    swept = sorted(set((hc.sweeper.get("params") or {}).keys()) | set(cli_swept_keys(sys.argv[1:]))) if multirun else []
     start = time.perf_counter()
     try:
         metrics = run_job_metrics(cfg, job_dir, group)
