@@ -36,9 +36,13 @@ study:
 	dvc repro
 
 ## The whole study on the tiny ci profile (a few minutes), as a DVC experiment in a temporary copy: the
-## workspace (params.yaml, results/) keeps the study. `dvc exp show` lists it, `dvc exp apply` brings it in.
+## workspace (params.yaml, results/) keeps the study; the smoke test's report lands in experiments/study-ci/results/.
 study-ci: setup
 	dvc exp run --temp -S profile=ci
+	@ref=$$(git for-each-ref refs/exps --sort=-creatordate --count=1 --format='%(refname)'); \
+	rm -rf experiments/study-ci && mkdir -p experiments/study-ci && \
+	git archive "$$ref" results | tar -x -C experiments/study-ci && \
+	echo "the ci smoke test's report: experiments/study-ci/results/REPORT.md (and index.html); experiment $$ref"
 
 ## The unit tests and the end-to-end ci-profile pipeline test.
 test: setup
@@ -65,7 +69,7 @@ ABLATIONS ?= capture k capacity selection mode gate bptt
 ablations: setup
 	dvc repro prepare
 	for a in $(ABLATIONS); do $(BIN)/python -m pipeline.studies.sweep -m experiment=ablation_$$a || exit 1; done
-	$(BIN)/python -m pipeline.studies.ablations $$(for a in $(ABLATIONS); do ls -d multirun/ablation_$$a/*/ | tail -n 1; done)
+	$(BIN)/python -m pipeline.studies.ablations --out results $$(for a in $(ABLATIONS); do ls -d multirun/ablation_$$a/*/ | tail -n 1; done)
 
 ## CMR inside a pretrained Hugging Face LM (conf/experiment/hf_cmr.yaml): a GPT-2 pretrained on the training
 ## documents and saved with save_pretrained, then window (frozen, nothing to train) and cmr (its modules only)

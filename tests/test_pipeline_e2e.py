@@ -133,6 +133,7 @@ def test_ci_profile_produces_every_table(ci_study):
     assert by_name["recall"]["verdict"] == "not testable", by_name["recall"]
     assert summary["verdicts"], "no verdict per claim"
     report = (results / "REPORT.md").read_text()
+    assert report.startswith("# cmr-repro: `ci` profile - a smoke test, not a result")
     assert "holds a Hugging Face run with another recipe" in report
     assert (results / "stage_times.csv").is_file()
 

@@ -17,8 +17,8 @@ State: n_layers * F * (D + 1) floats.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +38,8 @@ class ARMTConfig(MemoryConfig):
     d_key: int = 8  # key projection width before the DPFP feature map; features 2*nu*d_key = 16
     nu: int = 1  # DPFP order. State n_layers*16*(d_model+1) = 2,080 floats at the defaults (cmr: 2,048)
     bptt_segments: int = 6  # segments gradients flow back through the matrices (0: detached); conf/: cmr's depth
-    # no plateau stop (the target and the cap only): the shared rule counts validations from step 500, and
-    # far recall on val_long stays at chance until the 2-segment binding is learned, so rmt seed 1 was stopped at
-    # step 1,500 with its best checkpoint at step 500 while val far recall rose (docs/RECIPE.md, "Early stopping")
-    recipe: Dict[str, Any] = field(default_factory=lambda: {"stop_patience": 0})
+    # the shared recipe: no change tried (authors' key space, 16 write tokens, a longer 2-segment stage, unnormalised
+    # features, write tokens at slot positions) got past the bag-of-values ceiling (docs/MEMORIES.md, "armt")
     spans_document = True
 
     def check(self, backbone: BackboneConfig) -> None:
