@@ -33,6 +33,7 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml $(CONSTRAINTS)
 ## transformers through torchmetrics wherever it is installed, starts faster in each of the 12 training processes.
 study:
 	$(MAKE) --no-print-directory setup EXTRAS=
+	$(BIN)/python -m pipeline.compose --check  # DVC reads params.yaml, not conf/: an edit to conf/ must be composed first
 	dvc repro
 
 ## The whole study on the tiny ci profile (a few minutes), as a DVC experiment in a temporary copy: the
