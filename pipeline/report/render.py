@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import atomic_write_bytes, atomic_write_text
-from pipeline.report.common import variant_order
+from pipeline.report.common import COLORS, variant_order
 from pipeline.report.load import sort_key_values
 from pipeline.report.paper import PaperTable
 from pipeline.report.tables import AccuracySpec
@@ -88,7 +88,8 @@ def plot_accuracy(table: pd.DataFrame, spec: AccuracySpec, paper: PaperTable | N
         x = [pos(k) for k in t[spec.key]]
         y = t["accuracy"].to_numpy()
         err = np.vstack([y - t["ci_low"].to_numpy(), t["ci_high"].to_numpy() - y])
-        line = ax.errorbar(x, y, yerr=np.nan_to_num(np.clip(err, 0, None)), marker="o", capsize=3, label=v)
+        line = ax.errorbar(x, y, yerr=np.nan_to_num(np.clip(err, 0, None)), marker="o", ms=4, capsize=3, label=v,
+                           color=COLORS.get(v), lw=1.8 if v == "cmr" else 1.2)
         colors[v] = line.lines[0].get_color()
         if "extrapolation" in t and t["extrapolation"].fillna(False).astype(bool).any():
             ex = t["extrapolation"].fillna(False).astype(bool).to_numpy()
@@ -96,9 +97,9 @@ def plot_accuracy(table: pd.DataFrame, spec: AccuracySpec, paper: PaperTable | N
                        label=f"{v}: beyond its training length")
     if paper is not None and numeric_x:
         f = paper.to_fraction
-        ax.plot(paper.rows, [b * f for b in paper.baseline], "--", color=colors.get("window", "gray"),
+        ax.plot(paper.rows, [b * f for b in paper.baseline], "--", color="black",
                 label=f"paper baseline (= window), table {paper.table}")
-        ax.plot(paper.rows, [c * f for c in paper.cmr], "--", color=colors.get("cmr", "black"),
+        ax.plot(paper.rows, [c * f for c in paper.cmr], "--", color=COLORS.get("cmr", "black"), alpha=0.5,
                 label=f"paper CMR, table {paper.table}")
     if mark is not None:
         ax.axvline(mark[0], color="gray", linestyle=":", linewidth=1.5, label=mark[1])
@@ -109,15 +110,17 @@ def plot_accuracy(table: pd.DataFrame, spec: AccuracySpec, paper: PaperTable | N
     elif spec.name == "recall_by_distance":
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xlim(-0.3, max(float(table[spec.key].max()), 1.0) * 1.5)
+    elif spec.key == "gap_segments":
+        ax.set_xscale("log", base=2)
     ax.set_xlabel({"N": "document length N (tokens)", "bucket": "answer's count in training split",
                    "turns": "dialogue turns",
-                   "distance_segments": "segments from the fact's to the query's (bin lower edge)"
+                   "distance_segments": "segments from the fact's to the query's (bin lower edge)",
+                   "gap_segments": "segments between the two statements (log)",
                    }.get(spec.key, spec.key))
     ax.set_ylabel("accuracy (95% CI over seeds and documents)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(spec.title.split(":")[0] + f": {spec.name}" if spec.family == "paper" else
-                 "Recall by fact-to-query distance")
-    ax.legend(fontsize=8)
+    ax.set_title(spec.plot_title or spec.title.split(":")[0])
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, never over, the lines
     save_png(fig, path)
     plt.close(fig)
 
@@ -127,7 +130,7 @@ def plot_overhead(t: pd.DataFrame, paper: PaperTable | None, path: Path) -> None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for v in variant_order(t["variant"].unique()):
         d = t[t["variant"] == v].sort_values("N")
-        (line,) = a1.plot(d["N"], d["ms_per_token"], marker="o", label=v)
+        (line,) = a1.plot(d["N"], d["ms_per_token"], marker="o", label=v, color=COLORS.get(v))
         if v != "window" and d["ratio_vs_window"].notna().any():
             a2.plot(d["N"], d["ratio_vs_window"], marker="o", color=line.get_color(), label=f"{v} / window (ours)")
             if d["ratio_ci_low"].notna().any():
@@ -138,11 +141,11 @@ def plot_overhead(t: pd.DataFrame, paper: PaperTable | None, path: Path) -> None
     a1.set_yscale("log")
     a1.set_xlabel("document length N (tokens)")
     a1.set_ylabel("inference ms/token (ours)")
-    a1.set_title("Table III: inference cost")
+    a1.set_title("Inference cost by document length (Table III)")
     a2.set_xlabel("document length N (tokens)")
     a2.set_ylabel("ms/token ratio")
-    a2.set_title("cost relative to window / paper baseline")
-    a1.legend(fontsize=8)
-    a2.legend(fontsize=8)
+    a2.set_title("Cost relative to window (the paper's baseline)")
+    a1.legend(fontsize=7, ncol=2)
+    a2.legend(fontsize=7, ncol=2)
     save_png(fig, path)
     plt.close(fig)

@@ -120,7 +120,8 @@ def update_table(preds: pd.DataFrame) -> pd.DataFrame:
 # claim 7 as an accuracy table like the paper's: right = the later value, on the restated entity's queries only
 AMBIGUOUS = AccuracySpec("ambiguous", "update", "gap_segments", "length",
                          "Ambiguous queries (claim 7): share of a restated entity's queries answered with its later "
-                         "(right) value, by segments between the two statements", family="ambiguous")
+                         "(right) value, by segments between the two statements", family="ambiguous",
+                         plot_title="Ambiguous queries: the later value answered (claim 7)")
 
 
 def ambiguous_result(stress: pd.DataFrame, rc: ReportConfig) -> AccuracyResult | None:
@@ -145,7 +146,7 @@ def plot_curves(table: pd.DataFrame, key: str, threshold: float, title: str, xla
     ax.set_ylabel("far recall (fraction of queries)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     save_png(fig, path)
     plt.close(fig)
 
@@ -160,10 +161,12 @@ def plot_update(table: pd.DataFrame, path: Path) -> None:
             ax.plot(g["gap_segments"], g[col], marker="o", ms=3, lw=1.3, label=v, color=COLORS.get(v))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("segments between the two statements")
-        ax.set_title("answered with the later value (right)" if col == "right" else "answered with the earlier value")
+        ax.set_title("answered with the later value (right)" if col == "right" else "answered with the earlier value",
+                     fontsize=10)
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("share of the updated entity's queries")
-    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle("Which value a memory answers after an entity is restated", fontsize=11)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     save_png(fig, path)
     plt.close(fig)
 

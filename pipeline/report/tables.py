@@ -30,20 +30,24 @@ class AccuracySpec:
     source: str  # predictions column giving the key
     title: str
     family: str = "paper"  # Holm family: the paper's tables are corrected together
+    plot_title: str = ""  # what its figure shows, in a few words
 
 
 ACCURACY_TABLES = (
-    AccuracySpec("recall", "recall", "N", "length", "Table II: token recall accuracy by document length N (tokens)"),
+    AccuracySpec("recall", "recall", "N", "length", "Table II: token recall accuracy by document length N (tokens)",
+                 plot_title="Recall by document length (Table II)"),
     AccuracySpec("rare", "rare", "bucket", "bucket",
-                 "Table IV: recall of rare tokens by the answer's measured count in the training split"),
-    AccuracySpec("numeric", "numeric", "N", "length", "Table VI: numerical reasoning (sum) accuracy by length N"),
+                 "Table IV: recall of rare tokens by the answer's measured count in the training split",
+                 plot_title="Rare-token recall by training count (Table IV)"),
+    AccuracySpec("numeric", "numeric", "N", "length", "Table VI: numerical reasoning (sum) accuracy by length N",
+                 plot_title="Sum accuracy by document length (Table VI)"),
     AccuracySpec("dialogue", "dialogue", "turns", "length",
                  "Table V: dialogue consistency (accuracy of facts asked back; paper: coherence score / 10) "
-                 "by number of turns"),
+                 "by number of turns", plot_title="Dialogue consistency by turns (Table V)"),
     AccuracySpec("recall_by_distance", "recall", "distance_segments", "distance_segments",
                  "Recall accuracy by fact-to-query distance in segments of W tokens (bins by lower edge: "
                  "[0,1), [1,2), [2,4), ...); distances beyond the longest training document are extrapolation",
-                 family="distance"),
+                 family="distance", plot_title="Recall by fact-to-query distance"),
 )
 
 
