@@ -85,11 +85,22 @@ def carries_long(train: Mapping[str, dict], rc: ReportConfig, variant: str) -> d
     return _per_seed_check(vals, rc.long_threshold, f"{variant}'s far recall on the long validation split (val_long)")
 
 
+def spans_document(variant: str, metrics: Mapping[str, Any] | None) -> bool:
+    """Whether a variant's state spans the document: its memory's class says so (MemoryConfig.spans_document; a
+    memory's own recipe may choose its checkpoint on another monitor); a variant the registry does not name is
+    judged by its runs' monitor."""
+    from pipeline.models.registry import NAMES, config_class
+
+    if variant in NAMES:
+        return bool(config_class(variant).spans_document)
+    return (metrics or {}).get("monitor") == LONG_FAR
+
+
 def learned_checks(train: Mapping[str, dict], rc: ReportConfig) -> dict:
-    """`<variant>_learned` and `<variant>_long` for every memory whose state spans the document (its runs chose
-    their checkpoints on val_long's far recall: MemoryConfig.spans_document), in the study's order: the same
+    """`<variant>_learned` and `<variant>_long` for every memory whose state spans the document
+    (spans_document), in the study's order: the same
     two checks for each, so a comparison names the memories that learned the task."""
-    spanning = {name.rpartition("-s")[0] for name, m in train.items() if (m or {}).get("monitor") == LONG_FAR}
+    spanning = {name.rpartition("-s")[0] for name, m in train.items() if spans_document(name.rpartition("-s")[0], m)}
     out = {}
     for v in variant_order(spanning | {METHOD}):
         out[f"{v}_learned"], out[f"{v}_long"] = learned(train, rc, v), carries_long(train, rc, v)
