@@ -740,3 +740,17 @@ def test_a_smoke_test_profile_says_so_in_its_title(tmp_path):
     cfg["profile_name"] = "default"
     build_report(cfg, evals, trains, tmp_path / "default")
     assert (tmp_path / "default" / "REPORT.md").read_text().startswith("# cmr-repro: results")
+
+
+def test_a_memory_that_chooses_its_checkpoint_on_val_still_gets_its_checks():
+    """Which memories span the document comes from the memory's class, not from the runs' monitor: rmt's recipe
+    selects on val far recall and it is still checked (learned and long) like every document-spanning memory."""
+    from pipeline.config.schema import ReportConfig
+    from pipeline.report.checks import learned_checks
+
+    train = {f"{v}-s{s}": {"monitor": mon, "val_recall_far": 0.95, "val_long_recall_far": 0.1}
+             for v, mon in (("rmt", "val/recall_far"), ("cmr", "val_long/recall_far"), ("window", "val/recall"))
+             for s in (0, 1)}
+    out = learned_checks(train, ReportConfig())
+    assert {"rmt_learned", "rmt_long", "cmr_learned", "cmr_long"} <= set(out) and "window_learned" not in out
+    assert out["rmt_learned"]["passed"] and not out["rmt_long"]["passed"]
