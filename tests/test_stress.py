@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("datasets")
 
-from pipeline.config import typed  # noqa: E402
+from pipeline.config import CONF_DIR, compose, typed  # noqa: E402
 from pipeline.config.schema import ReportConfig  # noqa: E402
 from pipeline.errors import ConfigError, DataError  # noqa: E402
 from pipeline.report.stress import break_point, break_points, update_table  # noqa: E402
@@ -130,3 +130,11 @@ def test_update_table_splits_right_earlier_and_neither():
     r = update_table(p).iloc[0]
     assert (r["right"], r["earlier"], r["neither"], r["n_queries"]) == (pytest.approx(1 / 3), pytest.approx(1 / 3),
                                                                        pytest.approx(1 / 3), 3)
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (CONF_DIR / "profile").glob("*.yaml")))
+def test_every_profile_s_stress_documents_fit(profile):
+    """A profile whose update gaps or loads do not fit its stress documents fails at `stress-data`, deep in a
+    study: caught here instead (the ci profile did, when the later statement moved 8 segments before the queries)."""
+    cfg = typed(compose([f"profile={profile}"]))
+    check_fits(cfg.data, cfg.stress)
