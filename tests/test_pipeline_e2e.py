@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.report.verdicts import CLAIMS
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -125,7 +127,7 @@ def test_ci_profile_produces_every_table(ci_study):
     assert "tables/load.png" in images and "<script" not in page
     assert all((results / src).is_file() for src in images), [s for s in images if not (results / s).is_file()]
     metrics = json.loads((results / "metrics.json").read_text())
-    assert set(metrics["far_recall_mean"]) == variants and set(metrics["verdicts"]) == {f"claim{i}" for i in range(1, 7)}
+    assert set(metrics["far_recall_mean"]) == variants and set(metrics["verdicts"]) == {f"claim{c.id}" for c in CLAIMS}
     assert set(summary["validity"]) == {"ceiling", "cmr_learned", "cmr_long", "rmt_learned", "rmt_long",
                                         "window_near_chance", "xl_reach", "binding", "numeric_learnable"}
     # the ci profile learns nothing in 40 steps: its checks fail and the claims they gate are not testable
