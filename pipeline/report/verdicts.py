@@ -134,17 +134,16 @@ def vs_strongest(res: AccuracyResult | None, rc: ReportConfig, learned: list[str
         return "n/a (no baseline evaluated)"
     b, acc = best
     cmr = float(res.table[res.table["variant"] == "cmr"]["accuracy"].mean())
-    t = res.tests[res.tests["comparison"] == f"cmr_vs_{b}"] if "comparison" in res.tests else res.tests
-    if t.empty or "p_holm" not in t:
+    cells = cells_vs(res, b, rc) if "comparison" in res.tests else None
+    if cells is None:
         return f"{b} (mean {acc:.3f} vs cmr {cmr:.3f}; no paired test)"
-    sig = t["p_holm"] < rc.alpha
-    wins, losses = int((sig & (t["gap"] > 0)).sum()), int((sig & (t["gap"] < 0)).sum())
+    wins, losses, n = cells
     word = "beats" if wins and not losses else "loses to" if losses and not wins else (
         "mixed against" if wins else "does not beat")
     skipped = sorted(set(res.table["variant"]) - {"cmr", CEILING, "window", "xl"} - set(learned or []))
     note = f"; not counted, did not learn: {', '.join(skipped)}" if learned is not None and skipped else ""
-    return (f"cmr {word} {b} (mean accuracy {cmr:.3f} vs {acc:.3f}): significantly better in {wins}/{len(t)} "
-            f"cells, worse in {losses}/{len(t)} (Holm){note}")
+    return (f"cmr {word} {b} (mean accuracy {cmr:.3f} vs {acc:.3f}): significantly better in {wins}/{n} "
+            f"cells, worse in {losses}/{n} (Holm){note}")
 
 
 def overhead_vs_strongest(oh: pd.DataFrame, b: str | None) -> str:
