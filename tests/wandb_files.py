@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,15 +29,28 @@ def _payloads(data: bytes) -> Iterator[bytes]:
             buf = b""
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """run_dir: an `offline-run-*` folder -> {group, job_type, tags, config, summary} (summary: last value per key)."""
+def _records(path: Path, timeout: float) -> list:
+    """The file's records once its `exit` record is there: wandb's service process writes the file after
+    `run.finish()` returns in the caller, so a reader in the same process can find only the 7-byte header."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    deadline = time.monotonic() + timeout
+    while True:
+        records = []
+        for payload in _payloads(path.read_bytes()):
+            rec = pb.Record()
+            rec.ParseFromString(payload)
+            records.append(rec)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
+def read_run(run_dir: Path, timeout: float = 60.0) -> dict[str, Any]:
+    """run_dir: an `offline-run-*` folder -> {group, job_type, tags, config, summary} (summary: last value per key)."""
     (path,) = Path(run_dir).glob("run-*.wandb")
     out: dict[str, Any] = {"config": {}, "summary": {}}
-    for payload in _payloads(path.read_bytes()):
-        rec = pb.Record()
-        rec.ParseFromString(payload)
+    for rec in _records(path, timeout):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out.update(group=rec.run.run_group, job_type=rec.run.job_type, tags=list(rec.run.tags))
