@@ -44,14 +44,25 @@ def parse(ap: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> 
     return args
 
 
+def is_group_choice(override: str) -> bool:
+    """`profile=ci`, `data=hf`, `model@models.cmr=cmr`: a choice of a conf/ group, not a key of params.yaml."""
+    from pipeline.config import CONF_DIR
+
+    key = override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+    return "=" in override and (CONF_DIR / key).is_dir()
+
+
 def load_config(args: argparse.Namespace) -> Any:
-    """The params file with the overrides applied, validated (pipeline.config.load_params); the `--variant`'s
-    memory config typed and checked by its memory (pipeline.models.registry.typed_models), the others left as
-    mappings, so a stage imports no memory but its own."""
-    from pipeline.config import load_params
+    """The params file with the overrides applied, validated (pipeline.config.load_params); with a conf/ group
+    choice among them (`profile=ci`), conf/ composed with all of them instead, as the sweep entry point and
+    `dvc exp run -S` do: one override grammar everywhere. The `--variant`'s memory config typed and checked by its
+    memory (pipeline.models.registry.typed_models), the others left as mappings, so a stage imports no memory but
+    its own."""
+    from pipeline.config import compose, load_params, typed
     from pipeline.models.registry import typed_models
 
-    cfg = load_params(args.params, getattr(args, "overrides", None) or ())
+    overrides = list(getattr(args, "overrides", None) or ())
+    cfg = typed(compose(overrides)) if any(map(is_group_choice, overrides)) else load_params(args.params, overrides)
     variant = getattr(args, "variant", None)
     return typed_models(cfg, [variant]) if variant is not None else cfg
 

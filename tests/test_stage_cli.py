@@ -62,3 +62,16 @@ def test_a_run_stopped_by_sigterm_exits_non_zero(capsys):
     assert "SIGTERM" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # any other exit passes through
         stage_cli.run(lambda: (_ for _ in ()).throw(SystemExit(3)))
+
+
+def test_a_group_choice_composes_conf_as_the_sweep_does(tmp_path, capsys):
+    """One override grammar: `profile=ci` (a conf/ group) works on a stage as on the sweep entry point, with the
+    other overrides applied on top; a missing choice is one error line, exit 2."""
+    ap = stage_cli.parser("train", "t", variant=True, seeds=True)
+    args = stage_cli.parse(ap, ["--variant", "cmr", "profile=ci", "train.lr=0.02", "--params", str(tmp_path / "no")])
+    cfg = stage_cli.load_config(args)
+    assert cfg.profile_name == "ci" and cfg.train.lr == 0.02
+    assert stage_cli.is_group_choice("model@models.cmr=cmr") and not stage_cli.is_group_choice("train.lr=1")
+    bad = stage_cli.parse(ap, ["--variant", "cmr", "profile=nope"])
+    assert stage_cli.run(lambda: stage_cli.load_config(bad)) == 2
+    assert "profile" in capsys.readouterr().err
