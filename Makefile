@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup study study-ci test params bench train-bench ablations sanity hf-cmr clean-runs
+.PHONY: help setup study study-ci test browser params bench train-bench ablations sanity hf-cmr clean-runs
 
 # pip byte-compiles the installed packages (half of the install's 2.2 min). Not skipped with --no-compile: where
 # PYTHONDONTWRITEBYTECODE is set (these machines), every process would then compile what it imports, ~10 s each.
@@ -45,9 +45,16 @@ study-ci: setup
 	git archive "$$ref" results | tar -x -C experiments/study-ci && \
 	echo "the ci smoke test's report: experiments/study-ci/results/REPORT.md (and index.html); experiment $$ref"
 
-## The unit tests and the end-to-end ci-profile pipeline test.
-test: setup
-	$(BIN)/python -m pytest -q
+## The unit tests and the end-to-end ci-profile pipeline test (with the dashboard opened in headless Chromium).
+test: setup browser
+	CMR_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
+
+## Debian's Chromium and ChromeDriver for the browser tests (as root, or through sudo), unless already installed.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 
 ## Recompose params.yaml from conf/ (default profile).
 params: setup

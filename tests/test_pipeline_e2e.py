@@ -142,6 +142,22 @@ def test_ci_profile_produces_every_table(ci_study):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
+def test_the_study_dashboard_opens_offline_in_a_browser(ci_study):
+    """results/index.html of the ci study, opened in headless Chromium: every figure loads, nothing is fetched
+    from the network, and the page says it is a smoke test."""
+    from tests.browser import need_browser, open_page
+
+    need_browser()
+    repo, _, _ = ci_study
+    page = open_page(repo / "results" / "index.html")
+    assert len(page["images"]) >= 10, page["images"]
+    assert all(i["loaded"] for i in page["images"]), [i["src"] for i in page["images"] if not i["loaded"]]
+    assert all(url.startswith("file://") for url in page["resources"]), page["resources"]
+    assert "smoke test" in page["text"].lower(), page["text"][:500]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
 def test_second_repro_is_a_noop(ci_study):
     repo, env, _ = ci_study
     out = _run([str(BIN / "dvc"), "repro"], repo, env)
