@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stage not in STAGES:
         print(f"error: unknown stage {stage!r}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
-    sys.argv[0] = f"cmr-repro {stage}"
+    # sys.argv stays as it is: Lightning's DDP launcher starts the other ranks by rerunning it
     return stage_cli.run(lambda: importlib.import_module(STAGES[stage]).main(rest))
 
 

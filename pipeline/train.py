@@ -316,7 +316,6 @@ def train(cfg: RootConfig | Any, variant: str, seed: int, *, run_dir: str | Path
     if cfg.models[variant].recipe:  # the memory's own recipe: its train keys in place of the study's
         cfg = dataclasses.replace(cfg, train=recipe_train(cfg.train, cfg.models[variant].recipe,
                                                           f"models.{variant}.recipe"))
-    t = cfg.train
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, variant, seed)
     torch.set_num_threads(int(cfg.train.threads))
     dm, vocab_size = data_module(cfg, seed)  # bad data fails here, before the run folder exists
@@ -426,6 +425,19 @@ def train_seeds(cfg: RootConfig, variant: str, seeds: list[int], jobs: int) -> l
     return map_seeds(train, cfg, variant, [int(s) for s in seeds], jobs)
 
 
+def _train_seed_command(args: Any, seed: int) -> None:
+    """Train one seed of a multi-process (DDP) stage as its own command, `python -m pipeline.train ... --seeds
+    <seed>`: Lightning starts a run's other ranks by rerunning the command line, so that command must name
+    one seed (a multi-seed command rerun as rank 1 would train every seed, pairing with whichever rank 0)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "pipeline.train", "--params", str(args.params), "--variant", str(args.variant),
+           "--seeds", str(int(seed)), "--jobs", "1", *(args.overrides or [])]
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise TrainingError(f"seed {seed} of {args.variant} failed (exit {code}): {' '.join(cmd)}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = stage_cli.parser("train", __doc__.split("\n")[0], variant=True, seeds=True)
     ap.add_argument("--jobs", type=int, default=None, help="processes at once (default: study.jobs)")
@@ -443,7 +455,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             check_variant(cfg, args.variant)
             jobs = args.jobs if args.jobs is not None else int(cfg.study.jobs)
             t0 = time.perf_counter()
-            results = train_seeds(cfg, args.variant, seeds, jobs)
+            if len(seeds) > 1 and int(cfg.train.devices) * int(cfg.train.num_nodes) > 1:
+                jobs, results = 1, []  # each seed's own command prints its line
+                for seed in seeds:
+                    _train_seed_command(args, seed)
+            else:
+                results = train_seeds(cfg, args.variant, seeds, jobs)
             write_stage_time(paths.variant_dir(cfg, "train", args.variant), t0, seeds=seeds, jobs=jobs)
         for metrics in results if is_lead_process() else []:  # under DDP, rank 0 speaks for the run
             short = {k: metrics[k] for k in ("variant", "seed", "steps", "wall_s", "train_tokens_per_s",

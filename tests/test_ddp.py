@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,26 +68,35 @@ def test_global_batch_must_split_over_the_processes():
         validate_train(OmegaConf.merge(cfg.train, {"strategy": "fsdp"}), cfg)
 
 
-def _train(params, run_dir, *overrides):
-    cmd = [sys.executable, "-m", "pipeline.train", "--variant", "cmr", "--params", str(params),
-           "--run-dir", str(run_dir), *overrides]
+def _run(cmd, *, timeout=300):
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=240)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((run_dir / "metrics.json").read_text()), proc.stderr
+    return proc.stdout + proc.stderr
 
 
-@pytest.mark.timeout(300)
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+@pytest.mark.timeout(420)
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data_root, tmp_path):  # noqa: F811
+    """Through the documented front door (`cmr-repro train`, the console script) and with two seeds in one
+    command: each seed trains on its own two ranks, and seed 0 matches its one-process run."""
     params = tmp_path / "params.yaml"
     OmegaConf.save(as_plain(tiny_config(data_root)), params)
-    one, _ = _train(params, tmp_path / "one")
-    two, log = _train(params, tmp_path / "two", "train.strategy=ddp", "train.devices=2")
-    assert "Starting with 2 processes" in log and "GLOBAL_RANK: 1" in log
+    _run([sys.executable, "-m", "pipeline.train", "--variant", "cmr", "--params", str(params),
+          "--run-dir", str(tmp_path / "one"), "--seeds", "0"])
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    log = _run([str(Path(sys.executable).parent / "cmr-repro"), "train", "--variant", "cmr", "--params", str(params),
+                "--seeds", "0", "1", f"paths.experiments_dir={tmp_path / 'exp'}", "train.strategy=ddp",
+                "train.devices=2"])
+    assert log.count("Starting with 2 processes") == 2 and log.count("GLOBAL_RANK: 1") == 2, log[-3000:]
+    runs = {s: tmp_path / "exp" / "train" / "cmr" / f"s{s}" for s in (0, 1)}
+    two = json.loads((runs[0] / "metrics.json").read_text())
     assert two["steps"] == one["steps"] == 10
     assert two["tokens_trained"] == one["tokens_trained"]  # the same global batches
-    w1 = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    w2 = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    w1, w2 = _weights(tmp_path / "one"), _weights(runs[0])
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -94,3 +104,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data_roo
         assert a["step"] == b["step"]
         assert b["val/loss"] == pytest.approx(a["val/loss"], rel=1e-4)
         assert b["val/recall"] == pytest.approx(a["val/recall"], abs=1e-9)
+    seed1 = json.loads((runs[1] / "metrics.json").read_text())
+    assert seed1["seed"] == 1 and seed1["steps"] == 10
+    w_seed1 = _weights(runs[1])
+    assert any(not torch.equal(w_seed1[k], w2[k]) for k in w2)  # its own seed, not seed 0 again
