@@ -16,9 +16,11 @@ import os
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
 from pipeline.config.schema import RootConfig
+from pipeline.errors import TrainingError
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -42,4 +44,8 @@ def map_seeds(fn: Callable[[RootConfig, str, int], Any], cfg: RootConfig, varian
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(fn, cfg, variant, int(s)) for s in seeds]
-        return [f.result() for f in futures]
+        try:
+            return [f.result() for f in futures]
+        except BrokenProcessPool as err:  # the kernel's OOM killer or a kill: no traceback of the pool's
+            raise TrainingError(f"a process running a seed of {variant} died (killed, or out of memory?): "
+                                f"{err}; rerun the stage to resume its seeds") from None

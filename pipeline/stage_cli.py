@@ -73,12 +73,15 @@ def seeds_of(args: argparse.Namespace, cfg: Any) -> list[int]:
 
 def run(body: Callable[[], Optional[int]]) -> int:
     """The stage's exit code: body's (0 if None), 2 with one line on stderr for a pipeline or OS error, 143 for a
-    run that Lightning stopped on SIGTERM (so DVC does not record an unfinished stage as done)."""
+    run that Lightning stopped on SIGTERM (so DVC does not record an unfinished stage as done), 130 for Ctrl-C."""
     try:
         return int(body() or 0)
     except (PipelineError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; the run was not finished (rerun the stage to resume it)", file=sys.stderr)
+        return 128 + 2
     except SystemExit as err:  # Lightning's SIGTERMException is a SystemExit with no code, i.e. exit status 0
         if type(err).__name__ != "SIGTERMException":
             raise

@@ -67,6 +67,40 @@ def test_seed_workers_die_with_a_killed_parent(tmp_path):
                 pass
 
 
+def test_a_killed_seed_worker_is_one_line_and_exit_2(tmp_path):
+    """A seed's process killed (the OOM killer, a kill -9) ends the stage with one line, not a pool traceback."""
+    (tmp_path / "killer.py").write_text(textwrap.dedent("""
+        import os, signal, sys
+        from pipeline import stage_cli
+
+        def work(cfg, variant, seed):
+            if seed == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return seed
+
+        if __name__ == "__main__":
+            from omegaconf import OmegaConf
+            from pipeline.parallel import map_seeds
+            sys.exit(stage_cli.run(lambda: print(map_seeds(work, OmegaConf.create({}), "window", [0, 1], 2))))
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = subprocess.run([sys.executable, str(tmp_path / "killer.py")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("error: a process running a seed of window died"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_in_a_stage_is_one_line_and_exit_130(capsys):
+    from pipeline import stage_cli
+
+    def body():
+        raise KeyboardInterrupt
+
+    assert stage_cli.run(body) == 130
+    assert capsys.readouterr().err.startswith("error: interrupted; the run was not finished")
+
+
 @pytest.mark.parametrize("key", [None, "a" * 40])
 def test_wandb_online_without_a_server_logs_offline_quickly(tmp_path, monkeypatch, capsys, key):
     pytest.importorskip("wandb")
