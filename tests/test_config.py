@@ -102,6 +102,15 @@ def test_unknown_key_in_params_file_names_key_and_allowed(tmp_path):
     assert "train.learning_rate" in str(err.value) and "lr" in str(err.value)
 
 
+def test_a_bad_value_is_named_as_a_value_and_an_unknown_key_as_a_key(tmp_path):
+    out = tmp_path / "params.yaml"
+    out.write_text(to_params_yaml(compose(["profile=ci"])))
+    with pytest.raises(ConfigError, match=r"^bad value for config key 'train.max_steps': .*'abc'"):
+        load_params(out, ["train.max_steps=abc"])
+    with pytest.raises(ConfigError, match=r"^bad config key 'train.max_stepz': .*allowed keys"):
+        load_params(out, ["train.max_stepz=3"])
+
+
 def test_missing_params_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such params file"):
         load_params(tmp_path / "nope.yaml")

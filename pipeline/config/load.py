@@ -43,6 +43,8 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig, prefix: str = "") 
     allowed = _allowed_keys(parent)
     known = key.rsplit(".", 1)[-1] in allowed  # then the value is what is wrong (a type, a choice), not the key
     hint = f"; allowed keys under '{prefix}{parent_path or '<root>'}': {', '.join(allowed)}" if allowed and not known else ""
+    if known:
+        return f"bad value for config key '{prefix}{key}': {msg}"
     return f"bad config key '{prefix}{key}': {msg}{hint}"
 
 
