@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup study study-ci test browser params bench train-bench ablations sanity hf-cmr clean-runs
+.PHONY: help setup study study-ci study-quick test browser params bench train-bench ablations sanity hf-cmr clean-runs
 
 # pip byte-compiles the installed packages (half of the install's 2.2 min). Not skipped with --no-compile: where
 # PYTHONDONTWRITEBYTECODE is set (these machines), every process would then compile what it imports, ~10 s each.
@@ -39,11 +39,22 @@ study:
 ## The whole study on the tiny ci profile (a few minutes), as a DVC experiment in a temporary copy: the
 ## workspace (params.yaml, results/) keeps the study; the smoke test's report lands in experiments/study-ci/results/.
 study-ci: setup
-	dvc exp run --temp -S profile=ci
-	@ref=$$(git for-each-ref refs/exps --sort=-creatordate --count=1 --format='%(refname)'); \
-	rm -rf experiments/study-ci && mkdir -p experiments/study-ci && \
-	git archive "$$ref" results | tar -x -C experiments/study-ci && \
-	echo "the ci smoke test's report: experiments/study-ci/results/REPORT.md (and index.html); experiment $$ref"
+	$(call study_in_temp_copy,ci)
+
+## A first look (~10 min on 2 cores): the default study's models and recipe, one seed, window/full/cmr and small
+## evaluation sets (conf/profile/quick.yaml), run like study-ci; its report lands in experiments/study-quick/results/.
+study-quick: setup
+	$(call study_in_temp_copy,quick)
+
+# $(1): a profile. `dvc exp run --temp` leaves the workspace as it is; the experiment's results/ are copied out of
+# its git ref into experiments/study-$(1)/, where a reader opens them without `dvc exp apply`.
+define study_in_temp_copy
+dvc exp run --temp -S profile=$(1)
+@ref=$$(git for-each-ref refs/exps --sort=-creatordate --count=1 --format='%(refname)'); \
+rm -rf experiments/study-$(1) && mkdir -p experiments/study-$(1) && \
+git archive "$$ref" results | tar -x -C experiments/study-$(1) && \
+echo "the $(1) profile's report: experiments/study-$(1)/results/REPORT.md (and index.html); experiment $$ref"
+endef
 
 ## The unit tests and the end-to-end ci-profile pipeline test (with the dashboard opened in headless Chromium).
 test: setup browser

@@ -731,15 +731,23 @@ def test_overhead_ratio_is_the_statistic_of_its_own_ci():
 
 
 def test_a_smoke_test_profile_says_so_in_its_title(tmp_path):
-    """The ci profile's report is titled as a smoke test (its numbers say nothing about the claims)."""
+    """The ci profile's report is titled as a smoke test (its numbers say nothing about the claims), the quick
+    profile's as a first look, any other study's with its profile."""
     cfg, evals, trains = make_study(tmp_path)
     cfg["profile_name"] = "ci"
     build_report(cfg, evals, trains, tmp_path / "results")
     assert (tmp_path / "results" / "REPORT.md").read_text().startswith(
         "# cmr-repro: `ci` profile - a smoke test, not a result")
+    cfg["profile_name"] = "quick"
+    build_report(cfg, evals, trains, tmp_path / "quick")
+    assert (tmp_path / "quick" / "REPORT.md").read_text().startswith(
+        "# cmr-repro: `quick` profile - a first look, not the study's result")
+    cfg["profile_name"] = "paper"
+    build_report(cfg, evals, trains, tmp_path / "paper")
+    assert (tmp_path / "paper" / "REPORT.md").read_text().startswith("# cmr-repro: results (`paper` profile)")
     cfg["profile_name"] = "default"
     build_report(cfg, evals, trains, tmp_path / "default")
-    assert (tmp_path / "default" / "REPORT.md").read_text().startswith("# cmr-repro: results")
+    assert (tmp_path / "default" / "REPORT.md").read_text().startswith("# cmr-repro: results\n")
 
 
 def test_a_memory_that_chooses_its_checkpoint_on_val_still_gets_its_checks():

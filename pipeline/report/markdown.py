@@ -81,6 +81,7 @@ def html_page(report_md: str) -> str:
 
 
 SMOKE_PROFILES = ("ci",)  # profiles that only check the pipeline runs: their report says so in its title
+PREVIEW_PROFILES = ("quick",)  # profiles whose models learn, on one seed: a first look, titled as one
 
 
 def render_markdown(cfg, rc, paper, runs, train, results, oh, validity, times_df, notes, **sections: Any) -> str:
@@ -107,6 +108,7 @@ def report_context(cfg, rc, paper, runs, train, results, oh, validity, times_df,
     return {
         "source": paper["source"],
         "profile": cfg.get("profile_name"), "smoke": cfg.get("profile_name") in SMOKE_PROFILES,
+        "preview": cfg.get("profile_name") in PREVIEW_PROFILES,
         "headline": headline(list(verdict_list), results, validity, stress_summary, rc) if verdict_list else [],
         "stress_table": table_md(stress) if stress is not None and not stress.empty else None,
         "stress_threshold": st.get("threshold"), "stress_load_length": st.get("load_length"),
