@@ -631,6 +631,12 @@ def test_stage_times_use_the_stage_clock_when_seeds_ran_side_by_side(tmp_path):
     (tmp_path / "experiments" / "train" / "cmr" / "stage.json").write_text(json.dumps({"wall_s": 130.0}))
     rows = stage_time_rows(cfg, runs, train, {})
     assert [(r["stage"], r["run"], r["runs"], r["wall_s"]) for r in rows][0] == ("train", "cmr", 2, 130.0)
+    for stage in ("stress-data", "stress/cmr"):  # the stress stages' own clocks too
+        (tmp_path / "experiments" / stage).mkdir(parents=True)
+        (tmp_path / "experiments" / stage / "stage.json").write_text(json.dumps({"runs": 2, "wall_s": 7.0}))
+    rows = stage_time_rows(cfg, runs, train, {})
+    assert [(r["stage"], r["run"], r["runs"], r["wall_s"]) for r in rows][-2:] == [
+        ("stress-data", "data", 2, 7.0), ("stress", "cmr", 2, 7.0)]
 
 
 def test_segment_distance_counts_segments_not_tokens():

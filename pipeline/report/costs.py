@@ -62,6 +62,12 @@ def stage_time_rows(cfg: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], t
     if oh_file.is_file():
         rows.append({"stage": "overhead", "run": "all", "runs": len(runs), "wall_s": _wall(read_json(oh_file)),
                      "source": str(oh_file)})
+    stress = [("stress-data", "data", experiments_dir(cfg) / "stress-data" / "stage.json")]
+    stress += [("stress", v, experiments_dir(cfg) / "stress" / v / "stage.json") for v in variants]
+    for stage, name, f in stress:
+        if f.is_file():
+            d = read_json(f)
+            rows.append({"stage": stage, "run": name, "runs": int(d.get("runs", 1)), "wall_s": _wall(d), "source": str(f)})
     return rows
 
 
