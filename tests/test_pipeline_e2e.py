@@ -163,6 +163,11 @@ def test_second_repro_is_a_noop(ci_study):
     out = _run([str(BIN / "dvc"), "repro"], repo, env)
     assert "Running stage" not in out, out[-3000:]
     assert "up to date" in out
+    # prepare forced: the same data again, so nothing after it reruns (its new wall time is not a report input)
+    out = _run([str(BIN / "dvc"), "repro", "--force", "--single-item", "prepare"], repo, env)
+    assert "Running stage 'prepare'" in out, out[-3000:]
+    out = _run([str(BIN / "dvc"), "status"], repo, env)
+    assert "up to date" in out, out[-3000:]
 
 
 @pytest.mark.e2e
