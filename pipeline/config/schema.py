@@ -86,6 +86,9 @@ class DataConfig:
     local_format: LocalFormat = LocalFormat.auto  # auto: by extension
     filler_max_words: int = 2_000_000  # corpus words read (hf/local)
     filler_vocab_size: int = 512  # synthetic vocabulary size, or top-N corpus words
+    # a pretrained LM's tokenizer (an AutoTokenizer folder or hub name): documents in that LM's own tokens, every
+    # study word one LM token (pipeline/data/lm_tokens.py); null: the study's own word-level tokenizer
+    tokenizer: Optional[str] = None
     zipf_a: float = 1.1  # synthetic word-frequency exponent
     # --- seeds (training vs evaluation documents come from different seeds) ---
     vocab_seed: int = 0

@@ -14,6 +14,7 @@ from pipeline.config.schema import DataConfig
 from pipeline.data.documents import (DocBuilder, assemble, filler_need, layout_dialogue, layout_numeric,
                                      layout_recall, layout_train, rare_slots_needed, train_kinds)
 from pipeline.data.filler import CorpusFiller, SyntheticFiller, corpus_stream, corpus_words, synthetic_word_classes
+from pipeline.data.lm_tokens import LMTokens, lm_tokens, remap_docs
 from pipeline.data.vocab import Vocab, build_vocab
 from pipeline.errors import ConfigError, DataError
 
@@ -31,9 +32,23 @@ COLUMNS = ("doc_id", "task", "input_ids", "n_words", "query_pos", "answers", "qu
 
 @dataclass
 class Source:
-    vocab: Vocab
+    vocab: Vocab  # the generator's word vocabulary
     filler: SyntheticFiller | CorpusFiller
     description: str
+    lm: LMTokens | None = None  # data.tokenizer: documents leave the generator in the LM's tokens
+
+    @property
+    def out_vocab(self) -> Vocab:
+        """The vocabulary of the written documents' ids."""
+        return self.lm.vocab if self.lm is not None else self.vocab
+
+    def is_word(self) -> np.ndarray:
+        return self.lm.is_word if self.lm is not None else self.vocab.is_word_mask()
+
+    def to_output_ids(self, docs: list[dict]) -> list[dict]:
+        if self.lm is not None:
+            remap_docs(docs, self.lm.table)
+        return docs
 
 
 def make_source(cfg: DataConfig) -> Source:
@@ -42,10 +57,15 @@ def make_source(cfg: DataConfig) -> Source:
         classes = synthetic_word_classes(cfg)
         words = [w for c in classes.values() for w in c]
         vocab = build_vocab(cfg, words, classes)
-        return Source(vocab, SyntheticFiller(cfg, vocab), f"synthetic(grammar, zipf_a={cfg.zipf_a})")
-    docs, top, desc = corpus_words(cfg)
-    vocab = build_vocab(cfg, top)
-    return Source(vocab, CorpusFiller(corpus_stream(docs, top, vocab)), desc)
+        src = Source(vocab, SyntheticFiller(cfg, vocab), f"synthetic(grammar, zipf_a={cfg.zipf_a})")
+    else:
+        docs, top, desc = corpus_words(cfg)
+        vocab = build_vocab(cfg, top)
+        src = Source(vocab, CorpusFiller(corpus_stream(docs, top, vocab)), desc)
+    if cfg.tokenizer:
+        src.lm = lm_tokens(cfg, vocab)
+        src.description += f", in the tokens of {cfg.tokenizer}"
+    return src
 
 
 def split_rng(cfg: DataConfig, kind: str, size: int = 0) -> np.random.Generator:

@@ -45,11 +45,11 @@ def _default_out(cfg: Any) -> Path:
 def build_all(cfg: DataConfig) -> tuple[dict[str, dict], Any, dict]:
     """Every split as columns, plus the vocabulary source and per-split stats (no disk I/O)."""
     src = make_source(cfg)
-    is_word = src.vocab.is_word_mask()
+    is_word = src.is_word()
     splits, stats = {}, {}
     for name, kind, size in split_plan(cfg):
         docs = gen_train(cfg, src, kind) if kind in ("train", "val") else gen_eval(cfg, src, kind, size)
-        cols = to_columns(docs, is_word)
+        cols = to_columns(src.to_output_ids(docs), is_word)
         splits[name] = cols
         n = len(docs)
         lens = [len(x) for x in cols["input_ids"]]
@@ -78,13 +78,13 @@ def _verify_tokenizer(tok, vocab, splits: dict, n_docs: int) -> None:
     words = vocab.words
     answers = sorted({a for cols in splits.values() for qa in cols["answers"] for a in qa})
     for a in answers:
-        enc = tok.encode(words[a]).ids
+        enc = tok.encode(words[a], add_special_tokens=False).ids
         if enc != [a]:
             raise DataError(f"answer '{words[a]}' (id {a}) is not a single token of the tokenizer: {enc}")
     for name, cols in splits.items():
         sample = cols["input_ids"][:n_docs]
-        texts = [" ".join(words[i] for i in ids) for ids in sample]
-        for ids, enc in zip(sample, tok.encode_batch(texts)):
+        texts = [vocab.joiner.join(words[i] for i in ids) for ids in sample]
+        for ids, enc in zip(sample, tok.encode_batch(texts, add_special_tokens=False)):
             if enc.ids != [int(i) for i in ids]:
                 raise DataError(f"split '{name}': a document does not round-trip through tokenizer.json")
 
@@ -98,8 +98,9 @@ def prepare(cfg: Any, out_dir: str | Path | None = None, quiet: bool = False) ->
     splits, src, stats = build_all(dcfg)
     disjoint = check_disjoint(splits["train"]["doc_id"],
                               {k: v["doc_id"] for k, v in splits.items() if k != "train"})
-    tok = make_tokenizer(src.vocab)
-    _verify_tokenizer(tok, src.vocab, splits, dcfg.verify_docs)
+    vocab = src.out_vocab
+    tok = src.lm.tokenizer.backend_tokenizer if src.lm is not None else make_tokenizer(vocab)
+    _verify_tokenizer(tok, vocab, splits, dcfg.verify_docs)
     with atomic_dir(out) as tmp:
         atomic_write_text(tmp / "tokenizer.json", tok.to_str(pretty=False))
         for name, cols in splits.items():
@@ -107,9 +108,9 @@ def prepare(cfg: Any, out_dir: str | Path | None = None, quiet: bool = False) ->
         # Counts are measured from the split as saved, not from the plan.
         train = load_split(tmp, "train", verify=False)
         flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in train["input_ids"]]) if len(train) else np.zeros(0, np.int64)
-        counts = np.bincount(flat, minlength=len(src.vocab))
+        counts = np.bincount(flat, minlength=len(vocab))
         atomic_write_json(tmp / COUNTS, {str(i): int(c) for i, c in enumerate(counts) if c > 0})
-        for ids, want in zip(src.vocab.rare_class_ids, dcfg.rare_counts):
+        for ids, want in zip(vocab.rare_class_ids, dcfg.rare_counts):
             got = counts[ids]
             if not np.all(got == int(want)):
                 raise DataError(f"rare class {want}: measured counts {got.tolist()} in the saved train split")
@@ -117,10 +118,10 @@ def prepare(cfg: Any, out_dir: str | Path | None = None, quiet: bool = False) ->
             "splits": stats,
             "generator": dataclasses.asdict(dcfg),
             "filler_source": src.description,
-            "vocab": vocab_summary(src.vocab),
+            "vocab": vocab_summary(vocab),
             "disjointness": disjoint,
             "rare_classes": [{"count": int(c), "ids": [int(i) for i in ids]}
-                             for c, ids in zip(dcfg.rare_counts, src.vocab.rare_class_ids)],
+                             for c, ids in zip(dcfg.rare_counts, vocab.rare_class_ids)],
         }  # no timings here: data/ must hash the same on every rerun (the stage's time is stage.json's)
         atomic_write_json(tmp / MANIFEST, manifest)
     if not quiet:

@@ -70,6 +70,7 @@ class Vocab:
     rare_class_ids: list[np.ndarray]  # one array per class in cfg.rare_counts order
     speaker_ids: np.ndarray
     word_classes: dict[str, np.ndarray] = field(default_factory=dict)  # synthetic grammar classes
+    joiner: str = " "  # between tokens' strings in a document's text ("": an LM's tokens carry their own space)
 
     def __len__(self) -> int:
         return len(self.words)

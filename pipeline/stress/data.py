@@ -115,12 +115,18 @@ def gen_update(cfg: DataConfig, st: StressConfig, src: Source, gap: int) -> list
 
 
 def check_vocab(src: Source, data_dir: Path) -> None:
-    """The stress documents must use the study's token ids: the rebuilt vocabulary must equal data/'s tokenizer."""
-    from pipeline.data import load_tokenizer
+    """The stress documents must use the study's token ids: the rebuilt vocabulary must equal data/'s tokenizer
+    (in an LM's tokens: the LM's tokenizer, and the study's token sets in its ids as the manifest records them)."""
+    from pipeline.data import load_manifest, load_tokenizer
+    from pipeline.data.vocab import vocab_summary
 
-    tok = load_tokenizer(data_dir)
-    vocab = tok.get_vocab()
-    if len(vocab) != len(src.vocab) or any(vocab.get(w) != i for i, w in enumerate(src.vocab.words)):
+    vocab = load_tokenizer(data_dir).get_vocab()
+    if src.lm is not None:
+        same = (vocab == src.lm.tokenizer.backend_tokenizer.get_vocab()
+                and load_manifest(data_dir).get("vocab") == vocab_summary(src.out_vocab))
+    else:
+        same = len(vocab) == len(src.vocab) and all(vocab.get(w) == i for i, w in enumerate(src.vocab.words))
+    if not same:
         raise DataError(f"{data_dir}/tokenizer.json differs from the vocabulary params.yaml's data section builds; "
                         f"rerun `dvc repro prepare`")
 
@@ -131,11 +137,11 @@ def build(cfg: Any, out: Path, quiet: bool = False) -> dict:
     check_fits(data, st)
     src = make_source(data)
     check_vocab(src, Path(cfg.paths.data_dir))
-    is_word = src.vocab.is_word_mask()
+    is_word = src.is_word()
     stats = {}
     with atomic_dir(out) as tmp:
         for name, kind, size in split_plan(st):
-            docs = gen_split(data, st, src, kind, size)
+            docs = src.to_output_ids(gen_split(data, st, src, kind, size))
             cols = to_columns(docs, is_word)
             cols["prior"] = [d.get("prior", [-1] * len(d["query_pos"])) for d in docs]
             save_stress_split(cols, tmp / "splits" / name)
