@@ -121,12 +121,13 @@ class ARMTMemory(Memory):
         h, probs = block(h, return_probs=step.return_attention)
         if probs is not None:
             record_self_attention(step, l, probs[:, :, :T, :T], self.key_positions(step, T, 0), 0)
+        seg, written = h.split([T, h.shape[1] - T], dim=1)  # one split: its backward is one cat, not two zero-fills
         if not step.last_chunk:
-            A, z = self.assoc[l].write(h[:, T:], *state.get(l, (None, None)))
+            A, z = self.assoc[l].write(written, *state.get(l, (None, None)))
             if step.c0 + 1 < step.S - self.cfg.bptt_segments:
                 A, z = A.detach(), z.detach()
             state[l] = (A, z)
-        return h[:, :T] if l == self.backbone.n_layers - 1 else h
+        return seg if l == self.backbone.n_layers - 1 else h
 
 
 MEMORY = ARMTMemory

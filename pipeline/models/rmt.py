@@ -85,11 +85,10 @@ class RMTMemory(Memory):
             record_self_attention(step, l, seg[..., m : m + T], self.key_positions(step, T, 0), 0)
             step.record(l, "memory_mass", seg[..., :m].sum(-1).transpose(1, 2).reshape(step.B, 1, T, -1))
         if l == self.backbone.n_layers - 1:
+            _, h, new = h.split([m, T, m], dim=1)  # one split: its backward is one cat, two slices' two zero-fills
             if not step.last_chunk:
-                new = h[:, m + T :]
                 keep_grad = step.c0 + 1 >= step.S - self.cfg.bptt_segments
                 state["memory"] = new if keep_grad else new.detach()
-            h = h[:, m : m + T]
         return h
 
 

@@ -48,6 +48,17 @@ class XLMemory(Memory):
             else:
                 kc, vc = k, v
             H, hd = kc.shape[1], kc.shape[3]
+            if M == T:  # (the default) segment c's cache is segment c-1's keys: a shift, no unfold and no copies
+                ext = []
+                for t, cur, name in ((kc, k, "k"), (vc, v, "v")):
+                    t5 = t.view(B, C, H, T, hd)
+                    prev = state.get((l, name))
+                    prev = t.new_zeros(B, 1, H, M, hd) if prev is None else prev[:, None]
+                    if not step.last_chunk:
+                        state[(l, name)] = t5[:, -1]
+                    cache = torch.cat([prev, t5[:, : C - 1]], dim=1).reshape(B * C, H, M, hd)
+                    ext.append(torch.cat([cache, cur], dim=2))  # [B*C, H, M+T, hd]
+                return ext[0], ext[1], self._mask(step, h.device)
             # the chunk's tokens in document order, preceded by the previous chunk's cache: [B, H, M + C*T, hd]
             seq = []
             for t, name in ((kc, "k"), (vc, "v")):
