@@ -13,11 +13,16 @@ one process per seed.
 
     python benchmarks/train_speed.py                       # -> results/train_speed.{csv,md}
     python benchmarks/train_speed.py --rounds 3 --variants window,cmr --out /tmp/t.csv
+    python benchmarks/train_speed.py --against REV --variants rmt,xl   # -> results/train_speed_change.{csv,md}
+
+`--against REV` compares this checkout's code with REV's: the two run in turns, one process of each at a time
+(each process timing its own memories in turns as above), `--repeats` times; the ratio of the medians is the change.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -153,6 +158,34 @@ def measure(names: list[str], params: Path, rounds: int, warmup: int, vocab: int
     return rows
 
 
+def against(rev: str, names: list[str], rounds: int, warmup: int, repeats: int, out: Path) -> "pd.DataFrame":
+    """ms per step of REV's code and this checkout's, measured in alternating processes (REV from `git archive`)."""
+    import subprocess
+    import tempfile
+
+    import pandas as pd
+
+    runs: dict[str, list[pd.DataFrame]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "before"
+        old.mkdir()
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        for i in range(repeats):
+            for label, tree in (("before", old), ("after", ROOT)):
+                csv = Path(tmp) / f"{label}{i}.csv"
+                subprocess.run([sys.executable, str(tree / "benchmarks" / "train_speed.py"), "--variants", ",".join(names),
+                                "--rounds", str(rounds), "--warmup", str(warmup), "--out", str(csv)],
+                               cwd=tree, check=True, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True)
+                runs[label].append(pd.read_csv(csv))
+    keys = ["variant", "shape"]
+    med = {k: pd.concat(v).groupby(keys, sort=False)["ms_per_step"].median() for k, v in runs.items()}
+    df = pd.DataFrame({"ms_before": med["before"], "ms_after": med["after"]}).reset_index()
+    df["speedup"] = (df["ms_before"] / df["ms_after"]).round(3)
+    df["before"], df["repeats"] = rev, repeats
+    return df
+
+
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
@@ -166,9 +199,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=700, help="vocabulary size (the LM head is read at the query "
                                                            "positions only, so it barely matters)")
-    ap.add_argument("--out", default=str(ROOT / "results" / "train_speed.csv"))
+    ap.add_argument("--out", default=None, help="default: results/train_speed.csv "
+                                                 "(with --against: results/train_speed_change.csv)")
+    ap.add_argument("--against", default=None, metavar="REV", help="compare with this git revision's code")
+    ap.add_argument("--repeats", type=int, default=3, help="with --against: processes of each, in turns")
     args = ap.parse_args(argv)
     names = args.variants.split(",") if args.variants else list(NAMES)
+    if args.against:
+        out = Path(args.out or ROOT / "results" / "train_speed_change.csv")
+        df = against(args.against, names, args.rounds, args.warmup, args.repeats, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, df.to_csv(index=False))
+        md = (f"Training step of this code against {args.against}'s (benchmarks/train_speed.py --against): ms per step, "
+              f"median over {args.repeats} processes of each run in turns, each the median of {args.rounds} rounds; "
+              "speedup = before / after.\n\n" + df.to_markdown(index=False))
+        atomic_write_text(out.with_suffix(".md"), md + "\n")
+        print(df.to_string(index=False))
+        return 0
+    args.out = args.out or str(ROOT / "results" / "train_speed.csv")
     df = pd.DataFrame(measure(names, Path(args.params), args.rounds, args.warmup, args.vocab))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -117,3 +117,17 @@ def test_train_speed_times_every_shape_and_counts_its_flops(tmp_path):
     w = df[df.variant == "window"].set_index("shape").flops_per_token
     assert w.max() == pytest.approx(w.min(), rel=0.05)
     assert out.with_suffix(".md").is_file()
+
+
+def test_train_speed_against_a_revision_times_both_codes_in_turns(tmp_path):
+    """--against REV: REV's code (from git archive) and this checkout's, one process of each in turns."""
+    pd = pytest.importorskip("pandas")
+    mod = _load("train_speed")
+    out = tmp_path / "change.csv"
+    assert mod.main(["--against", "HEAD", "--variants", "window", "--rounds", "1", "--warmup", "0",
+                     "--repeats", "1", "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df["shape"]) == list(mod.SHAPES) and set(df.variant) == {"window"}
+    assert (df.ms_before > 0).all() and (df.ms_after > 0).all()
+    assert (df.speedup - df.ms_before / df.ms_after).abs().max() < 1e-3
+    assert "speedup = before / after" in out.with_suffix(".md").read_text()
