@@ -171,6 +171,17 @@ def test_second_repro_is_a_noop(ci_study):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_bad_value_in_dvc_exp_run_fails_and_leaves_params_yaml(ci_study):
+    repo, env, _ = ci_study
+    before = (repo / "params.yaml").read_bytes()
+    proc = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "train.lr=abc"], cwd=repo, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "train.lr" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert (repo / "params.yaml").read_bytes() == before
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(600)
 def test_killed_repro_resumes_and_gives_the_same_predictions(ci_study):
     """SIGKILL a `dvc repro` mid-training (after the first checkpoint), rerun it: training resumes
