@@ -1,6 +1,6 @@
 """Open a page in headless Chromium (Debian's chromium + chromedriver, driven by Selenium) and report what a reader
-would see: the title, every image with whether it loaded, and every resource the page fetched. `make test` installs
-the browser (`make browser`); without it the browser tests skip, unless CMR_REQUIRE_BROWSER=1 (set by `make test`)."""
+would see: the title, every image with whether it loaded, and every resource the page fetched. `make browser` installs
+the browser; without it the browser tests skip, unless CMR_REQUIRE_BROWSER=1 (set by .ci/run)."""
 
 from __future__ import annotations
 
