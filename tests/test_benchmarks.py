@@ -131,3 +131,20 @@ def test_train_speed_against_a_revision_times_both_codes_in_turns(tmp_path):
     assert (df.ms_before > 0).all() and (df.ms_after > 0).all()
     assert (df.speedup - df.ms_before / df.ms_after).abs().max() < 1e-3
     assert "speedup = before / after" in out.with_suffix(".md").read_text()
+
+
+def test_stacked_seeds_computes_what_the_separate_models_compute(tmp_path):
+    """benchmarks/stacked_seeds.py: the seed-stacked window equals the study's models seed by seed (it raises
+    otherwise), and every shape gets both timings."""
+    pd = pytest.importorskip("pandas")
+    from pipeline.config import compose, to_params_yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(to_params_yaml(compose(["profile=ci"])))
+    mod = _load("stacked_seeds")
+    out = tmp_path / "stacked.csv"
+    assert mod.main(["--params", str(params), "--seeds", "2", "--rounds", "1", "--warmup", "0", "--vocab", "64",
+                     "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df["shape"]) == list(mod.SHAPES) and (df.max_logit_diff <= 1e-4).all()
+    assert (df.ms_separate > 0).all() and (df.ms_stacked > 0).all()
