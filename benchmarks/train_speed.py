@@ -182,6 +182,9 @@ def against(rev: str, names: list[str], rounds: int, warmup: int, repeats: int, 
     med = {k: pd.concat(v).groupby(keys, sort=False)["ms_per_step"].median() for k, v in runs.items()}
     df = pd.DataFrame({"ms_before": med["before"], "ms_after": med["after"]}).reset_index()
     df["speedup"] = (df["ms_before"] / df["ms_after"]).round(3)
+    if "window" in names:  # a control whose code a speed change leaves alone: what the machine's drift alone gives
+        control = df[df.variant == "window"].set_index("shape")["speedup"]
+        df["speedup_vs_window"] = (df["speedup"] / df["shape"].map(control)).round(3)
     df["before"], df["repeats"] = rev, repeats
     return df
 
@@ -212,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out, df.to_csv(index=False))
         md = (f"Training step of this code against {args.against}'s (benchmarks/train_speed.py --against): ms per step, "
               f"median over {args.repeats} processes of each run in turns, each the median of {args.rounds} rounds; "
-              "speedup = before / after.\n\n" + df.to_markdown(index=False))
+              "speedup = before / after; speedup_vs_window: divided by window's own (the control: a change that leaves "
+              "window's code alone should give it 1.0, and what it gives instead is the machine's drift).\n\n" + df.to_markdown(index=False))
         atomic_write_text(out.with_suffix(".md"), md + "\n")
         print(df.to_string(index=False))
         return 0
