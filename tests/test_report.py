@@ -483,6 +483,8 @@ def test_verdicts_follow_the_rules(tmp_path):
     assert "supported = a significant win in every cell" in md  # the rules are stated
     top = md.split("## ")[0]  # the headline opens the report, before any section
     assert "**Memories that learned the task**" in top and "claim 1 (recall) better in" in top, top
+    # no memory but cmr learned here: the comparison is with a baseline, and says so
+    assert "the strongest baseline (no other memory learned the task)" in top and "memory that learned (" not in top
     from pipeline.report.verdicts import CLAIMS, overhead_verdict
     from pipeline.config.schema import ReportConfig
 

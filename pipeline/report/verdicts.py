@@ -112,7 +112,9 @@ def headline(verdict_list: list[dict], results: Mapping[str, AccuracyResult], va
             parts.append(f"claim {v['claim']} ({v['name']}) better in {c[0]}/{c[2]} cells, worse in {c[1]}/{c[2]}")
         elif v["name"] == "overhead" and v.get("vs_strongest", "").startswith("cmr costs"):
             parts.append(f"claim 2 ({v['vs_strongest'].split(' (')[0].removeprefix('cmr ')})")
-    lines.append(f"**`cmr` against `{b}`**, the strongest memory that learned (on recall): " + "; ".join(parts) + ".")
+    role = ("the strongest memory that learned" if b in learned
+            else "the strongest baseline (no other memory learned the task)")
+    lines.append(f"**`cmr` against `{b}`**, {role} (on recall): " + "; ".join(parts) + ".")
     if stress:
         def at(kind: str, v: str) -> str:
             d = (stress.get(kind) or {}).get(v) or {}
