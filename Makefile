@@ -41,7 +41,7 @@ study:
 study-ci: setup
 	$(call study_in_temp_copy,ci)
 
-## A first look (~10 min on 2 cores): the default study's models and recipe, one seed, window/full/cmr and small
+## A first look (~14 min on 2 cores): the default study's models and recipe, one seed, window/full/cmr and small
 ## evaluation sets (conf/profile/quick.yaml), run like study-ci; its report lands in experiments/study-quick/results/.
 study-quick: setup
 	$(call study_in_temp_copy,quick)
