@@ -138,3 +138,56 @@ def test_every_profile_s_stress_documents_fit(profile):
     study: caught here instead (the ci profile did, when the later statement moved 8 segments before the queries)."""
     cfg = typed(compose([f"profile={profile}"]))
     check_fits(cfg.data, cfg.stress)
+
+
+def test_a_state_size_is_resized_at_evaluation_only_where_no_weight_depends_on_it(stress_root, monkeypatch):
+    """cmr's bank slots are a buffer: the same weights answer at 8 and 64 slots (task `state`, its floats on every
+    row); rmt's memory tokens are a weight, so resizing them is refused, as is a key the memory does not have."""
+    from pipeline.models import build_model
+    from pipeline.stress.evaluate import evaluate_stress, resized_models
+
+    root, cfg = stress_root
+    cmr_cfg = {"name": "cmr", "capture_layers": [0], "reweave_layers": [0], "mode": "flat"}
+    cfg = dataclasses.replace(cfg, models={**cfg.models, "cmr": cmr_cfg, "rmt": {"name": "rmt"}},
+                              stress=dataclasses.replace(cfg.stress, state_sizes={"cmr": {"capacity": [8, 64]},
+                                                                                  "rmt": {"mem_tokens": [2]}}))
+    vocab = 200
+    torch.manual_seed(0)
+    cmr = build_model(cfg.backbone, cmr_cfg, vocab).eval()
+    resized = resized_models(cfg, "cmr", cmr)
+    assert [(k, v) for k, v, _ in resized] == [("capacity", 8), ("capacity", 64)]
+    for _, v, m in resized:
+        assert m.memory_floats() == cmr.memory_floats() * v // cmr.memory_cfg.capacity
+        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), cmr.state_dict().values()))
+    rmt = build_model(cfg.backbone, {"name": "rmt"}, vocab)
+    with pytest.raises(ConfigError, match="changes the shape of weights"):
+        resized_models(cfg, "rmt", rmt)
+    bad = dataclasses.replace(cfg, stress=dataclasses.replace(cfg.stress, state_sizes={"cmr": {"slots": [8]}}))
+    with pytest.raises(ConfigError, match="not a setting of models.cmr"):
+        resized_models(bad, "cmr", cmr)
+
+    monkeypatch.chdir(root)
+    pred = pd.read_parquet(evaluate_stress(cfg, "cmr", 0, model=cmr, root=root / "data_stress") / "predictions.parquet")
+    state = pred[pred["task"] == "state"]
+    assert set(state["split"]) == {"state_capacity_8", "state_capacity_64"} and (state["length"] == 8).all()
+    assert len(state) == 2 * len(pred[pred["split"] == "load_8"])  # the largest load, read once per size
+    assert dict(zip(state["split"], state["state_floats"])) == {
+        "state_capacity_8": resized[0][2].memory_floats(), "state_capacity_64": resized[1][2].memory_floats()}
+    assert (pred.loc[pred["task"] != "state", "state_floats"] == cmr.memory_floats()).all()
+
+
+def test_state_table_puts_each_memory_as_trained_beside_its_resized_selves():
+    from pipeline.report.stress import state_table
+
+    rows = []
+    for split, task, F, floats, correct in (("load_4", "load", 4, 100, 1), ("load_8", "load", 8, 100, 0),
+                                            ("state_capacity_8", "state", 8, 50, 0),
+                                            ("state_capacity_64", "state", 8, 400, 1)):
+        for seed in (0, 1):
+            for doc in range(3):
+                rows.append({"variant": "cmr", "seed": seed, "split": split, "task": task, "length": F,
+                             "doc_id": doc, "query_type": "far", "state_floats": floats, "correct": bool(correct)})
+    t = state_table(pd.DataFrame(rows), ReportConfig())
+    assert list(t["state_floats"]) == [50, 100, 400] and list(t["trained"]) == [False, True, False]
+    assert list(t["setting"]) == ["capacity=8", "as trained", "capacity=64"] and (t["F"] == 8).all()
+    assert list(t["accuracy"]) == [0.0, 0.0, 1.0] and list(t["s1"]) == [0.0, 0.0, 1.0]

@@ -52,6 +52,12 @@ def check_stress(st: Any, full_cfg: Any) -> None:
             raise ConfigError(f"stress.{key} must list at least one value")
         for v in _get(st, key):
             pos(v, f"{key}[]")
+    for variant, keys in dict(_get(st, "state_sizes") or {}).items():
+        for key, values in dict(keys or {}).items():
+            if not list(values or []):
+                raise ConfigError(f"stress.state_sizes.{variant}.{key} must list at least one value")
+            for v in values:
+                pos(v, f"state_sizes.{variant}.{key}[]")
     thr = _get(st, "threshold")
     if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0.0 < float(thr) <= 1.0:
         raise ConfigError(f"stress.threshold must be in (0, 1], got {thr!r}")

@@ -385,6 +385,13 @@ class StressConfig:
     update_length: int = 1000
     n_update_docs: int = 20
     batch_size: int = 8  # documents per forward
+    # state size: the largest load split read again with each listed memory's state resized at evaluation, the
+    # trained weights unchanged (zoology's accuracy against state size). Only settings no weight's shape depends on
+    # (cmr's bank slots, memorizing's store, xl's cache); rmt's memory tokens and armt's and gdn's key widths are
+    # weight shapes, so those memories appear at their trained size alone. {variant: {memory key: [values]}}
+    state_sizes: Dict[str, Dict[str, List[int]]] = field(default_factory=lambda: {
+        "xl": {"mem_len": [8, 32, 64]}, "memorizing": {"store": [64, 128, 512, 1024]},
+        "cmr": {"capacity": [8, 16, 64, 128]}})
 
 
 # ---- the study -------------------------------------------------------------------------------------

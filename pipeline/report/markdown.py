@@ -112,6 +112,7 @@ def report_context(cfg, rc, paper, runs, train, results, oh, validity, times_df,
         "headline": headline(list(verdict_list), results, validity, stress_summary, rc) if verdict_list else [],
         "stress_table": table_md(stress) if stress is not None and not stress.empty else None,
         "stress_threshold": st.get("threshold"), "stress_load_length": st.get("load_length"),
+        "stress_state": state_size_text(stress_summary),
         **verdict_context(verdict_list, rc),
         "setup_lines": setup_lines(cfg, runs, train, train_len, times_df),
         "setup_table": table_md(setup) if setup is not None and not setup.empty else None,
@@ -251,3 +252,15 @@ def diagnostics_context(diag: Mapping[str, Any], table_md: Any) -> dict[str, Any
             "per_seed": table_md(per_seed) if per_seed is not None and not per_seed.empty else None,
             "binding": table_md(binding) if binding is not None and not binding.empty else None,
             "memory": [table_md(t) for t in memory.values()] if memory is not None else None}
+
+
+def state_size_text(stress_summary: Mapping[str, Any] | None) -> str | None:
+    """Which memories were resized at evaluation and to what, e.g. "`cmr` capacity 8-128"; None when none was."""
+    parts = []
+    for v, sizes in ((stress_summary or {}).get("state_size") or {}).items():
+        resized = [s["setting"] for s in sizes.values() if not s["trained"]]
+        if resized:
+            key = resized[0].split("=")[0]
+            vals = sorted(int(r.split("=")[1]) for r in resized)
+            parts.append(f"`{v}` {key} {', '.join(map(str, vals))}")
+    return "; ".join(parts) or None

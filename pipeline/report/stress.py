@@ -1,6 +1,7 @@
 """Where memories break (pipeline/stress/): far recall by load F (facts per document) and by length N (the study's
 recall_<N> joined with the stress lengths), each variant's capacity and effective length with a CI over seeds,
-and the update table (an entity restated with a new value: right, the earlier value, neither)."""
+the update table (an entity restated with a new value: right, the earlier value, neither), and far recall against
+the floats of state at the largest load."""
 
 from __future__ import annotations
 
@@ -117,6 +118,56 @@ def update_table(preds: pd.DataFrame) -> pd.DataFrame:
     return _in_study_order(pd.DataFrame(rows), "gap_segments")
 
 
+def state_table(far: pd.DataFrame, rc: ReportConfig) -> pd.DataFrame:
+    """Far recall at the largest load per variant and state size (floats): each memory as trained (the load split)
+    and, where stress.state_sizes resized it at evaluation, at each other size; mean over seeds with the crossed CI
+    and each seed's value. `trained`: whether the weights were trained at that size."""
+    load = far[far["task"] == "load"]
+    if load.empty or "state_floats" not in far:
+        return pd.DataFrame()
+    top = int(load["length"].max())
+    rows = []
+    for task, sub_task in ((("load", load[load["length"] == top])), ("state", far[far["task"] == "state"])):
+        for (v, split), sub in sub_task.groupby(["variant", "split"], sort=False):
+            st = cell_stats(sub, rc)
+            rows.append({"variant": v, "state_floats": int(sub["state_floats"].iloc[0]), "F": top,
+                         "setting": "as trained" if task == "load" else "=".join(split[len("state_"):].rsplit("_", 1)),
+                         "trained": task == "load", "accuracy": st["accuracy"], "ci_low": st["ci_low"],
+                         "ci_high": st["ci_high"], "n_seeds": st["n_seeds"],
+                         **{f"s{s}": a for s, a in per_seed_accuracy(sub).items()}})
+    return _in_study_order(pd.DataFrame(rows), "state_floats")
+
+
+def plot_state(table: pd.DataFrame, threshold: float, path: Path) -> None:
+    """Recall against state size, one line per memory (zoology's figure): filled markers where the weights were
+    trained at that size, hollow where the state was resized at evaluation. Memories without a state (0 floats)
+    have no place on a log axis."""
+    from pipeline.report.render import pyplot, save_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    t = table[table["state_floats"] > 0]
+    for v, g in t.groupby("variant", sort=False):
+        g = g.sort_values("state_floats")
+        c = COLORS.get(v)
+        ax.errorbar(g["state_floats"], g["accuracy"], yerr=[g["accuracy"] - g["ci_low"], g["ci_high"] - g["accuracy"]],
+                    lw=1.3, capsize=2, color=c, label=v, marker="none")
+        for trained, mk in ((True, dict(mfc=c)), (False, dict(mfc="white"))):
+            s = g[g["trained"] == trained]
+            ax.plot(s["state_floats"], s["accuracy"], "o", ms=5, mec=c, ls="none", **mk)
+    ax.axhline(threshold, color="black", ls=":", lw=1, label=f"threshold {threshold:g}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("state (floats per document, log; filled: trained at that size, hollow: resized at evaluation)",
+                  fontsize=8)
+    ax.set_ylabel("far recall (fraction of queries)")
+    ax.set_ylim(-0.02, 1.02)
+    F = int(table["F"].iloc[0]) if not table.empty else 0
+    ax.set_title(f"Recall vs state size at the largest load (F={F})")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    save_png(fig, path)
+    plt.close(fig)
+
+
 # claim 7 as an accuracy table like the paper's: right = the later value, on the restated entity's queries only
 AMBIGUOUS = AccuracySpec("ambiguous", "update", "gap_segments", "length",
                          "Ambiguous queries (claim 7): share of a restated entity's queries answered with its later "
@@ -184,6 +235,7 @@ def write_stress(cfg: Mapping[str, Any], stress: pd.DataFrame, skipped: Mapping[
     length = curve_table(pd.concat([study_far, far[far["task"] == "length"]], ignore_index=True), "N", rc)
     cap, eff = break_points(load, "F", thr, rc), break_points(length, "N", thr, rc)
     upd = update_table(stress)
+    state = state_table(far, rc)
     load_len = int((cfg.get("stress") or {}).get("load_length", 0))
     skip_note = ("; not read: " + ", ".join(f"{r} {', '.join(s)}" for r, s in skipped.items())) if skipped else ""
     write_table(load, tables_dir / "load", f"Recall vs load: far recall by the number of far facts per document F "
@@ -207,6 +259,18 @@ def write_stress(cfg: Mapping[str, Any], stress: pd.DataFrame, skipped: Mapping[
            "load": {v: dict(zip(g["F"].astype(str), g["accuracy"])) for v, g in load.groupby("variant", sort=False)},
            "length": {v: dict(zip(g["N"].astype(str), g["accuracy"])) for v, g in length.groupby("variant", sort=False)},
            "skipped": dict(skipped)}
+    if not state.empty:
+        write_table(state, tables_dir / "state_size", f"Recall vs state size: far recall at the largest load "
+                    f"(F={int(state['F'].iloc[0])}, {load_len}-token documents) per memory and floats of state, as "
+                    "trained and, where the state is a buffer no weight depends on (stress.state_sizes), resized at "
+                    "evaluation with the same weights (trained = false); mean over seeds with the crossed CI, and "
+                    "each seed's value")
+        plot_state(state, thr, tables_dir / "state_size.png")
+        atomic_write_text(plots_dir / "state_size.csv", state[["variant", "state_floats", "setting", "trained", "accuracy",
+                                                               "ci_low", "ci_high"]].to_csv(index=False))
+        out["state_size"] = {v: {str(int(r["state_floats"])): {"setting": r["setting"], "trained": bool(r["trained"]),
+                                                              "accuracy": r["accuracy"]} for _, r in g.iterrows()}
+                             for v, g in state.groupby("variant", sort=False)}
     if not upd.empty:
         write_table(upd, tables_dir / "update", "Ambiguous queries (an entity stated twice with different values, "
                     "`gap_segments` apart; its query comes after both): share of its queries answered with the later "

@@ -3,7 +3,11 @@ experiments/stress/<variant>/s<seed>/predictions.parquet (the study's prediction
 entity's earlier value on an update query, else -1) and metrics.json. Written atomically per run.
 
 A memory that reads the document as one sequence (`full`: attention quadratic in N) is read up to
-stress.full_max_length; longer splits are listed in metrics.json `skipped`, never silently dropped."""
+stress.full_max_length; longer splits are listed in metrics.json `skipped`, never silently dropped.
+
+State size: a memory listed in stress.state_sizes also reads the largest load split once per listed value of its
+setting, with the same weights in a model built at that size (task `state`, split `state_<key>_<value>`); every
+row carries `state_floats`, the floats of state the model that answered it holds."""
 
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ def evaluate_stress(cfg: Any, variant: str, seed: int, *, model: Any = None, roo
     torch.set_num_threads(int(cfg.eval.threads))
     model.eval()
     whole = memory_config(cfg.models[variant]).whole_sequence
+    resized = resized_models(cfg, variant, model)  # checked before any split is read
+    state_floats = int(model.memory_floats()) if hasattr(model, "memory_floats") else 0
     frames, skipped, timing = [], [], {}
     for name, s in manifest["splits"].items():
         if whole and s["tokens"] > int(cfg.stress.full_max_length):
@@ -52,6 +58,18 @@ def evaluate_stress(cfg: Any, variant: str, seed: int, *, model: Any = None, roo
                              length=int(s["size"]), batch_size=int(cfg.stress.batch_size))
         prior = [p for doc in ds["prior"] for p in doc]  # predictions come doc by doc, query by query
         pred["prior"] = pd.Series(prior, dtype="int64").values
+        pred["state_floats"] = state_floats
+        frames.append(pred)
+        timing[name] = round(time.perf_counter() - t, 3)
+    load = [(int(s["size"]), name) for name, s in manifest["splits"].items() if s["kind"] == "load"]
+    for key, size, m in resized:
+        name = f"state_{key}_{size}"
+        t = time.perf_counter()
+        ds = load_stress_split(root, max(load)[1])
+        pred = predict_split(m, ds, variant=variant, seed=seed, split=name, task="state", length=max(load)[0],
+                             batch_size=int(cfg.stress.batch_size))
+        pred["prior"] = -1
+        pred["state_floats"] = int(m.memory_floats())
         frames.append(pred)
         timing[name] = round(time.perf_counter() - t, 3)
     out = stress_dir(cfg, variant, seed)
@@ -59,6 +77,38 @@ def evaluate_stress(cfg: Any, variant: str, seed: int, *, model: Any = None, roo
         pd.concat(frames, ignore_index=True).to_parquet(tmp / "predictions.parquet", index=False)
         atomic_write_json(tmp / "metrics.json", {"variant": variant, "seed": int(seed), "skipped": skipped,
                                                  "split_s": timing, "wall_s": time.perf_counter() - t0})
+    return out
+
+
+def resized_models(cfg: Any, variant: str, model: Any) -> list[tuple[str, int, Any]]:
+    """(key, value, model) for each value of stress.state_sizes[variant]: the trained model's weights in a model
+    whose memory config has key = value. A ConfigError when the key is not a setting of the memory, or when the
+    value changes a weight's shape (a size the model would have to be trained at)."""
+    import dataclasses
+
+    from pipeline.config.access import cfg_path
+    from pipeline.errors import ConfigError
+    from pipeline.models import build_model
+
+    sizes = dict(dict(cfg_path(cfg, "stress.state_sizes") or {}).get(variant) or {})
+    if not sizes:
+        return []
+    mem = model.memory_cfg
+    names = {f.name for f in dataclasses.fields(mem)}
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    out = []
+    for key, values in sizes.items():
+        if key not in names:
+            raise ConfigError(f"stress.state_sizes.{variant}.{key}: not a setting of models.{variant} "
+                              f"(its settings: {', '.join(sorted(names))})")
+        for value in values:
+            resized = build_model(model.backbone_cfg, dataclasses.replace(mem, **{key: int(value)}), model.vocab_size)
+            changed = sorted(k for k, v in resized.state_dict().items() if shapes.get(k) != v.shape)
+            if changed:
+                raise ConfigError(f"stress.state_sizes.{variant}.{key} = {value}: changes the shape of weights "
+                                  f"{', '.join(changed[:3])}; a state size the model must be trained at")
+            resized.load_state_dict(model.state_dict())
+            out.append((key, int(value), resized.eval()))
     return out
 
 
