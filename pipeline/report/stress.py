@@ -214,23 +214,10 @@ def qualifier_result(stress: pd.DataFrame, rc: ReportConfig) -> AccuracyResult |
 
 
 def plot_qualifier(table: pd.DataFrame, path: Path) -> None:
-    from pipeline.report.render import pyplot, save_png
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), sharey=True)
-    for col, ax in zip(("right_asked_earlier", "right_asked_later"), axes):
-        for v, g in table.groupby("variant", sort=False):
-            ax.plot(g["gap_segments"], g[col], marker="o", ms=3, lw=1.3, label=v, color=COLORS.get(v))
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("segments between the two statements")
-        ax.set_title(f"the query names the {'earlier' if col.endswith('earlier') else 'later'} statement's speaker",
-                     fontsize=10)
-        ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("share answered with the named speaker's value")
-    fig.suptitle("Qualified queries: an entity given two values by two speakers, one speaker named", fontsize=11)
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    save_png(fig, path)
-    plt.close(fig)
+    plot_two_panels(table, {"right_asked_earlier": "the query names the earlier statement's speaker",
+                            "right_asked_later": "the query names the later statement's speaker"},
+                    "share answered with the named speaker's value",
+                    "Qualified queries: an entity given two values by two speakers, one speaker named", path)
 
 
 def ambiguous_result(stress: pd.DataFrame, rc: ReportConfig) -> AccuracyResult | None:
@@ -261,24 +248,30 @@ def plot_curves(table: pd.DataFrame, key: str, threshold: float, title: str, xla
 
 
 def plot_update(table: pd.DataFrame, path: Path) -> None:
+    plot_two_panels(table, {"right": "answered with the later value (right)",
+                            "earlier": "answered with the earlier value"},
+                    "share of the updated entity's queries", "Which value a memory answers after an entity is restated",
+                    path)
+
+
+def plot_two_panels(table: pd.DataFrame, panels: Mapping[str, str], ylabel: str, title: str, path: Path) -> None:
+    """One panel per column of `panels` (column -> panel title): each variant's share against the gap."""
     from pipeline.report.render import pyplot, save_png
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), sharey=True)
-    for col, ax in zip(("right", "earlier"), axes):
+    fig, axes = plt.subplots(1, len(panels), figsize=(9.6, 3.8), sharey=True)
+    for (col, panel_title), ax in zip(panels.items(), axes):
         for v, g in table.groupby("variant", sort=False):
             ax.plot(g["gap_segments"], g[col], marker="o", ms=3, lw=1.3, label=v, color=COLORS.get(v))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("segments between the two statements")
-        ax.set_title("answered with the later value (right)" if col == "right" else "answered with the earlier value",
-                     fontsize=10)
+        ax.set_title(panel_title, fontsize=10)
         ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("share of the updated entity's queries")
-    fig.suptitle("Which value a memory answers after an entity is restated", fontsize=11)
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=11)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     save_png(fig, path)
     plt.close(fig)
-
 
 def write_stress(cfg: Mapping[str, Any], stress: pd.DataFrame, skipped: Mapping[str, list], study_preds: pd.DataFrame,
                  rc: ReportConfig, tables_dir: Path, plots_dir: Path,

@@ -98,25 +98,34 @@ def _update_layout(r: random.Random, b: DocBuilder, length: int, gap: int) -> tu
 
 
 def gen_update(cfg: DataConfig, st: StressConfig, src: Source, gap: int) -> list[dict]:
-    """Update documents; each doc's `prior` lists, per query, the earlier value of the updated entity for its
-    query and -1 for the others. The two statements always differ."""
+    """Update documents; `prior`: the earlier value of the updated entity on its query."""
+    return _gen_restated(cfg, st, src, gap, lambda r, b, length, i: (*_update_layout(r, b, length, gap), None))
+
+
+def _gen_restated(cfg: DataConfig, st: StressConfig, src: Source, gap: int, layout) -> list[dict]:
+    """Documents in which one entity is given two different values: `layout(r, builder, length, i)` -> (pieces,
+    facts, the wrong value's slot, the right value's slot, asks_later or None). Each doc's `prior` lists, per
+    query, the wrong value on the restated entity's query and -1 on the others (`asks_later` likewise, where the
+    layout says which statement is asked). The two values always differ."""
     rng = split_rng(cfg, "recall", gap)
     b = DocBuilder(cfg, src.vocab)
     r = _py_rng(rng)
     length = int(st.update_length) // cfg.segment_len * cfg.segment_len
     layouts, slots = [], []
-    for _ in range(int(st.n_update_docs)):
-        pieces, nf, prior, later = _update_layout(r, b, length, gap)
+    for i in range(int(st.n_update_docs)):
+        pieces, nf, wrong, right, later = layout(r, b, length, i)
         layouts.append((pieces, nf, {"length": length, "task": "recall", "n_turns": 0,
                                      "n_segments": length // cfg.segment_len}))
-        slots.append((-prior - 1, -later - 1, later))
+        slots.append((-wrong - 1, -right - 1, right, later))
     docs = _materialise(rng, src, layouts, cfg.segment_len)
     values = train_values(rng, cfg, src.vocab, b.n_slots, rare=False)
     common = src.vocab.common_value_ids
-    for d, (prior, later, later_ph) in zip(docs, slots):
-        while values[prior] == values[later]:
-            values[prior] = common[rng.integers(len(common))]
-        d["prior"] = [int(values[prior]) if a == later_ph else -1 for a in d["answers"]]
+    for d, (wrong, right, right_ph, later) in zip(docs, slots):
+        while values[wrong] == values[right]:
+            values[wrong] = common[rng.integers(len(common))]
+        d["prior"] = [int(values[wrong]) if a == right_ph else -1 for a in d["answers"]]
+        if later is not None:
+            d["asks_later"] = [int(later) if a == right_ph else -1 for a in d["answers"]]
     _fill_values(docs, values)
     return docs
 
@@ -148,29 +157,10 @@ def _qualifier_layout(r: random.Random, b: DocBuilder, length: int, gap: int,
 
 
 def gen_qualifier(cfg: DataConfig, st: StressConfig, src: Source, gap: int) -> list[dict]:
-    """Qualifier documents, half asking the earlier statement's qualifier and half the later's (alternating); each
-    doc's `prior` lists, per query, the other statement's value for the qualified query and -1 for the others, and
-    `asks_later` 1 / 0 for the qualified query (the later / earlier statement asked) and -1 for the others."""
-    rng = split_rng(cfg, "recall", gap)
-    b = DocBuilder(cfg, src.vocab)
-    r = _py_rng(rng)
-    length = int(st.update_length) // cfg.segment_len * cfg.segment_len
-    layouts, slots = [], []
-    for i in range(int(st.n_update_docs)):
-        pieces, nf, other, asked = _qualifier_layout(r, b, length, gap, asks_later=i % 2 == 1)
-        layouts.append((pieces, nf, {"length": length, "task": "recall", "n_turns": 0,
-                                     "n_segments": length // cfg.segment_len}))
-        slots.append((-other - 1, -asked - 1, asked, i % 2))
-    docs = _materialise(rng, src, layouts, cfg.segment_len)
-    values = train_values(rng, cfg, src.vocab, b.n_slots, rare=False)
-    common = src.vocab.common_value_ids
-    for d, (other, asked, asked_ph, later) in zip(docs, slots):
-        while values[other] == values[asked]:
-            values[other] = common[rng.integers(len(common))]
-        d["prior"] = [int(values[other]) if a == asked_ph else -1 for a in d["answers"]]
-        d["asks_later"] = [later if a == asked_ph else -1 for a in d["answers"]]
-    _fill_values(docs, values)
-    return docs
+    """Qualifier documents, naming the earlier statement's speaker and the later's in turn; `prior`: the other
+    speaker's value on the qualified query, `asks_later`: 1 / 0 there (the later / earlier statement named)."""
+    return _gen_restated(cfg, st, src, gap, lambda r, b, length, i: (
+        *_qualifier_layout(r, b, length, gap, asks_later=i % 2 == 1), i % 2))
 
 
 def check_vocab(src: Source, data_dir: Path) -> None:
