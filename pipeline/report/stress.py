@@ -119,23 +119,29 @@ def update_table(preds: pd.DataFrame) -> pd.DataFrame:
     return _in_study_order(pd.DataFrame(rows), "gap_segments")
 
 
-def state_table(far: pd.DataFrame, rc: ReportConfig) -> pd.DataFrame:
-    """Far recall at the largest load per variant and state size (floats): each memory as trained (the load split)
-    and, where stress.state_sizes resized it at evaluation, at each other size; mean over seeds with the crossed CI
+def state_table(far: pd.DataFrame, rc: ReportConfig, trained_sizes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Far recall at the largest load per variant and state size (floats): each memory as trained (the load split),
+    where stress.state_sizes resized it at evaluation at each other size, and the runs `make state-size` trained at
+    other sizes (`trained_sizes`: their predictions with a `setting` column); mean over seeds with the crossed CI
     and each seed's value. `trained`: whether the weights were trained at that size."""
     load = far[far["task"] == "load"]
     if load.empty or "state_floats" not in far:
         return pd.DataFrame()
     top = int(load["length"].max())
+    study = load[load["length"] == top].assign(setting="as trained", trained=True)
+    state = far[far["task"] == "state"]
+    resized = state.assign(setting=["=".join(x[len("state_"):].rsplit("_", 1)) for x in state["split"]], trained=False)
+    parts = [study, resized]
+    if trained_sizes is not None and not trained_sizes.empty:
+        extra = trained_sizes[(trained_sizes["length"] == top) & trained_sizes["variant"].isin(set(load["variant"]))]
+        parts.append(extra.assign(setting=extra["setting"] + " (trained)", trained=True))
     rows = []
-    for task, sub_task in ((("load", load[load["length"] == top])), ("state", far[far["task"] == "state"])):
-        for (v, split), sub in sub_task.groupby(["variant", "split"], sort=False):
-            st = cell_stats(sub, rc)
-            rows.append({"variant": v, "state_floats": int(sub["state_floats"].iloc[0]), "F": top,
-                         "setting": "as trained" if task == "load" else "=".join(split[len("state_"):].rsplit("_", 1)),
-                         "trained": task == "load", "accuracy": st["accuracy"], "ci_low": st["ci_low"],
-                         "ci_high": st["ci_high"], "n_seeds": st["n_seeds"],
-                         **{f"s{s}": a for s, a in per_seed_accuracy(sub).items()}})
+    for (v, setting), sub in pd.concat(parts, ignore_index=True).groupby(["variant", "setting"], sort=False):
+        st = cell_stats(sub, rc)
+        rows.append({"variant": v, "state_floats": int(sub["state_floats"].iloc[0]), "F": top, "setting": setting,
+                     "trained": bool(sub["trained"].iloc[0]), "accuracy": st["accuracy"], "ci_low": st["ci_low"],
+                     "ci_high": st["ci_high"], "n_seeds": st["n_seeds"],
+                     **{f"s{s}": a for s, a in per_seed_accuracy(sub).items()}})
     return _in_study_order(pd.DataFrame(rows), "state_floats")
 
 
@@ -275,7 +281,8 @@ def plot_two_panels(table: pd.DataFrame, panels: Mapping[str, str], ylabel: str,
 
 def write_stress(cfg: Mapping[str, Any], stress: pd.DataFrame, skipped: Mapping[str, list], study_preds: pd.DataFrame,
                  rc: ReportConfig, tables_dir: Path, plots_dir: Path,
-                 write_table: Callable[[pd.DataFrame, Path, str], Any]) -> dict:
+                 write_table: Callable[[pd.DataFrame, Path, str], Any],
+                 trained_sizes: pd.DataFrame | None = None) -> dict:
     """The load, length and update tables and plots, and the break points; returns summary.json's `stress`."""
     from pipeline.io import atomic_write_text
 
@@ -286,7 +293,7 @@ def write_stress(cfg: Mapping[str, Any], stress: pd.DataFrame, skipped: Mapping[
     length = curve_table(pd.concat([study_far, far[far["task"] == "length"]], ignore_index=True), "N", rc)
     cap, eff = break_points(load, "F", thr, rc), break_points(length, "N", thr, rc)
     upd = update_table(stress)
-    state = state_table(far, rc)
+    state = state_table(far, rc, trained_sizes)
     load_len = int((cfg.get("stress") or {}).get("load_length", 0))
     skip_note = ("; not read: " + ", ".join(f"{r} {', '.join(s)}" for r, s in skipped.items())) if skipped else ""
     write_table(load, tables_dir / "load", f"Recall vs load: far recall by the number of far facts per document F "
@@ -313,9 +320,10 @@ def write_stress(cfg: Mapping[str, Any], stress: pd.DataFrame, skipped: Mapping[
     if not state.empty:
         write_table(state, tables_dir / "state_size", f"Recall vs state size: far recall at the largest load "
                     f"(F={int(state['F'].iloc[0])}, {load_len}-token documents) per memory and floats of state, as "
-                    "trained and, where the state is a buffer no weight depends on (stress.state_sizes), resized at "
-                    "evaluation with the same weights (trained = false); mean over seeds with the crossed CI, and "
-                    "each seed's value")
+                    "trained, where the state is a buffer no weight depends on (stress.state_sizes) resized at "
+                    "evaluation with the same weights (trained = false), and, where `make state-size` trained a "
+                    "memory at another size (one seed), that run ('(trained)'); mean over seeds with the crossed CI, "
+                    "and each seed's value")
         plot_state(state, thr, tables_dir / "state_size.png")
         atomic_write_text(plots_dir / "state_size.csv", state[["variant", "state_floats", "setting", "trained", "accuracy",
                                                                "ci_low", "ci_high"]].to_csv(index=False))
