@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup study study-ci study-quick test browser params bench train-bench ablations sanity hf-cmr clean-runs
+.PHONY: help setup study study-ci study-quick test browser params bench train-bench ablations sanity hf-cmr state-size clean-runs
 
 # pip byte-compiles the installed packages (half of the install's 2.2 min). Not skipped with --no-compile: where
 # PYTHONDONTWRITEBYTECODE is set (these machines), every process would then compile what it imports, ~10 s each.
@@ -105,6 +105,13 @@ hf-cmr: setup
 	$(BIN)/cmr-repro report --params $(HF)
 	cp $(HF) results/hf_cmr/params.yaml
 	dvc repro report
+
+## Memories whose state size is a weight shape, trained at other sizes (seed 0; ~10 min on 2 cores for the two
+## gdn sizes, side by side; add e.g. armt:d_key:16 rmt:mem_tokens:32) and read on the largest load: results/state_size/.
+STATE_SIZES ?= gdn:d_key:8 gdn:d_key:32
+state-size: setup
+	dvc repro stress-data
+	$(BIN)/python -m pipeline.studies.state_size $(STATE_SIZES)
 
 ## The implementation's sanity check (conf/experiment/sanity_recall.yaml: window, xl, cmr x 3 seeds on the
 ## regime where CMR is known to work; 9 jobs of 4,000 steps, 4-7 min each: ~50 min one after the other, ~25 with

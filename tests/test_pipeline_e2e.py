@@ -115,7 +115,7 @@ def test_ci_profile_produces_every_table(ci_study):
     summary = json.loads((results / "summary.json").read_text())
     assert "validity" in summary and "recall" in summary
     # where memories break: load, length and update tables, and each variant's break points
-    for name in ("load", "length", "capacity", "effective_length", "update"):
+    for name in ("load", "length", "capacity", "effective_length", "update", "qualifiers", "qualifier", "state_size"):
         assert (results / "tables" / f"{name}.csv").is_file(), name
     assert set(summary["stress"]["capacity"]) == set(summary["stress"]["effective_length"]) == variants
     assert "## Where memories break" in (results / "REPORT.md").read_text()

@@ -461,8 +461,8 @@ def test_verdicts_follow_the_rules(tmp_path):
     cfg["report"]["chance_margin"] = 0.2  # window's mean far recall (0.13) still counts as near chance here
     s = build_report(cfg, evals, trains, tmp_path / "results")
     v = {x["claim"]: x for x in s["verdicts"]}
-    assert [x["claim"] for x in s["verdicts"]] == [1, 2, 3, 4, 5, 6, 7]
-    assert v[7]["verdict"] == "not tested"  # no stress stage in this study: no update documents
+    assert [x["claim"] for x in s["verdicts"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert v[7]["verdict"] == v[8]["verdict"] == "not tested"  # no stress stage here: no update or qualifier docs
     # the gap grows, but window is at chance (<= 0.25) at two of three N: one cell where both can move is no trend
     assert v[1]["verdict"] == "mixed" and "not decidable" in v[1]["evidence"], v[1]["evidence"]
     assert "cells where neither cmr nor window is at chance" in v[1]["range"] and "cannot be judged" in v[1]["cmr_loses"]
@@ -770,3 +770,27 @@ def test_a_memory_that_chooses_its_checkpoint_on_val_still_gets_its_checks():
     out = learned_checks(train, ReportConfig())
     assert {"rmt_learned", "rmt_long", "cmr_learned", "cmr_long"} <= set(out) and "window_learned" not in out
     assert out["rmt_learned"]["passed"] and not out["rmt_long"]["passed"]
+
+
+def test_claim_8_needs_cmr_above_what_a_qualifier_blind_memory_gets():
+    """Wins over window in every gap are not enough: a memory answering one value whatever the speaker is named is
+    right on at most half the qualified queries, so cmr's share right must be above 0.5 (its CI) to resolve them."""
+    from pipeline.config.schema import ReportConfig
+    from pipeline.report.stress import QUALIFIER
+    from pipeline.report.tables import AccuracyResult
+    from pipeline.report.verdicts import CLAIMS, above_qualifier_blind, accuracy_verdict
+
+    claim = next(c for c in CLAIMS if c.name == QUALIFIER.name)
+    tests = pd.DataFrame([{"comparison": "cmr_vs_window", "gap_segments": g, "gap": 0.45, "gap_ci_low": 0.3,
+                           "gap_ci_high": 0.6, "p_holm": 1e-6, "seeds_cmr_better": 3, "n_seeds": 3} for g in (1, 48)])
+
+    def verdict(lows):
+        table = pd.DataFrame({"variant": "cmr", "gap_segments": [1, 48], "accuracy": [l + 0.05 for l in lows],
+                              "ci_low": lows, "ci_high": [l + 0.1 for l in lows]})
+        res = AccuracyResult(QUALIFIER, table, tests)
+        return above_qualifier_blind(accuracy_verdict(claim, res, ReportConfig()), res)
+
+    assert verdict([0.45, 0.45])["verdict"] == "not supported"  # holds a value, ignores the speaker
+    assert "does not resolve the qualifier" in verdict([0.45, 0.45])["cmr_loses"]
+    assert verdict([0.7, 0.45])["verdict"] == "mixed"
+    assert verdict([0.7, 0.8])["verdict"] == "supported"

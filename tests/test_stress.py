@@ -15,7 +15,7 @@ pytest.importorskip("datasets")
 from pipeline.config import CONF_DIR, compose, typed  # noqa: E402
 from pipeline.config.schema import ReportConfig  # noqa: E402
 from pipeline.errors import ConfigError, DataError  # noqa: E402
-from pipeline.report.stress import break_point, break_points, update_table  # noqa: E402
+from pipeline.report.stress import break_point, break_points, qualifier_table, update_table  # noqa: E402
 from pipeline.stress.data import LATER_TO_END, build, check_fits, load_stress_split, read_manifest  # noqa: E402
 
 W = 16
@@ -54,7 +54,7 @@ def stress_root(tmp_path_factory):
 def test_splits_have_the_loads_lengths_and_updates_asked_for(stress_root):
     root, cfg = stress_root
     m = read_manifest(root / "data_stress")
-    assert set(m["splits"]) == {"load_2", "load_8", "length_320", "update_1", "update_3"}
+    assert set(m["splits"]) == {"load_2", "load_8", "length_320", "update_1", "update_3", "qualifier_1", "qualifier_3"}
     for f in (2, 8):
         ds = load_stress_split(root / "data_stress", f"load_{f}")
         assert len(ds) == 3 and all(len(q) == f and set(t) == {"far"} for q, t in zip(ds["query_pos"], ds["query_type"]))
@@ -76,6 +76,35 @@ def test_an_update_states_one_entity_twice_gap_segments_apart_with_different_val
             assert earlier and later_at // W - earlier[-1] // W == gap
             assert qpos[i] > later_at  # asked after both statements, beyond local reach of the later one
             assert qpos[i] // W - later_at // W >= LATER_TO_END - 1
+
+
+def test_a_qualified_query_names_the_speaker_whose_statement_it_asks(stress_root):
+    """"A: is E V1 ." ... "B: is E V2 ." (gap segments apart) ... "A: ? is E" -> V1: the answer is the value stated
+    right after the query's own qualifier; `prior` the other; half the documents ask the later statement."""
+    root, cfg = stress_root
+    from pipeline.data import load_tokenizer
+
+    vocab = load_tokenizer(root / "data").get_vocab()
+    tags = {vocab[s] for s in cfg.data.speakers}
+    for gap in (1, 3):
+        ds = load_stress_split(root / "data_stress", f"qualifier_{gap}")
+        asked = []
+        for ids, qpos, ans, prior, later in zip(ds["input_ids"], ds["query_pos"], ds["answers"], ds["prior"],
+                                                ds["asks_later"]):
+            ids = np.array(ids)
+            (i,) = [k for k, p in enumerate(prior) if p >= 0]
+            assert later[i] in (0, 1) and all(a == -1 for k, a in enumerate(later) if k != i)
+            tag, ent = ids[qpos[i] - 3], ids[qpos[i]]  # "tag ? is E": the prompt ends at E
+            assert tag in tags and ans[i] != prior[i]
+            stated = {int(ids[p - 3]): (p, int(ids[p])) for p in range(3, len(ids))
+                      if ids[p - 1] == ent and ids[p - 2] == vocab["is"] and ids[p - 3] in tags and p < qpos[i] - 3}
+            assert set(stated) == tags and stated[int(tag)][1] == ans[i]  # its own tag's value is the answer
+            (other,) = set(stated) - {int(tag)}
+            assert stated[other][1] == prior[i]
+            (p_early, _), (p_late, _) = sorted(stated.values())
+            assert p_late // W - p_early // W == gap and (stated[int(tag)][0] == p_late) == bool(later[i])
+            asked.append(later[i])
+        assert sorted(asked) == [0, 0, 0, 1, 1]  # alternating over 5 documents
 
 
 def test_stress_data_is_deterministic_and_checks_what_it_needs(stress_root, tmp_path):
@@ -106,8 +135,10 @@ def test_evaluation_scores_every_split_and_skips_what_full_cannot_read(stress_ro
     monkeypatch.chdir(root)
     out = evaluate_stress(cfg, "full", 0, model=Oracle(), root=root / "data_stress")
     pred = pd.read_parquet(out / "predictions.parquet")
-    assert pred["correct"].all() and set(pred["split"]) == {"load_2", "load_8", "update_1", "update_3"}
-    assert (pred["prior"] >= 0).sum() == 10  # one updated entity in each of 5 documents x 2 gaps
+    assert pred["correct"].all() and set(pred["split"]) == {"load_2", "load_8", "update_1", "update_3", "qualifier_1",
+                                                            "qualifier_3"}
+    assert (pred["prior"] >= 0).sum() == 20  # one restated entity in each of 5 documents x 2 gaps x 2 kinds
+    assert sorted(pred.loc[pred["asks_later"] >= 0, "asks_later"]) == [0] * 6 + [1] * 4
     import json
 
     assert json.loads((out / "metrics.json").read_text())["skipped"] == ["length_320"]  # > full_max_length
@@ -130,6 +161,17 @@ def test_update_table_splits_right_earlier_and_neither():
     r = update_table(p).iloc[0]
     assert (r["right"], r["earlier"], r["neither"], r["n_queries"]) == (pytest.approx(1 / 3), pytest.approx(1 / 3),
                                                                        pytest.approx(1 / 3), 3)
+
+
+def test_qualifier_table_splits_right_other_neither_and_which_statement_was_asked():
+    """A memory that answers the latest value whatever the speaker: right when the later speaker is named, the
+    other value when the earlier one is."""
+    p = pd.DataFrame({"variant": "cmr", "seed": [0, 0, 1, 1, 0], "task": "qualifier", "length": 4,
+                      "answer": [5, 5, 5, 5, 5], "prior": [7, 7, 7, 7, -1], "asks_later": [0, 1, 0, 1, -1],
+                      "pred": [7, 5, 7, 5, 9]})
+    r = qualifier_table(p).iloc[0]
+    assert (r["right"], r["other"], r["neither"], r["n_queries"]) == (0.5, 0.5, 0.0, 4)
+    assert (r["right_asked_earlier"], r["right_asked_later"], r["right_s0"]) == (0.0, 1.0, 0.5)
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in (CONF_DIR / "profile").glob("*.yaml")))
@@ -191,3 +233,18 @@ def test_state_table_puts_each_memory_as_trained_beside_its_resized_selves():
     assert list(t["state_floats"]) == [50, 100, 400] and list(t["trained"]) == [False, True, False]
     assert list(t["setting"]) == ["capacity=8", "as trained", "capacity=64"] and (t["F"] == 8).all()
     assert list(t["accuracy"]) == [0.0, 0.0, 1.0] and list(t["s1"]) == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (CONF_DIR / "profile").glob("*.yaml")))
+def test_every_profile_s_state_sizes_are_valid_memories(profile):
+    """A state size the memory rejects (cmr: fewer slots than it writes per segment) would fail the stress stage
+    after the trainings: checked here for every variant of every profile."""
+    from pipeline.models.registry import backbone_config, check_model, memory_config
+
+    cfg = typed(compose([f"profile={profile}"]))
+    backbone = backbone_config(cfg.backbone)
+    for variant in cfg.study.variants:
+        mem = memory_config(cfg.models[variant])
+        for key, values in (cfg.stress.state_sizes.get(variant) or {}).items():
+            for value in values:
+                check_model(backbone, dataclasses.replace(mem, **{key: int(value)}))

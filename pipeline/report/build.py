@@ -20,8 +20,9 @@ from pipeline.report.markdown import html_page, render_markdown
 from pipeline.report.memory import write_memory
 from pipeline.report.paper import load_paper_numbers
 from pipeline.report.render import plot_accuracy, plot_overhead, write_table
-from pipeline.report.stress import AMBIGUOUS, ambiguous_result, headline as stress_headline, load_stress, write_stress
-from pipeline.report.runs import cost_benchmarks, hf_experiment, load_runs, load_train_runs
+from pipeline.report.stress import (AMBIGUOUS, QUALIFIER, ambiguous_result, headline as stress_headline, load_stress,
+                                    qualifier_result, write_stress)
+from pipeline.report.runs import cost_benchmarks, hf_experiment, load_runs, load_train_runs, trained_state_sizes
 from pipeline.report.tables import (ACCURACY_TABLES, AccuracyResult, BASELINE_CAPTION, FAMILY_TEXT,
                                     accuracy_table, apply_holm, distance_vs_training, overhead_table,
                                     per_seed_recall, xl_reach_segments)
@@ -60,16 +61,19 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
         summary["overhead"] = write_overhead(oh, paper["tables"].get("overhead"), rc, tables_dir, plots_dir)
     attention, att_why, diagnostics = write_diagnostics(cfg, runs, train, preds, rc, tables_dir, plots_dir,
                                                         summary, notes)
+    committed = Path((cfg.get("paths") or {}).get("results_dir", "results"))  # results_dir is the staging folder
     stress, skipped = load_stress(cfg, [(r["variant"], r["seed"]) for r in runs], notes)
     if stress is not None:
-        summary["stress"] = write_stress(cfg, stress, skipped, preds, rc, tables_dir, plots_dir, write_table)
-        ambiguous = ambiguous_result(stress, rc)
-        if ambiguous is not None:  # claim 7, its own Holm family
-            family_sizes.update(apply_holm({AMBIGUOUS.name: ambiguous}, rc.alpha))
-            results[AMBIGUOUS.name] = ambiguous
-            out = write_accuracy(ambiguous, paper, rc, tl, family_sizes, tables_dir, plots_dir)
-            summary[AMBIGUOUS.name] = out["table"]
-            summary.setdefault("tests", {})[AMBIGUOUS.name] = out["tests"]
+        summary["stress"] = write_stress(cfg, stress, skipped, preds, rc, tables_dir, plots_dir, write_table,
+                                         trained_state_sizes(cfg, committed / "state_size", notes))
+        for spec, res in ((AMBIGUOUS, ambiguous_result(stress, rc)), (QUALIFIER, qualifier_result(stress, rc))):
+            if res is None:
+                continue
+            family_sizes.update(apply_holm({spec.name: res}, rc.alpha))  # claims 7 and 8: each its own Holm family
+            results[spec.name] = res
+            out = write_accuracy(res, paper, rc, tl, family_sizes, tables_dir, plots_dir)
+            summary[spec.name] = out["table"]
+            summary.setdefault("tests", {})[spec.name] = out["tests"]
     summary["holm"] = {f: {"tests": n, "what": FAMILY_TEXT[f]} for f, n in family_sizes.items()}
     validity, verdict_list = summary["validity"], verdicts(results, oh, attention, rc, att_why, summary["validity"],
                                                           summary.get("stress"))
@@ -86,7 +90,6 @@ def build_report(cfg: Any, eval_dirs: Sequence[str | Path], train_dirs: Sequence
                         "variants": setup.set_index("variant").to_dict("index")}
     stress_md = (stress_headline(summary["stress"], dict(zip(setup["variant"], setup["memory_floats"])))
                  if "stress" in summary else None)
-    committed = Path((cfg.get("paths") or {}).get("results_dir", "results"))  # results_dir is the staging folder
     hf = hf_experiment(cfg, committed / "hf_cmr", notes)
     cost = cost_benchmarks(committed)
     if hf is not None:

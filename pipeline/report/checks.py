@@ -43,6 +43,7 @@ CLAIM_CHECKS = {
     "overhead": (),  # timing does not depend on what the models learned
     "attention": ("ceiling", "cmr_learned", "cmr_long", "binding"),
     "ambiguous": ACCURACY_CHECKS,
+    "qualifier": ACCURACY_CHECKS,
 }
 
 

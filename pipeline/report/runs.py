@@ -78,6 +78,32 @@ def hf_experiment(cfg: Mapping[str, Any], root: Path, notes: list[str]) -> dict 
             "accuracy": {v: {str(n): float(x) for n, x in row.items()} for v, row in table.iterrows()}}
 
 
+def trained_state_sizes(cfg: Mapping[str, Any], root: Path, notes: list[str]) -> pd.DataFrame | None:
+    """The committed runs of `make state-size` (pipeline/studies/state_size.py): far-recall predictions at the
+    largest load of memories trained at other state sizes, one row per query with its `setting`; None if absent,
+    or (with a note) if the runs started from other data, backbone, training, stress documents or memory configs
+    than this study's."""
+    import yaml
+
+    from pipeline.config.train import recipe_matches
+
+    preds = root / "predictions.parquet"
+    if not preds.is_file():
+        return None
+    scfg = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").is_file() else {}
+    p = pd.read_parquet(preds)
+    stress = lambda c: {k: v for k, v in dict(c.get("stress") or {}).items() if k != "state_sizes"}  # noqa: E731
+    differ = recipe_matches(cfg, scfg, ("data", "backbone", "train"))
+    differ += ["stress"] if stress(cfg) != stress(scfg) else []
+    differ += [f"models.{v}" for v in sorted(set(p["variant"]))
+               if dict((cfg.get("models") or {}).get(v) or {}) != dict((scfg.get("models") or {}).get(v) or {})]
+    if differ:
+        notes.append(f"{root} holds state-size runs of another recipe ({', '.join(differ)} differ from this study's, "
+                     "or no params.yaml): not shown (rerun `make state-size`)")
+        return None
+    return p
+
+
 def cost_benchmarks(root: Path) -> dict | None:
     """The committed benchmarks of where inference cost goes (`make bench`: benchmarks/profile_overhead.py and
     benchmarks/speed.py, outside the pipeline's stages): cmr's time by part against window at one thread, and the

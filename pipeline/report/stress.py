@@ -1,7 +1,8 @@
 """Where memories break (pipeline/stress/): far recall by load F (facts per document) and by length N (the study's
 recall_<N> joined with the stress lengths), each variant's capacity and effective length with a CI over seeds,
-the update table (an entity restated with a new value: right, the earlier value, neither), and far recall against
-the floats of state at the largest load."""
+the update table (an entity restated with a new value: right, the earlier value, neither), the qualifier table (an
+entity given two values by two speakers, one named in the query), and far recall against the floats of state at the
+largest load."""
 
 from __future__ import annotations
 
@@ -118,23 +119,29 @@ def update_table(preds: pd.DataFrame) -> pd.DataFrame:
     return _in_study_order(pd.DataFrame(rows), "gap_segments")
 
 
-def state_table(far: pd.DataFrame, rc: ReportConfig) -> pd.DataFrame:
-    """Far recall at the largest load per variant and state size (floats): each memory as trained (the load split)
-    and, where stress.state_sizes resized it at evaluation, at each other size; mean over seeds with the crossed CI
+def state_table(far: pd.DataFrame, rc: ReportConfig, trained_sizes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Far recall at the largest load per variant and state size (floats): each memory as trained (the load split),
+    where stress.state_sizes resized it at evaluation at each other size, and the runs `make state-size` trained at
+    other sizes (`trained_sizes`: their predictions with a `setting` column); mean over seeds with the crossed CI
     and each seed's value. `trained`: whether the weights were trained at that size."""
     load = far[far["task"] == "load"]
     if load.empty or "state_floats" not in far:
         return pd.DataFrame()
     top = int(load["length"].max())
+    study = load[load["length"] == top].assign(setting="as trained", trained=True)
+    state = far[far["task"] == "state"]
+    resized = state.assign(setting=["=".join(x[len("state_"):].rsplit("_", 1)) for x in state["split"]], trained=False)
+    parts = [study, resized]
+    if trained_sizes is not None and not trained_sizes.empty:
+        extra = trained_sizes[(trained_sizes["length"] == top) & trained_sizes["variant"].isin(set(load["variant"]))]
+        parts.append(extra.assign(setting=extra["setting"] + " (trained)", trained=True))
     rows = []
-    for task, sub_task in ((("load", load[load["length"] == top])), ("state", far[far["task"] == "state"])):
-        for (v, split), sub in sub_task.groupby(["variant", "split"], sort=False):
-            st = cell_stats(sub, rc)
-            rows.append({"variant": v, "state_floats": int(sub["state_floats"].iloc[0]), "F": top,
-                         "setting": "as trained" if task == "load" else "=".join(split[len("state_"):].rsplit("_", 1)),
-                         "trained": task == "load", "accuracy": st["accuracy"], "ci_low": st["ci_low"],
-                         "ci_high": st["ci_high"], "n_seeds": st["n_seeds"],
-                         **{f"s{s}": a for s, a in per_seed_accuracy(sub).items()}})
+    for (v, setting), sub in pd.concat(parts, ignore_index=True).groupby(["variant", "setting"], sort=False):
+        st = cell_stats(sub, rc)
+        rows.append({"variant": v, "state_floats": int(sub["state_floats"].iloc[0]), "F": top, "setting": setting,
+                     "trained": bool(sub["trained"].iloc[0]), "accuracy": st["accuracy"], "ci_low": st["ci_low"],
+                     "ci_high": st["ci_high"], "n_seeds": st["n_seeds"],
+                     **{f"s{s}": a for s, a in per_seed_accuracy(sub).items()}})
     return _in_study_order(pd.DataFrame(rows), "state_floats")
 
 
@@ -175,6 +182,50 @@ AMBIGUOUS = AccuracySpec("ambiguous", "update", "gap_segments", "length",
                          plot_title="Ambiguous queries: the later value answered (claim 7)")
 
 
+# claim 8: right = the value stated under the qualifier the query names, on the qualified queries only
+QUALIFIER = AccuracySpec("qualifier", "qualifier", "gap_segments", "length",
+                         "Qualified queries (claim 8): share of the queries naming one of two qualifiers (speakers) "
+                         "under which an entity was given different values that are answered with that qualifier's "
+                         "value, by segments between the two statements (half the queries ask the earlier one)",
+                         family="qualifier", plot_title="Qualified queries: the named speaker's value answered (claim 8)")
+
+
+def qualifier_table(preds: pd.DataFrame) -> pd.DataFrame:
+    """The qualified query per variant and gap: share answered with the named qualifier's value (right), the other
+    qualifier's value (other) or neither, and the share right when the earlier / the later statement is asked
+    (a memory that ignores the qualifier and answers the latest value scores 0 / 1 there); mean over seeds."""
+    u = preds[(preds["task"] == "qualifier") & (preds["prior"] >= 0)].copy()
+    if u.empty:
+        return pd.DataFrame()
+    u["right"] = u["pred"] == u["answer"]
+    u["other"] = u["pred"] == u["prior"]
+    u["neither"] = ~(u["right"] | u["other"])
+    rows = []
+    for (v, gap), g in u.groupby(["variant", "length"], sort=False):
+        by_seed = g.groupby("seed")[["right", "other", "neither"]].mean()
+        by_asked = g.groupby(["asks_later", "seed"])["right"].mean().groupby(level="asks_later").mean()
+        rows.append({"variant": v, "gap_segments": int(gap), **by_seed.mean().to_dict(),
+                     "right_asked_earlier": float(by_asked.get(0, math.nan)),
+                     "right_asked_later": float(by_asked.get(1, math.nan)),
+                     "n_queries": int(len(g)), "n_seeds": int(len(by_seed)),
+                     **{f"right_s{int(s)}": float(r) for s, r in by_seed["right"].items()}})
+    return _in_study_order(pd.DataFrame(rows), "gap_segments")
+
+
+def qualifier_result(stress: pd.DataFrame, rc: ReportConfig) -> AccuracyResult | None:
+    """Claim 8's table and paired tests (raw p; the caller applies Holm over its own family), or None without
+    qualifier documents."""
+    u = stress[(stress["task"] == "qualifier") & (stress["prior"] >= 0)]
+    return None if u.empty else accuracy_table(u, QUALIFIER, None, rc)
+
+
+def plot_qualifier(table: pd.DataFrame, path: Path) -> None:
+    plot_two_panels(table, {"right_asked_earlier": "the query names the earlier statement's speaker",
+                            "right_asked_later": "the query names the later statement's speaker"},
+                    "share answered with the named speaker's value",
+                    "Qualified queries: an entity given two values by two speakers, one speaker named", path)
+
+
 def ambiguous_result(stress: pd.DataFrame, rc: ReportConfig) -> AccuracyResult | None:
     """Claim 7's table and paired tests (raw p; the caller applies Holm over its own family), or None without
     update documents."""
@@ -203,28 +254,35 @@ def plot_curves(table: pd.DataFrame, key: str, threshold: float, title: str, xla
 
 
 def plot_update(table: pd.DataFrame, path: Path) -> None:
+    plot_two_panels(table, {"right": "answered with the later value (right)",
+                            "earlier": "answered with the earlier value"},
+                    "share of the updated entity's queries", "Which value a memory answers after an entity is restated",
+                    path)
+
+
+def plot_two_panels(table: pd.DataFrame, panels: Mapping[str, str], ylabel: str, title: str, path: Path) -> None:
+    """One panel per column of `panels` (column -> panel title): each variant's share against the gap."""
     from pipeline.report.render import pyplot, save_png
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), sharey=True)
-    for col, ax in zip(("right", "earlier"), axes):
+    fig, axes = plt.subplots(1, len(panels), figsize=(9.6, 3.8), sharey=True)
+    for (col, panel_title), ax in zip(panels.items(), axes):
         for v, g in table.groupby("variant", sort=False):
             ax.plot(g["gap_segments"], g[col], marker="o", ms=3, lw=1.3, label=v, color=COLORS.get(v))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("segments between the two statements")
-        ax.set_title("answered with the later value (right)" if col == "right" else "answered with the earlier value",
-                     fontsize=10)
+        ax.set_title(panel_title, fontsize=10)
         ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("share of the updated entity's queries")
-    fig.suptitle("Which value a memory answers after an entity is restated", fontsize=11)
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=11)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     save_png(fig, path)
     plt.close(fig)
 
-
 def write_stress(cfg: Mapping[str, Any], stress: pd.DataFrame, skipped: Mapping[str, list], study_preds: pd.DataFrame,
                  rc: ReportConfig, tables_dir: Path, plots_dir: Path,
-                 write_table: Callable[[pd.DataFrame, Path, str], Any]) -> dict:
+                 write_table: Callable[[pd.DataFrame, Path, str], Any],
+                 trained_sizes: pd.DataFrame | None = None) -> dict:
     """The load, length and update tables and plots, and the break points; returns summary.json's `stress`."""
     from pipeline.io import atomic_write_text
 
@@ -235,7 +293,7 @@ def write_stress(cfg: Mapping[str, Any], stress: pd.DataFrame, skipped: Mapping[
     length = curve_table(pd.concat([study_far, far[far["task"] == "length"]], ignore_index=True), "N", rc)
     cap, eff = break_points(load, "F", thr, rc), break_points(length, "N", thr, rc)
     upd = update_table(stress)
-    state = state_table(far, rc)
+    state = state_table(far, rc, trained_sizes)
     load_len = int((cfg.get("stress") or {}).get("load_length", 0))
     skip_note = ("; not read: " + ", ".join(f"{r} {', '.join(s)}" for r, s in skipped.items())) if skipped else ""
     write_table(load, tables_dir / "load", f"Recall vs load: far recall by the number of far facts per document F "
@@ -262,15 +320,27 @@ def write_stress(cfg: Mapping[str, Any], stress: pd.DataFrame, skipped: Mapping[
     if not state.empty:
         write_table(state, tables_dir / "state_size", f"Recall vs state size: far recall at the largest load "
                     f"(F={int(state['F'].iloc[0])}, {load_len}-token documents) per memory and floats of state, as "
-                    "trained and, where the state is a buffer no weight depends on (stress.state_sizes), resized at "
-                    "evaluation with the same weights (trained = false); mean over seeds with the crossed CI, and "
-                    "each seed's value")
+                    "trained, where the state is a buffer no weight depends on (stress.state_sizes) resized at "
+                    "evaluation with the same weights (trained = false), and, where `make state-size` trained a "
+                    "memory at another size (one seed), that run ('(trained)'); mean over seeds with the crossed CI, "
+                    "and each seed's value")
         plot_state(state, thr, tables_dir / "state_size.png")
         atomic_write_text(plots_dir / "state_size.csv", state[["variant", "state_floats", "setting", "trained", "accuracy",
                                                                "ci_low", "ci_high"]].to_csv(index=False))
         out["state_size"] = {v: {str(int(r["state_floats"])): {"setting": r["setting"], "trained": bool(r["trained"]),
                                                               "accuracy": r["accuracy"]} for _, r in g.iterrows()}
                              for v, g in state.groupby("variant", sort=False)}
+    qual = qualifier_table(stress)
+    if not qual.empty:
+        write_table(qual, tables_dir / "qualifiers", "Qualified queries (an entity given different values by two "
+                    "speakers, `gap_segments` apart; its query names one speaker): share answered with the named "
+                    "speaker's value (right), the other speaker's, or neither; and the share right when the query "
+                    "names the earlier / the later statement's speaker; mean over seeds, and each seed's share right")
+        plot_qualifier(qual, tables_dir / "qualifiers.png")
+        out["qualifier"] = {v: {str(int(r["gap_segments"])): {k: r[k] for k in ("right", "other", "neither",
+                                                                                "right_asked_earlier",
+                                                                                "right_asked_later")}
+                                for _, r in g.iterrows()} for v, g in qual.groupby("variant", sort=False)}
     if not upd.empty:
         write_table(upd, tables_dir / "update", "Ambiguous queries (an entity stated twice with different values, "
                     "`gap_segments` apart; its query comes after both): share of its queries answered with the later "
@@ -291,13 +361,17 @@ def headline(summary_stress: Mapping[str, Any], memory_floats: Mapping[str, Any]
         eff = summary_stress.get("effective_length", {}).get(v, {})
         load = summary_stress.get("load", {}).get(v, {})
         upd = summary_stress.get("update", {}).get(v, {})
+        qual = summary_stress.get("qualifier", {}).get(v, {})
         top = max(load, key=int) if load else None
         gap = max(upd, key=int) if upd else None
         rows.append({"variant": v, "memory_floats": memory_floats.get(v),
                      "capacity (facts)": _with_ci(cap), "effective length (tokens)": _with_ci(eff),
                      f"far recall at F={top}" if top else "far recall at max F": load.get(top) if top else None,
                      f"update at gap {gap}: later / earlier" if gap else "update": (
-                         f"{upd[gap]['right']:.2f} / {upd[gap]['earlier']:.2f}" if gap else None)})
+                         f"{upd[gap]['right']:.2f} / {upd[gap]['earlier']:.2f}" if gap else None),
+                     **({f"qualified at gap {gap}: right (earlier / later asked)": (
+                         f"{qual[gap]['right']:.2f} ({qual[gap]['right_asked_earlier']:.2f} / "
+                         f"{qual[gap]['right_asked_later']:.2f})" if gap in qual else None)} if qual else {})})
     return pd.DataFrame(rows)
 
 

@@ -60,6 +60,8 @@ FAMILY_TEXT = {
                 "the same queries as table II, sliced by distance)",
     "ambiguous": "Holm-corrected over this table's cmr-vs-<memory> cells (its own family: claim 7, read on the "
                  "stress stage's update documents)",
+    "qualifier": "Holm-corrected over this table's cmr-vs-<memory> cells (its own family: claim 8, read on the "
+                 "stress stage's qualifier documents)",
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-TABLES = ("recall", "load", "length", "capacity", "effective_length", "update", "overhead")
+TABLES = ("recall", "load", "length", "capacity", "effective_length", "state_size", "update", "qualifiers", "overhead")
 
 
 def log_report(cfg: Mapping[str, Any], results: Path, summary: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:

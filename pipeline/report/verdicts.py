@@ -39,6 +39,9 @@ CLAIMS = (
                                       "or the memory holding it)"),
     Claim(7, "ambiguous", "abstract", "CMR resolves ambiguous queries better: after an entity's value is restated, it "
                                       "answers with the later value more often than the baseline"),
+    Claim(8, "qualifier", "abstract", "CMR resolves ambiguous queries better: when two speakers gave an entity "
+                                      "different values and the query names one, it answers with that speaker's "
+                                      "value more often than the baseline"),
 )
 
 
@@ -261,6 +264,30 @@ def accuracy_verdict(claim: Claim, res: AccuracyResult | None, rc: ReportConfig,
             "evidence": evidence, "cmr_loses": " ".join(lose), "rule": rule_text("accuracy", rc), "range": range_txt}
 
 
+# A memory that holds both of a qualified entity's values but answers the same one whichever speaker is named is
+# right on at most half of the qualified queries (half name each statement's speaker): only above it is a query
+# resolved. A win over window, which reaches neither statement, shows only that a value was kept.
+QUALIFIER_BLIND = 0.5
+
+
+def above_qualifier_blind(v: dict, res: AccuracyResult | None) -> dict:
+    """Claim 8's verdict held to the qualifier-blind bound: supported only where cmr's share right is above
+    QUALIFIER_BLIND (its CI) in every gap, not supported where in none, mixed otherwise (never above the verdict
+    against window)."""
+    t = None if res is None or res.table.empty else res.table[res.table["variant"] == "cmr"]
+    if t is None or t.empty or v["verdict"] in (NOT_TESTED,):
+        return v
+    above = int((t["ci_low"] > QUALIFIER_BLIND).sum())
+    note = (f"cmr's share right is above {QUALIFIER_BLIND} (at most what a memory answering one of the two values "
+            f"whatever the speaker gets) with its CI in {above}/{len(t)} gaps")
+    out = {**v, "evidence": v["evidence"] + f"; {note}"}
+    if above < len(t):
+        out["verdict"] = NOT_SUPPORTED if above == 0 or v["verdict"] == NOT_SUPPORTED else MIXED
+        out["cmr_loses"] = (v["cmr_loses"] + " " if v["cmr_loses"] else "") + (
+            f"CMR does not resolve the qualifier: {note}.")
+    return out
+
+
 def overhead_verdict(claim: Claim, oh: pd.DataFrame, rc: ReportConfig) -> dict:
     if oh.empty or "cmr" not in set(oh["variant"]) or "window" not in set(oh["variant"]):
         return _not_tested(claim, "no overhead.json for both cmr and window", rc, "overhead")
@@ -375,6 +402,8 @@ def verdicts(results: Mapping[str, AccuracyResult], oh: pd.DataFrame, attention:
         else:
             v = accuracy_verdict(claim, results.get(claim.name), rc, chance)
             v["vs_strongest"] = vs_strongest(results.get(claim.name), rc, learned)
+            if claim.name == "qualifier":
+                v = above_qualifier_blind(v, results.get(claim.name))
             if claim.name == "recall" and stress and recall_best:
                 v["vs_strongest"] += "; " + length_axis_trend(stress, recall_best[0], chance, rc)
         blocked = checks.blocking(claim.name, validity or {})

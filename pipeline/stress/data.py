@@ -1,8 +1,10 @@
-"""Stage `stress-data`: the load, length and update documents (pipeline/stress/__init__.py) in data_stress/.
+"""Stage `stress-data`: the load, length, update and qualifier documents (pipeline/stress/__init__.py) in data_stress/.
 
 The study's generator and vocabulary (checked against data/tokenizer.json) with the `stress` section's sizes and
 seed; written atomically, one `datasets` split per folder, plus a manifest. An update document's queries carry,
-beside the answer (the later value), `prior`: the value the entity held before (-1 for an ordinary fact)."""
+beside the answer (the later value), `prior`: the value the entity held before (-1 for an ordinary fact); a
+qualifier document's, `prior`: the value stated under the other qualifier, and `asks_later`: whether the qualified
+query asks the later of the two statements (1) or the earlier (0; -1 for an ordinary fact)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ def check_fits(data: DataConfig, st: StressConfig) -> None:
     if max(st.load_facts) > data.n_entities:
         raise ConfigError(f"stress.load_facts: {max(st.load_facts)} facts need as many distinct entities; "
                           f"data.n_entities = {data.n_entities}")
+    if len(data.speakers) < 2:
+        raise ConfigError(f"stress qualifier documents need two qualifiers (data.speakers); got {list(data.speakers)}")
     W = data.segment_len
     need = max(st.update_gaps) + LATER_TO_END + 1
     if need * W > st.update_length:
@@ -45,12 +49,13 @@ def split_plan(st: StressConfig) -> list[tuple[str, str, int]]:
     """(split name, kind, size) of every stress split, in a fixed order."""
     return ([(f"load_{f}", "load", int(f)) for f in st.load_facts]
             + [(f"length_{n}", "length", int(n)) for n in st.lengths]
-            + [(f"update_{g}", "update", int(g)) for g in st.update_gaps])
+            + [(f"update_{g}", "update", int(g)) for g in st.update_gaps]
+            + [(f"qualifier_{g}", "qualifier", int(g)) for g in st.update_gaps])
 
 
 def _seeded(data: DataConfig, st: StressConfig, kind: str, size: int) -> DataConfig:
     """The data config a stress split is drawn with: its own seed per kind and size (no study split's stream)."""
-    code = {"load": 1, "length": 2, "update": 3}[kind]
+    code = {"load": 1, "length": 2, "update": 3, "qualifier": 4}[kind]
     return dataclasses.replace(data, eval_seed=int(st.seed) * 1_000_003 + code * 100_000 + int(size))
 
 
@@ -62,6 +67,8 @@ def gen_split(data: DataConfig, st: StressConfig, src: Source, kind: str, size: 
     if kind == "length":
         cfg = dataclasses.replace(cfg, n_eval_docs=int(st.n_length_docs), eval_facts="spread")
         return gen_eval(cfg, src, "recall", int(size))
+    if kind == "qualifier":
+        return gen_qualifier(cfg, st, src, int(size))
     return gen_update(cfg, st, src, int(size))
 
 
@@ -91,27 +98,69 @@ def _update_layout(r: random.Random, b: DocBuilder, length: int, gap: int) -> tu
 
 
 def gen_update(cfg: DataConfig, st: StressConfig, src: Source, gap: int) -> list[dict]:
-    """Update documents; each doc's `prior` lists, per query, the earlier value of the updated entity for its
-    query and -1 for the others. The two statements always differ."""
+    """Update documents; `prior`: the earlier value of the updated entity on its query."""
+    return _gen_restated(cfg, st, src, gap, lambda r, b, length, i: (*_update_layout(r, b, length, gap), None))
+
+
+def _gen_restated(cfg: DataConfig, st: StressConfig, src: Source, gap: int, layout) -> list[dict]:
+    """Documents in which one entity is given two different values: `layout(r, builder, length, i)` -> (pieces,
+    facts, the wrong value's slot, the right value's slot, asks_later or None). Each doc's `prior` lists, per
+    query, the wrong value on the restated entity's query and -1 on the others (`asks_later` likewise, where the
+    layout says which statement is asked). The two values always differ."""
     rng = split_rng(cfg, "recall", gap)
     b = DocBuilder(cfg, src.vocab)
     r = _py_rng(rng)
     length = int(st.update_length) // cfg.segment_len * cfg.segment_len
     layouts, slots = [], []
-    for _ in range(int(st.n_update_docs)):
-        pieces, nf, prior, later = _update_layout(r, b, length, gap)
+    for i in range(int(st.n_update_docs)):
+        pieces, nf, wrong, right, later = layout(r, b, length, i)
         layouts.append((pieces, nf, {"length": length, "task": "recall", "n_turns": 0,
                                      "n_segments": length // cfg.segment_len}))
-        slots.append((-prior - 1, -later - 1, later))
+        slots.append((-wrong - 1, -right - 1, right, later))
     docs = _materialise(rng, src, layouts, cfg.segment_len)
     values = train_values(rng, cfg, src.vocab, b.n_slots, rare=False)
     common = src.vocab.common_value_ids
-    for d, (prior, later, later_ph) in zip(docs, slots):
-        while values[prior] == values[later]:
-            values[prior] = common[rng.integers(len(common))]
-        d["prior"] = [int(values[prior]) if a == later_ph else -1 for a in d["answers"]]
+    for d, (wrong, right, right_ph, later) in zip(docs, slots):
+        while values[wrong] == values[right]:
+            values[wrong] = common[rng.integers(len(common))]
+        d["prior"] = [int(values[wrong]) if a == right_ph else -1 for a in d["answers"]]
+        if later is not None:
+            d["asks_later"] = [int(later) if a == right_ph else -1 for a in d["answers"]]
     _fill_values(docs, values)
     return docs
+
+
+def _qualifier_layout(r: random.Random, b: DocBuilder, length: int, gap: int,
+                      asks_later: bool) -> tuple[list, int, int, int]:
+    """(pieces, facts, other slot, asked slot) of one qualifier document: laid out as an update document, but each
+    of the entity's two statements is made under its own qualifier (a speaker tag of data.speakers right before
+    it: "A: is E V1 ." ... "B: is E V2 .") and its query names one of them ("A: ? is E"), the later one when
+    `asks_later`: the right answer is the value stated under the named qualifier, the other is the wrong one."""
+    W = b.cfg.segment_len
+    ents = r.sample(b.entities, b.cfg.n_eval_facts)
+    pairs = [b.recall(e, i) for i, e in enumerate(ents[1:], start=1)]
+    q1, q2 = r.sample(b.speakers, 2)
+    slots = (b.new_slot(), b.new_slot())  # the earlier and the later statement's values
+    off = b.t.fact.slots["V"] + 1
+    first = Block([q1] + b.t.fact.render(E=ents[0], V=slots[0]), off, fact_id=0)
+    later = Block([q2] + b.t.fact.render(E=ents[0], V=slots[1]), off, fact_id=len(ents))
+    asked, other, tag, fid = (slots[1], slots[0], q2, len(ents)) if asks_later else (slots[0], slots[1], q1, 0)
+    query = Block([tag] + b.t.query.render(E=ents[0]) + [asked], len(b.t.query), refs=(fid,), qtype="recall")
+    s2 = length // W - LATER_TO_END
+    s1 = s2 - gap
+    queries = [p[1] for p in pairs] + [query]
+    r.shuffle(queries)
+    pieces = _aligned(r, W, s1 * W, [p[0] for p in pairs])
+    pieces += _region(r, W, [first]) + [(s2 - s1 - 1) * W] + _region(r, W, [later])
+    pieces += _aligned(r, W, length - (s2 + 1) * W, [], offset=(s2 + 1) * W, tail=queries)
+    return pieces, len(pairs) + 2, other, asked
+
+
+def gen_qualifier(cfg: DataConfig, st: StressConfig, src: Source, gap: int) -> list[dict]:
+    """Qualifier documents, naming the earlier statement's speaker and the later's in turn; `prior`: the other
+    speaker's value on the qualified query, `asks_later`: 1 / 0 there (the later / earlier statement named)."""
+    return _gen_restated(cfg, st, src, gap, lambda r, b, length, i: (
+        *_qualifier_layout(r, b, length, gap, asks_later=i % 2 == 1), i % 2))
 
 
 def check_vocab(src: Source, data_dir: Path) -> None:
@@ -143,7 +192,8 @@ def build(cfg: Any, out: Path, quiet: bool = False) -> dict:
         for name, kind, size in split_plan(st):
             docs = src.to_output_ids(gen_split(data, st, src, kind, size))
             cols = to_columns(docs, is_word)
-            cols["prior"] = [d.get("prior", [-1] * len(d["query_pos"])) for d in docs]
+            for col in ("prior", "asks_later"):
+                cols[col] = [d.get(col, [-1] * len(d["query_pos"])) for d in docs]
             save_stress_split(cols, tmp / "splits" / name)
             stats[name] = {"kind": kind, "size": size, "docs": len(docs), "tokens": int(docs[0]["ids"].shape[0]),
                            "queries_per_doc": float(np.mean([len(d["query_pos"]) for d in docs]))}
@@ -163,6 +213,7 @@ def save_stress_split(cols: dict, path: Path) -> None:
 
     f = features()
     f["prior"] = datasets.Sequence(datasets.Value("int32"))
+    f["asks_later"] = datasets.Sequence(datasets.Value("int8"))
     datasets.disable_progress_bars()  # one bar per split is noise in a DVC log
     datasets.Dataset.from_dict(cols, features=f).save_to_disk(str(path))
 

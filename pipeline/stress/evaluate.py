@@ -1,6 +1,8 @@
 """Stage `stress --variant V`: each seed's best checkpoint on every stress split (data_stress/) ->
 experiments/stress/<variant>/s<seed>/predictions.parquet (the study's prediction columns plus `prior`: the updated
-entity's earlier value on an update query, else -1) and metrics.json. Written atomically per run.
+entity's earlier value on an update query, the other qualifier's value on a qualified query, else -1; and
+`asks_later`: 1 / 0 where a qualified query asks the later / earlier statement, else -1) and metrics.json. Written
+atomically per run.
 
 A memory that reads the document as one sequence (`full`: attention quadratic in N) is read up to
 stress.full_max_length; longer splits are listed in metrics.json `skipped`, never silently dropped.
@@ -56,8 +58,9 @@ def evaluate_stress(cfg: Any, variant: str, seed: int, *, model: Any = None, roo
         ds = load_stress_split(root, name)
         pred = predict_split(model, ds, variant=variant, seed=seed, split=name, task=s["kind"],
                              length=int(s["size"]), batch_size=int(cfg.stress.batch_size))
-        prior = [p for doc in ds["prior"] for p in doc]  # predictions come doc by doc, query by query
-        pred["prior"] = pd.Series(prior, dtype="int64").values
+        for col in ("prior", "asks_later"):  # predictions come doc by doc, query by query
+            vals = [p for doc in ds[col] for p in doc] if col in ds.column_names else [-1] * len(pred)
+            pred[col] = pd.Series(vals, dtype="int64").values
         pred["state_floats"] = state_floats
         frames.append(pred)
         timing[name] = round(time.perf_counter() - t, 3)
@@ -68,7 +71,7 @@ def evaluate_stress(cfg: Any, variant: str, seed: int, *, model: Any = None, roo
         ds = load_stress_split(root, max(load)[1])
         pred = predict_split(m, ds, variant=variant, seed=seed, split=name, task="state", length=max(load)[0],
                              batch_size=int(cfg.stress.batch_size))
-        pred["prior"] = -1
+        pred["prior"] = pred["asks_later"] = -1
         pred["state_floats"] = int(m.memory_floats())
         frames.append(pred)
         timing[name] = round(time.perf_counter() - t, 3)
@@ -102,7 +105,11 @@ def resized_models(cfg: Any, variant: str, model: Any) -> list[tuple[str, int, A
             raise ConfigError(f"stress.state_sizes.{variant}.{key}: not a setting of models.{variant} "
                               f"(its settings: {', '.join(sorted(names))})")
         for value in values:
-            resized = build_model(model.backbone_cfg, dataclasses.replace(mem, **{key: int(value)}), model.vocab_size)
+            try:
+                resized = build_model(model.backbone_cfg, dataclasses.replace(mem, **{key: int(value)}),
+                                      model.vocab_size)
+            except ConfigError as err:
+                raise ConfigError(f"stress.state_sizes.{variant}.{key} = {value}: {err}") from None
             changed = sorted(k for k, v in resized.state_dict().items() if shapes.get(k) != v.shape)
             if changed:
                 raise ConfigError(f"stress.state_sizes.{variant}.{key} = {value}: changes the shape of weights "
