@@ -46,7 +46,8 @@ def ci_study(tmp_path_factory) -> tuple[Path, dict, str]:
     # beside the study and the benchmarks stay (the report stage depends on them, and must leave the runs out
     # of a ci-profile report)
     for path in (repo / "results").iterdir():
-        if path.name not in ("hf_cmr", "overhead_profile.csv", "speed_benchmark.md", "speed_benchmark.png"):
+        if path.name not in ("hf_cmr", "state_size", "overhead_profile.csv", "speed_benchmark.md",
+                             "speed_benchmark.png"):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     env = dict(os.environ)
     env.update(
@@ -137,6 +138,7 @@ def test_ci_profile_produces_every_table(ci_study):
     report = (results / "REPORT.md").read_text()
     assert report.startswith("# cmr-repro: `ci` profile - a smoke test, not a result")
     assert "holds a Hugging Face run with another recipe" in report
+    assert "holds state-size runs of another recipe" in report  # the default study's gdn runs stay out
     assert (results / "stage_times.csv").is_file()
 
 
