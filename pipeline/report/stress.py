@@ -104,17 +104,30 @@ def break_points(table: pd.DataFrame, key: str, threshold: float, rc: ReportConf
 def update_table(preds: pd.DataFrame) -> pd.DataFrame:
     """The updated entity's query per variant and gap (segments between the two statements): share answered with
     the later value (right), the earlier one (prior), or neither; mean over seeds, and each seed's share right."""
-    u = preds[(preds["task"] == "update") & (preds["prior"] >= 0)].copy()
+    return restated_table(preds, "update", "earlier")
+
+
+def restated_table(preds: pd.DataFrame, task: str, wrong: str) -> pd.DataFrame:
+    """The restated entity's queries of `task` per variant and gap: share right, share answered with the other
+    stated value (`prior`, named `wrong`) and neither; where the documents say which statement a query names
+    (`asks_later` >= 0), the share right when the earlier / the later is named; mean over seeds, and each seed's
+    share right."""
+    u = preds[(preds["task"] == task) & (preds["prior"] >= 0)].copy()
     if u.empty:
         return pd.DataFrame()
     u["right"] = u["pred"] == u["answer"]
-    u["earlier"] = u["pred"] == u["prior"]
-    u["neither"] = ~(u["right"] | u["earlier"])
+    u[wrong] = u["pred"] == u["prior"]
+    u["neither"] = ~(u["right"] | u[wrong])
+    asked = "asks_later" in u and bool((u["asks_later"] >= 0).any())
     rows = []
     for (v, gap), g in u.groupby(["variant", "length"], sort=False):
-        by_seed = g.groupby("seed")[["right", "earlier", "neither"]].mean()
-        rows.append({"variant": v, "gap_segments": int(gap), **by_seed.mean().to_dict(),
-                     "n_queries": int(len(g)), "n_seeds": int(len(by_seed)),
+        by_seed = g.groupby("seed")[["right", wrong, "neither"]].mean()
+        row = {"variant": v, "gap_segments": int(gap), **by_seed.mean().to_dict()}
+        if asked:
+            by_asked = g.groupby(["asks_later", "seed"])["right"].mean().groupby(level="asks_later").mean()
+            row.update(right_asked_earlier=float(by_asked.get(0, math.nan)),
+                       right_asked_later=float(by_asked.get(1, math.nan)))
+        rows.append({**row, "n_queries": int(len(g)), "n_seeds": int(len(by_seed)),
                      **{f"right_s{int(s)}": float(r) for s, r in by_seed["right"].items()}})
     return _in_study_order(pd.DataFrame(rows), "gap_segments")
 
@@ -194,22 +207,7 @@ def qualifier_table(preds: pd.DataFrame) -> pd.DataFrame:
     """The qualified query per variant and gap: share answered with the named qualifier's value (right), the other
     qualifier's value (other) or neither, and the share right when the earlier / the later statement is asked
     (a memory that ignores the qualifier and answers the latest value scores 0 / 1 there); mean over seeds."""
-    u = preds[(preds["task"] == "qualifier") & (preds["prior"] >= 0)].copy()
-    if u.empty:
-        return pd.DataFrame()
-    u["right"] = u["pred"] == u["answer"]
-    u["other"] = u["pred"] == u["prior"]
-    u["neither"] = ~(u["right"] | u["other"])
-    rows = []
-    for (v, gap), g in u.groupby(["variant", "length"], sort=False):
-        by_seed = g.groupby("seed")[["right", "other", "neither"]].mean()
-        by_asked = g.groupby(["asks_later", "seed"])["right"].mean().groupby(level="asks_later").mean()
-        rows.append({"variant": v, "gap_segments": int(gap), **by_seed.mean().to_dict(),
-                     "right_asked_earlier": float(by_asked.get(0, math.nan)),
-                     "right_asked_later": float(by_asked.get(1, math.nan)),
-                     "n_queries": int(len(g)), "n_seeds": int(len(by_seed)),
-                     **{f"right_s{int(s)}": float(r) for s, r in by_seed["right"].items()}})
-    return _in_study_order(pd.DataFrame(rows), "gap_segments")
+    return restated_table(preds, "qualifier", "other")
 
 
 def qualifier_result(stress: pd.DataFrame, rc: ReportConfig) -> AccuracyResult | None:

@@ -64,12 +64,12 @@ def evaluate_stress(cfg: Any, variant: str, seed: int, *, model: Any = None, roo
         pred["state_floats"] = state_floats
         frames.append(pred)
         timing[name] = round(time.perf_counter() - t, 3)
-    load = [(int(s["size"]), name) for name, s in manifest["splits"].items() if s["kind"] == "load"]
+    top_F, top_split = max((int(s["size"]), name) for name, s in manifest["splits"].items() if s["kind"] == "load")
+    ds = load_stress_split(root, top_split) if resized else None  # the largest load, read once for every size
     for key, size, m in resized:
         name = f"state_{key}_{size}"
         t = time.perf_counter()
-        ds = load_stress_split(root, max(load)[1])
-        pred = predict_split(m, ds, variant=variant, seed=seed, split=name, task="state", length=max(load)[0],
+        pred = predict_split(m, ds, variant=variant, seed=seed, split=name, task="state", length=top_F,
                              batch_size=int(cfg.stress.batch_size))
         pred["prior"] = pred["asks_later"] = -1
         pred["state_floats"] = int(m.memory_floats())
