@@ -56,7 +56,9 @@ def start_wandb(cfg: Any, job_type: str, name: str, run_dir: str | os.PathLike,
 
     group = logger.wandb.group or the profile name (one study, or one sweep); job_type = the stage; tags
     (run_tags) and config name the variant and seed, so a dashboard groups and filters runs by them;
-    files go to <run_dir>/wandb.
+    files go to <run_dir>/wandb, without wandb's `latest-run`/`debug*.log` symlinks: a run killed between
+    making a symlink and its target leaves it dangling inside a DVC output, and `dvc repro` then refuses the
+    stage (it hashes the persisted output before resuming it).
     """
     mode = wandb_mode(cfg)
     if mode == "disabled":
@@ -89,17 +91,24 @@ def start_wandb(cfg: Any, job_type: str, name: str, run_dir: str | os.PathLike,
     )
     if mode == "online":
         try:
-            settings = wandb.Settings(silent=True, init_timeout=timeout, login_timeout=timeout)
+            settings = wandb.Settings(silent=True, symlink=False, init_timeout=timeout, login_timeout=timeout)
             return wandb.init(mode="online", settings=settings, **kwargs)
         except Exception as err:  # no key (UsageError), unreachable server (CommError), ...
             print(f"warning: wandb online unavailable ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
                   f"logging offline to {run_dir / 'wandb'} (`wandb sync` it later)", file=sys.stderr)
-    return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+    return wandb.init(mode="offline", settings=wandb.Settings(silent=True, symlink=False), **kwargs)
 
 
 def finish_wandb(run: Any, exit_code: int = 0) -> None:
+    """Finish the run, then drop the `logs/debug-core.log` symlink wandb-core makes into the user's cache (no
+    setting turns it off): a stage's outputs hold the run's own files, not a link out of the repository that
+    dangles once that cache is cleared."""
     if run is not None:
+        run_folder = Path(run.settings.sync_dir)
         run.finish(exit_code=exit_code)
+        for path in run_folder.rglob("*"):
+            if path.is_symlink():
+                path.unlink()
 
 
 @contextlib.contextmanager
