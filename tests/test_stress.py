@@ -248,3 +248,16 @@ def test_every_profile_s_state_sizes_are_valid_memories(profile):
         for key, values in (cfg.stress.state_sizes.get(variant) or {}).items():
             for value in values:
                 check_model(backbone, dataclasses.replace(mem, **{key: int(value)}))
+
+
+def test_break_points_read_as_counts_in_the_headline_table():
+    """Capacity and effective length are counts: a mean over seeds shows one decimal below 100, none above, and
+    whole numbers as they are (the table once read '2.66667 [0, 8]' and '1166.67 [0, 2500]')."""
+    from pipeline.report.stress import _with_ci
+
+    assert _with_ci({"mean": 8 / 3, "ci_low": 0.0, "ci_high": 8.0, "s0": 8, "s1": "<4", "s2": "<4"}) == \
+        "2.7 [0, 8] (8, <4, <4)"
+    assert _with_ci({"mean": 3500 / 3, "ci_low": 0.0, "ci_high": 2500.0, "s0": 2500, "s1": 1000, "s2": "<500"}) == \
+        "1167 [0, 2500] (2500, 1000, <500)"
+    assert _with_ci({"mean": 16.0, "ci_low": 16.0, "ci_high": 16.0, "s0": 16}) == "16 (16)"
+    assert _with_ci({}) == "n/a"

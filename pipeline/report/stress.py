@@ -378,7 +378,15 @@ def _with_ci(d: Mapping[str, Any]) -> str:
     if not d or d.get("mean") is None or (isinstance(d.get("mean"), float) and math.isnan(d["mean"])):
         return "n/a"
     lo, hi = d.get("ci_low"), d.get("ci_high")
-    ci = (f" [{lo:g}, {hi:g}]" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and
+    ci = (f" [{_count(lo)}, {_count(hi)}]" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and
           math.isfinite(lo) and math.isfinite(hi) and (lo, hi) != (d["mean"], d["mean"]) else "")
     seeds = [str(d[k]) for k in sorted(d) if k.startswith("s") and k[1:].isdigit()]
-    return f"{d['mean']:g}{ci} ({', '.join(seeds)})"
+    return f"{_count(d['mean'])}{ci} ({', '.join(seeds)})"
+
+
+def _count(x: float) -> str:
+    """A mean of facts or tokens as a reader takes it in: whole numbers as they are, otherwise one decimal below
+    100 and none above (2.66667 -> '2.7', 1166.67 -> '1167')."""
+    if float(x).is_integer():
+        return f"{int(x)}"
+    return f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}"
