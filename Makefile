@@ -108,7 +108,7 @@ hf-cmr: setup
 
 ## Memories whose state size is a weight shape, trained at other sizes (seed 0; ~10 min on 2 cores for the two
 ## gdn sizes, side by side; add e.g. armt:d_key:16 rmt:mem_tokens:32) and read on the largest load: results/state_size/.
-STATE_SIZES ?= gdn:d_key:8 gdn:d_key:32
+STATE_SIZES ?= gdn:d_key:16 gdn:d_key:64
 state-size: setup
 	dvc repro stress-data
 	$(BIN)/python -m pipeline.studies.state_size $(STATE_SIZES)

@@ -1,7 +1,7 @@
 """`make state-size`: memories whose state size is a weight shape (`rmt`'s memory tokens, `armt`'s and `gdn`'s key
 widths), trained at other sizes and read on the largest load split like the study's runs.
 
-    python -m pipeline.studies.state_size gdn:d_key:8 gdn:d_key:32 [--seed 0] [--jobs 2] [--out results/state_size]
+    python -m pipeline.studies.state_size gdn:d_key:16 gdn:d_key:64 [--seed 0] [--jobs 2] [--out results/state_size]
 
 The stress stage resizes a state at evaluation only where no weight depends on its size (stress.state_sizes:
 `cmr`'s bank slots, `memorizing`'s store, `xl`'s cache); a size that is a weight shape needs a training per size.
