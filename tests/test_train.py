@@ -192,6 +192,17 @@ def test_early_stopping_ends_a_done_run_and_stays_finished(env, tmp_path):
     later = T.train(_with(env, max_steps=20, stop_at=None, stop_patience=1, stop_min_delta=1.0, stop_min_steps=10),
                     "window", 0, run_dir=tmp_path / "later")
     assert later["steps"] == 15 and later["stopped_early"]
+    # replayed on the straight run's validations, each rule stops where its trained run stopped and keeps its best
+    # checkpoint (pipeline/studies/replay_stopping.py: how the study's patience was chosen)
+    from pipeline.config import typed
+    from pipeline.studies.replay_stopping import replay
+
+    logged = [(e["step"], e[straight["monitor"]]) for e in straight["val_curve"]]
+    for run, rule in ((at, dict(stop_at=0.0, stop_min_steps=10)),
+                      (flat, dict(stop_at=None, stop_patience=1, stop_min_delta=1.0, stop_min_steps=5)),
+                      (later, dict(stop_at=None, stop_patience=1, stop_min_delta=1.0, stop_min_steps=10))):
+        stop, best_step, best = replay(logged, typed(_with(env, max_steps=20, **rule)).train)
+        assert (stop, best_step, best) == (run["steps"], run["best_step"], run["val_best_monitor"])
 
 
 def test_a_memory_trains_with_its_own_recipe(env, tmp_path):
