@@ -91,19 +91,25 @@ ablations: setup
 	for a in $(ABLATIONS); do $(BIN)/python -m pipeline.studies.sweep -m experiment=ablation_$$a || exit 1; done
 	$(BIN)/python -m pipeline.studies.ablations --out results $$(for a in $(ABLATIONS); do ls -d multirun/ablation_$$a/*/ | tail -n 1; done)
 
-## CMR inside a pretrained Hugging Face LM (conf/experiment/hf_cmr.yaml): a GPT-2 pretrained on the training
-## documents and saved with save_pretrained, then window (frozen, nothing to train) and cmr (its modules only)
-## on it, recall evaluated, its own report in results/hf_cmr/; then the study's report shows its table.
+## CMR inside a pretrained Hugging Face LM (conf/experiment/hf_cmr.yaml): a GPT-2 with a 256-token context pretrained
+## on the training documents and saved with save_pretrained (HF_LM), then window (the bare LM) and cmr on it, recall
+## evaluated, the memory's cost to the LM's text (perplexity), its own report in results/hf_cmr/; then the study's
+## report shows its table.
 HF := multirun/hf_cmr/params.yaml
+# the stand-in: its context (the window the LM reads documents in), extra weight on the answers in its pretraining
+# loss, and a LoRA adapter of this rank that trains with the memory (0: the LM frozen); docs/PIPELINE.md
+HF_LM ?= --context 256 --answer-weight 1 --lora-rank 0
 hf-cmr: setup
 	dvc repro prepare
 	mkdir -p multirun/hf_cmr
 	$(BIN)/python -m pipeline.compose -o $(HF) experiment=hf_cmr
-	$(BIN)/python -m pipeline.studies.hf_pretrain --params $(HF)
+	$(BIN)/python -m pipeline.studies.hf_pretrain --params $(HF) $(HF_LM)
 	for v in window cmr; do $(BIN)/cmr-repro train --variant $$v --params $(HF) && \
 		$(BIN)/cmr-repro evaluate --variant $$v --params $(HF) || exit 1; done
 	$(BIN)/cmr-repro report --params $(HF)
+	$(BIN)/python -m pipeline.studies.hf_perplexity --params $(HF)
 	cp $(HF) results/hf_cmr/params.yaml
+	cp multirun/hf_cmr/lm/pretrain.json results/hf_cmr/pretrain.json
 	dvc repro report
 
 ## Memories whose state size is a weight shape, trained at other sizes (seed 0; ~10 min on 2 cores for the two
