@@ -13,9 +13,9 @@ computes on each window; so does `cmr` with its gate shut (gate bias -inf).
 Supported layouts (DECODER_LAYERS): GPT-2, GPT-NeoX (Pythia) and Llama. The LM is loaded by the caller
 (`AutoModelForCausalLM.from_pretrained(<folder or hub name>)`), so a model saved with `save_pretrained` on a
 machine without hub access works the same as a hub name elsewhere. A folder holding a PEFT adapter (LoRA, saved
-by `cmr-repro hf-pretrain --lora`) loads as its base LM with the adapter added; the adapter then trains with the
-memory, the base stays frozen (with `window`, the bare LM fine-tuned through its adapter alone). The scorer reads the layer's input or
-output (`score_input: block_input | output`): these layers have no short convolution to read.
+by `cmr-repro hf-pretrain --lora-rank R`) loads as its base LM with the adapter added; the adapter then trains with
+the memory, the base stays frozen (with `window`, the bare LM fine-tuned through its adapter alone). The scorer
+reads the layer's input or output (`score_input: block_input | output`): these layers have no short convolution.
 """
 
 from __future__ import annotations
