@@ -182,6 +182,15 @@ def test_hf_pretrain_then_train_and_evaluate_through_the_pipeline(tmp_path, monk
                                 "models": {"cmr": {"score_input": "block_input"}}})
     params = tmp_path / "params.yaml"
     OmegaConf.save(cfg, params)
+    from pipeline.data.store import load_split
+    from pipeline.studies.hf_pretrain import windows
+
+    rows, answers = windows(cfg.paths.data_dir, 32)  # the answer mask weighted by --answer-weight
+    train = load_split(cfg.paths.data_dir, "train")
+    want = [a for d in train for a in d["answers"]]
+    got = rows[answers].tolist()
+    assert rows.shape == answers.shape and rows.shape[1] == 32 and 0 < len(got) <= len(want)
+    assert got == want[: len(got)]  # the marked tokens are the documents' answers, in order
     assert pretrain_main(["--params", str(params), "--steps", "5", "--context", "32"]) == 0  # two segments of 16
     assert (tmp_path / "lm" / "config.json").is_file() and (tmp_path / "lm" / "pretrain.json").is_file()
     assert pretrain_main(["--params", str(params), "--out", str(tmp_path / "bad"), "--context", "24"]) == 2
