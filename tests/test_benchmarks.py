@@ -64,13 +64,45 @@ def test_paper_shape_takes_the_paper_profiles_depth_window_and_memory_sizes():
     assert (bb["n_layers"], bb["window"]) == (2, 16) and models["cmr"]["capacity"] != 256
 
 
+def test_cmr_placements_are_timed_where_they_differ_from_the_shapes_own():
+    mod = _speed()
+    from pipeline.models.cmr import CMRConfig, resolve_cmr_layers
+
+    _, models = mod.shape_configs("default", 64)
+    assert not [v for v in models if v.startswith("cmr:")]  # 2 layers: one placement only
+    bb, models = mod.shape_configs("paper", 64)
+    extra = [v for v in models if v.startswith("cmr:")]
+    assert len(extra) == 1 and set(extra) < set(mod.PLACEMENTS)
+    cfg = lambda c: CMRConfig(**{k: v for k, v in c.items() if k in CMRConfig.__dataclass_fields__})  # noqa: E731
+    own, other = (resolve_cmr_layers(cfg(models[v]), bb["n_layers"]) for v in ("cmr", extra[0]))
+    assert own != other and {len(own[0]), len(other[0])} == {1, bb["n_layers"] - 1}  # one bank vs layered
+    assert models[extra[0]]["capacity"] == models["cmr"]["capacity"] == 256  # only the placement differs
+
+
+def _sweep(tmp_path, *args: str):
+    """benchmarks/speed.py run with `args` into tmp_path: (its CSV as a frame, the CSV's path)."""
+    pd = pytest.importorskip("pandas")
+    out = tmp_path / "speed.csv"
+    assert _speed().main([*args, "--out", str(out)]) == 0
+    return pd.read_csv(out), out
+
+
+def test_speed_sweep_times_the_other_placement_beside_cmr(tmp_path):
+    df, out = _sweep(tmp_path, "--shapes", "paper", "--widths", "32", "--paper-lengths", "256", "--repeats", "1",
+                     "--variants", "window,cmr")
+    df = df.set_index("variant")
+    (extra,) = [v for v in df.index if v.startswith("cmr:")]
+    layered = "cmr:layered" if extra == "cmr:layered" else "cmr"
+    one = "cmr" if layered == "cmr:layered" else extra
+    # seven banks and seven reweaves read more than one of each: the counted work says so, whatever the clock does
+    assert df.loc[layered, "flops_per_token"] > df.loc[one, "flops_per_token"] > df.loc["window", "flops_per_token"]
+    assert f"{extra}/window at the paper shape" not in out.with_suffix(".md").read_text()  # d=512 only
+
+
 def test_speed_sweep_writes_every_cell_and_says_what_it_did_not_run(tmp_path):
     pd = pytest.importorskip("pandas")
-    mod = _speed()
-    out = tmp_path / "speed.csv"
-    assert mod.main(["--shapes", "default", "--widths", "32", "--lengths", "48,96", "--repeats", "2",
-                     "--max-full-tokens", "48", "--out", str(out)]) == 0
-    df = pd.read_csv(out)
+    df, out = _sweep(tmp_path, "--shapes", "default", "--widths", "32", "--lengths", "48,96", "--repeats", "2",
+                     "--max-full-tokens", "48")
     assert len(df) == 2 * len(NAMES)  # every memory of the registry at every N
     full_long = df[(df.variant == "full") & (df.n_tokens == 96)].iloc[0]
     assert pd.isna(full_long.ms_per_token) and "quadratic" in full_long.note
@@ -97,6 +129,11 @@ def test_targets_name_the_bar_and_whether_it_was_met():
     lines = mod.targets(pd.DataFrame(rows))
     assert lines[0] == "cmr/window at the default shape, d=64: 1.10-1.30x over N (target <= 1.15x: NOT met)"
     assert "cmr 1.18x" in lines[1] and "window 1.00x" in lines[1]
+    rows = [{"shape": "paper", "d_model": 512, "variant": v, "n_tokens": 500, "ms_per_token": r, "ratio_to_window": r}
+            for v, r in (("window", 1.0), ("cmr", 1.08), ("cmr:layered", 2.3))]
+    lines = mod.targets(pd.DataFrame(rows))  # every placement of cmr gets its own line against the bar
+    assert lines[0] == "cmr/window at the paper shape, d=512: 1.08-1.08x over N (target <= 1.1x: met)"
+    assert lines[1] == "cmr:layered/window at the paper shape, d=512: 2.30-2.30x over N (target <= 1.1x: NOT met)"
 
 
 def test_train_speed_times_every_shape_and_counts_its_flops(tmp_path):
