@@ -666,6 +666,18 @@ def test_hf_experiment_table_is_shown_when_committed(tmp_path):
                                                     "cmr": {"500": 0.61, "1000": 0.43}}}
     text = (tmp_path / "out" / "REPORT.md").read_text()
     assert "## CMR inside a pretrained Hugging Face LM" in text and "0.61" in text
+    assert "validity checks" not in text and "stand-in" not in text  # none committed: nothing said about them
+    # its own validity checks, the stand-in's window and the perplexity table are shown beside the recall
+    (hf / "summary.json").write_text(json.dumps({"setup": {"seeds": [0]}, "validity": {
+        "cmr_learned": {"status": "FAILED", "detail": "cmr's far recall ... s0 0.021"}}}))
+    (hf / "pretrain.json").write_text(json.dumps({"steps": 3000, "context": 256, "answer_weight": 1.0, "lora": None}))
+    pd.DataFrame({"variant": ["cmr"], "N": [500], "ratio_to_window": [1.054]}).to_csv(hf / "tables" / "perplexity.csv",
+                                                                                     index=False)
+    build_report(cfg, evals, trains, tmp_path / "out")
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "- `cmr_learned` FAILED: cmr's far recall ... s0 0.021" in text
+    assert "3000 steps of pretraining, answer loss weight 1.0" in text and "windows of 256 tokens" in text
+    assert "1.054" in text
     (hf / "tables" / "recall.csv").unlink()
     assert "hf_cmr" not in build_report(cfg, evals, trains, tmp_path / "out2")
 

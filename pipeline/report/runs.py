@@ -73,9 +73,20 @@ def hf_experiment(cfg: Mapping[str, Any], root: Path, notes: list[str]) -> dict 
         return None
     t = pd.read_csv(csv)
     table = t.pivot(index="variant", columns="N", values="accuracy").reindex(variant_order(t["variant"].unique()))
-    seeds = (read_json(root / "summary.json").get("setup") or {}).get("seeds") if (root / "summary.json").is_file() else None
-    return {"dir": str(root), "seeds": seeds, "table": table.reset_index(),
-            "accuracy": {v: {str(n): float(x) for n, x in row.items()} for v, row in table.iterrows()}}
+    summary = read_json(root / "summary.json") if (root / "summary.json").is_file() else {}
+    checks = [f"`{name}` {c.get('status', '?')}: {c.get('detail', '')}" for name, c in (summary.get("validity") or {}).items()]
+    pretrain = read_json(root / "pretrain.json") if (root / "pretrain.json").is_file() else None
+    perplexity = root / "tables" / "perplexity.csv"
+    context = (pretrain or {}).get("context")  # the stand-in's window: documents no longer are read in one
+    data = dict(cfg.get("data") or {})
+    val_max = int(data.get("train_max_segments", 0)) * int(data.get("segment_len", 0))
+    inside = None if not context else {"val": val_max <= context,
+                                       "val_long": [n for n in data.get("val_long_lengths") or [] if n <= context]}
+    return {"dir": str(root), "seeds": (summary.get("setup") or {}).get("seeds"), "table": table.reset_index(),
+            "accuracy": {v: {str(n): float(x) for n, x in row.items()} for v, row in table.iterrows()},
+            "checks": checks, "context": context, "inside": inside,
+            "pretrain": None if pretrain is None else {k: pretrain.get(k) for k in ("steps", "answer_weight", "lora")},
+            "perplexity": pd.read_csv(perplexity) if perplexity.is_file() else None}
 
 
 def trained_state_sizes(cfg: Mapping[str, Any], root: Path, notes: list[str]) -> pd.DataFrame | None:
