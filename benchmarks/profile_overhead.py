@@ -118,8 +118,6 @@ def profile_one(name: str, backbone: dict, extra: dict, N: int, threads: int, re
 
 
 def main(argv: list[str] | None = None) -> None:
-    import yaml
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/overhead_profile.csv")
     ap.add_argument("--lengths", default="1000")
@@ -128,13 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.io import atomic_write_text
 
     root = Path(__file__).resolve().parents[1]
-    from pipeline.config.schema import BackboneConfig
+    from omegaconf import OmegaConf
 
-    default = dataclasses.asdict(BackboneConfig())
-    prof = yaml.safe_load((root / "conf/profile/paper.yaml").read_text())
-    paper = {**default, **prof["backbone"]}
-    profile_model = yaml.safe_load((root / "conf/profile/default.yaml").read_text())["models"]
-    setups = [("default", default, profile_model), ("paper", paper, prof["models"])]
+    from pipeline.config import compose
+
+    # each profile as conf/ composes it (its backbone and every memory's config, defaults filled in)
+    setups = []
+    for name in ("default", "paper"):
+        cfg = OmegaConf.to_container(compose([f"profile={name}"]), resolve=True)
+        setups.append((name, cfg["backbone"], cfg["models"]))
     rows = []
     for N in [int(n) for n in args.lengths.split(",")]:
         for name, bb, extra in setups:

@@ -51,6 +51,18 @@ def test_instrument_wraps_every_part_and_keeps_the_output():
     assert set(timer.total) == set(mod.PARTS)  # every part ran (a renamed method would fail here)
 
 
+def test_overhead_profile_runs_both_profiles_as_composed(tmp_path):
+    pytest.importorskip("torch")
+    pd = pytest.importorskip("pandas")
+    out = tmp_path / "profile.csv"
+    _module().main(["--lengths", "256", "--repeats", "1", "--out", str(out)])
+    df = pd.read_csv(out)
+    head = df.drop_duplicates("profile").set_index("profile")
+    assert list(head.index) == ["default", "paper"]
+    assert (head.d_model["default"], head.n_layers["paper"], head.d_model["paper"]) == (64, 8, 512)  # conf/profile/*
+    assert (df.cmr_over_window > 0).all() and {"reweave read (cross-attention + gate)"} <= set(df.part)
+
+
 def _speed():
     return _load("speed")
 
