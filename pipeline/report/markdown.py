@@ -129,10 +129,8 @@ def report_context(cfg, rc, paper, runs, train, results, oh, validity, times_df,
         "attention": table_md(attention) if attention is not None else None,
         "attention_dir": str(experiments_dir(cfg) / "attention"),
         "lose_lines": lose_lines(results, rc),
-        "hf": None if hf is None else {
-            "dir": hf["dir"], "seeds": hf["seeds"], "table": table_md(hf["table"]), "checks": hf.get("checks") or [],
-            "context": hf.get("context"), "inside": hf.get("inside"), "pretrain": hf.get("pretrain"),
-            "perplexity": None if hf.get("perplexity") is None else table_md(hf["perplexity"])},
+        "hf": None if hf is None else {**hf, "table": table_md(hf["table"]),
+                                       "perplexity": None if hf["perplexity"] is None else table_md(hf["perplexity"])},
         "cost": None if cost is None else {
             "parts": None if cost["parts"] is None else table_md(cost["parts"]), "targets": list(cost["targets"])},
         "times": table_md(times_df),
