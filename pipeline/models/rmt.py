@@ -36,16 +36,9 @@ class RMTConfig(MemoryConfig):
     # the tokens per segment); RMT's small recall recipe used 4
     mem_tokens: int = 8
     bptt_segments: int = 6  # memory transitions gradients flow back through (0: detached); conf/: cmr's depth
-    # its own recipe (docs/MEMORIES.md, "rmt: the stepped curriculum" and "rmt without the long pool"): the segment
-    # count steps 2 -> 4 -> 6 (RMT's authors grow it stage by stage; what fails is carrying a fact over more than
-    # one handover, not the 2-segment binding), 6,000 steps, and the best checkpoint chosen on far recall at its
-    # training length: its val_long far recall stays at 0.03-0.09 whatever the step, so selecting on it picks an
-    # early, half-trained checkpoint. No long pool: with it, val_long far stayed at chance (0.05-0.09) and val far
-    # reached 0.924 at 5,000 steps; without it (seed 0) 0.902 at 3,000, 0.944 at 5,500, val_long as before, and its
-    # steps are the short pool's (one seed alone: 17.1 -> 11.1 min). A plateau patience of 2 validations, not the
-    # shared 1: its far recall dips and rises again (seed 0: 0.902 at 3,000, 0.900 at 3,500, 0.944 at 5,500).
-    # Each stage 1,000 steps, not 500 ("rmt: a slower curriculum"): with 500, seed 1 sat at the elimination
-    # ceiling (0.49-0.51 at 2,000-2,500) and ended at 0.804; with 1,000 it reached 0.929 (seed 0: 0.919)
+    # its own recipe (docs/MEMORIES.md, "rmt"): the segment count steps 2 -> 4 -> 6, 1,000 steps per stage (RMT's
+    # authors grow it stage by stage), no long pool, 6,000 steps, the checkpoint chosen on far recall at its training
+    # length (its val_long far recall stays near chance), and a plateau patience of 2 (its far recall dips and rises)
     recipe: Dict[str, Any] = field(default_factory=lambda: {
         "max_steps": 6000, "monitor": "val/recall_far", "stop_patience": 2,
         "curriculum": [{"until_step": 1000, "max_segments": 2}, {"until_step": 2000, "max_segments": 4},
